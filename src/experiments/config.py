@@ -1,0 +1,84 @@
+"""Config checks with clear messages, and the OmegaConf resolvers the config tree uses."""
+
+from __future__ import annotations
+
+import re
+from numbers import Real
+
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.errors import ConfigError
+
+VAL_METRICS = ("val/acc", "val/loss")
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def positive_int(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if not _is_int(value) or value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+
+
+def positive_number(cfg: DictConfig, key: str, optional: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    if optional and value is None:
+        return
+    if not _is_number(value) or not value > 0:
+        raise ConfigError(f"{key} must be a number > 0{' or null' if optional else ''}, got {value!r}")
+
+
+def one_of(cfg: DictConfig, key: str, allowed) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Reject values that would fail late or, worse, train silently wrong."""
+    for key in ("trainer.epochs", "trainer.batch_size", "trainer.eval_batch_size",
+                "trainer.grad_accum_steps"):
+        positive_int(cfg, key)
+    positive_number(cfg, "optim.lr")
+    positive_number(cfg, "trainer.grad_clip", optional=True)
+    if not _is_int(cfg.seed):
+        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    val_size = cfg.data.val_size
+    if not (_is_int(val_size) and val_size >= 0) and not (isinstance(val_size, float) and 0 <= val_size < 1):
+        raise ConfigError(f"data.val_size must be a count >= 0 or a fraction in [0, 1), got {val_size!r}")
+    one_of(cfg, "trainer.precision", ("auto", "bf16", "fp16", "fp32"))
+    one_of(cfg, "trainer.monitor", VAL_METRICS)
+    one_of(cfg, "logger.wandb.mode", ("offline", "online", "disabled"))
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(cfg.trainer.device)):
+        raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N, got {cfg.trainer.device!r}")
+    check_validation_users(cfg)
+
+
+def check_validation_users(cfg: DictConfig) -> None:
+    """Early stopping and ReduceLROnPlateau watch validation metrics; the test set never stands in."""
+    watchers = {"trainer.early_stopping.monitor": cfg.trainer.early_stopping.patience is not None}
+    if "monitor" in cfg.sched:
+        watchers["sched.monitor"] = True
+    for key, active in watchers.items():
+        if active:
+            one_of(cfg, key, VAL_METRICS)
+            if cfg.data.val_size == 0:
+                raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} needs a validation split, "
+                                  "but data.val_size=0. Set data.val_size > 0 (the test set is "
+                                  "never used for model selection or stopping).")
+
+
+def job_suffix(override_dirname: str) -> str:
+    """`-key=value,...` for the overrides that the job directory's name does not already show."""
+    return f"-{override_dirname.replace('/', '_')}" if override_dirname else ""
+
+
+def register_resolvers() -> None:
+    if not OmegaConf.has_resolver("job_suffix"):
+        OmegaConf.register_new_resolver("job_suffix", job_suffix)

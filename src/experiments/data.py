@@ -1,0 +1,248 @@
+"""Datasets as uint8 tensors: the official CIFAR archives, a synthetic stand-in, a decode-once cache.
+
+Everything here returns *un-augmented* images, (N, C, H, W) uint8, with int64 labels. Augmentation
+happens later, per batch, so every epoch draws fresh random views: a cache of augmented images
+would freeze them after the first epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pickle
+import shutil
+import tarfile
+import urllib.error
+import urllib.request
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from experiments.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+
+
+@dataclass
+class Split:
+    images: torch.Tensor  # (N, C, H, W) uint8
+    labels: torch.Tensor  # (N,) int64
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def subset(self, index: torch.Tensor) -> Split:
+        return Split(self.images[index], self.labels[index])
+
+
+@dataclass
+class ImageData:
+    train: Split
+    test: Split
+    classes: list[str]
+
+
+@dataclass
+class Splits:
+    """What the trainer sees: validation is carved from train; test is only for the final report."""
+
+    train: Split
+    val: Split | None
+    test: Split
+    classes: list[str]
+
+
+# --- the official CIFAR "python version" archives -------------------------------------------
+
+@dataclass(frozen=True)
+class CifarFormat:
+    folder: str
+    train_files: tuple[str, ...]
+    test_file: str
+    meta_file: str
+    label_key: bytes
+    names_key: bytes
+
+
+CIFAR_FORMATS = {
+    "cifar10": CifarFormat(
+        "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
+        "batches.meta", b"labels", b"label_names"),
+    "cifar100": CifarFormat(
+        "cifar-100-python", ("train",), "test", "meta", b"fine_labels", b"fine_label_names"),
+}
+
+
+def read_cifar_archive(path: Path, fmt: CifarFormat) -> ImageData:
+    """Parse a CIFAR python-format .tar.gz directly, without unpacking it to disk."""
+    wanted = {f"{fmt.folder}/{name}" for name in (*fmt.train_files, fmt.test_file, fmt.meta_file)}
+    found: dict[str, dict] = {}
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:  # one sequential pass: random access into a .gz re-decompresses
+                if member.name in wanted:
+                    found[member.name.split("/")[-1]] = pickle.load(
+                        tar.extractfile(member), encoding="bytes")
+    except (tarfile.TarError, EOFError, OSError, zlib.error, pickle.UnpicklingError) as err:
+        raise DataError(f"{path} is not a readable CIFAR archive ({err}). Delete it so it is "
+                        "downloaded again, or replace it with the official python-version file.")
+    missing = sorted(n.split("/")[-1] for n in wanted if n.split("/")[-1] not in found)
+    if missing:
+        raise DataError(f"{path} lacks {missing} under {fmt.folder}/: it is not the official "
+                        "python-version CIFAR archive. Delete it or replace it.")
+
+    def to_split(batches: list[dict]) -> Split:
+        images = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])
+        labels = np.concatenate([np.asarray(b[fmt.label_key], dtype=np.int64) for b in batches])
+        return Split(torch.from_numpy(images.reshape(-1, 3, 32, 32).copy()), torch.from_numpy(labels))
+
+    classes = [n.decode() for n in found[fmt.meta_file][fmt.names_key]]
+    train = to_split([found[name] for name in fmt.train_files])
+    return ImageData(train, to_split([found[fmt.test_file]]), classes)
+
+
+def md5sum(path: Path) -> str:
+    digest = hashlib.md5()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_md5(path: Path, expected: str | None) -> None:
+    if expected and (actual := md5sum(path)) != expected:
+        raise DataError(f"{path} has checksum {actual}, expected {expected}: the file is corrupt "
+                        "or incomplete. Delete it so it is downloaded again.")
+
+
+def download(url: str, dest: Path, md5: str | None, timeout_s: float) -> None:
+    """Stream `url` to `dest` through a temporary file, so a broken download never looks complete."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = dest.with_name(dest.name + ".part")
+    log.info("downloading %s -> %s", url, dest)
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(part, "wb") as out:
+            shutil.copyfileobj(response, out, 1 << 20)
+        check_md5(part, md5)
+    except (urllib.error.URLError, OSError) as err:
+        part.unlink(missing_ok=True)
+        raise DataError(
+            f"{dest} is missing and downloading it from {url} failed ({err}). Either download "
+            f"that file yourself and put it at {dest}, pass data.root=DIR for a folder that "
+            "holds it, or try experiment=smoke (synthetic data, no download).") from None
+    except DataError:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, dest)
+
+
+def cifar_archive(cfg) -> Path:
+    """The archive's path under data.root, downloaded (and checksummed) when it is not there yet."""
+    path = Path(cfg.root) / Path(urlparse(cfg.url).path).name
+    if path.exists():
+        check_md5(path, cfg.md5)
+    elif cfg.download:
+        download(cfg.url, path, cfg.md5, cfg.download_timeout_s)
+    else:
+        raise DataError(f"{path} is missing and data.download=false. Put the official archive "
+                        f"({cfg.url}) there, or pass data.root=DIR for a folder that holds it.")
+    return path
+
+
+# --- the decode-once cache --------------------------------------------------------------------
+
+def save_cache(path: Path, data: ImageData) -> None:
+    """Write atomically (temp file + rename): a killed or concurrent writer never leaves half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    payload = {"version": CACHE_VERSION, "classes": data.classes,
+               "train_images": data.train.images, "train_labels": data.train.labels,
+               "test_images": data.test.images, "test_labels": data.test.labels}
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+
+
+def load_cache(path: Path, channels: int, size: int) -> ImageData | None:
+    """The cached dataset, or None (with a warning) when it is absent, stale or corrupt."""
+    if not path.exists():
+        return None
+    try:
+        raw = torch.load(path, weights_only=True, mmap=True)
+        data = ImageData(Split(raw["train_images"], raw["train_labels"]),
+                         Split(raw["test_images"], raw["test_labels"]), list(raw["classes"]))
+        ok = raw["version"] == CACHE_VERSION and all(
+            s.images.dtype == torch.uint8 and s.images.shape[1:] == (channels, size, size)
+            and s.labels.dtype == torch.int64 and len(s.labels) == len(s.images)
+            for s in (data.train, data.test))
+    except Exception as err:  # a truncated or foreign file can fail in many ways inside torch.load
+        log.warning("cache %s is unreadable (%s): rebuilding it", path, err)
+        return None
+    if not ok:
+        log.warning("cache %s does not match this dataset's format: rebuilding it", path)
+        return None
+    return data
+
+
+def load_cifar(cfg) -> ImageData:
+    cache = Path(cfg.root) / f"{cfg.name}.uint8.pt"
+    data = load_cache(cache, cfg.channels, cfg.image_size)
+    if data is None:
+        data = read_cifar_archive(cifar_archive(cfg), CIFAR_FORMATS[cfg.name])
+        save_cache(cache, data)
+        log.info("decoded %s once into %s", cfg.name, cache)
+    return data
+
+
+# --- synthetic CIFAR-shaped data, for smoke runs and tests -----------------------------------
+
+def make_synthetic(cfg) -> ImageData:
+    """Learnable noise: each class has a blocky colour template; images mix it with pixel noise."""
+    gen = torch.Generator().manual_seed(cfg.seed)
+    shape = (cfg.channels, cfg.image_size, cfg.image_size)
+    templates = torch.randint(0, 256, (cfg.num_classes, cfg.channels, 4, 4), generator=gen)
+    templates = F.interpolate(templates.float(), size=shape[1:], mode="nearest")
+
+    def draw(n: int) -> Split:
+        labels = torch.randint(0, cfg.num_classes, (n,), generator=gen)
+        noise = torch.randint(0, 256, (n, *shape), generator=gen).float()
+        images = (1 - cfg.noise) * templates[labels] + cfg.noise * noise
+        return Split(images.round().to(torch.uint8), labels)
+
+    return ImageData(draw(cfg.train_size), draw(cfg.test_size),
+                     [f"class_{i}" for i in range(cfg.num_classes)])
+
+
+LOADERS = {"cifar10": load_cifar, "cifar100": load_cifar, "synthetic": make_synthetic}
+
+
+def val_count(val_size: int | float, n_train: int) -> int:
+    """`data.val_size` as a count: an int is a count, a float in [0, 1) a fraction of train."""
+    count = round(val_size * n_train) if isinstance(val_size, float) else int(val_size)
+    if not 0 <= count < n_train:
+        raise ConfigError(f"data.val_size={val_size} leaves no training images "
+                          f"(the training set has {n_train}); use a count below it or a fraction < 1")
+    return count
+
+
+def split_validation(train: Split, val_size: int | float, seed: int) -> tuple[Split, Split | None]:
+    """A seeded random hold-out from train; its own seed, so sweeping `seed` keeps one split."""
+    count = val_count(val_size, len(train))
+    if count == 0:
+        return train, None
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    return train.subset(order[count:]), train.subset(order[:count])
+
+
+def load_splits(cfg) -> Splits:
+    assert cfg.name in LOADERS, f"unknown dataset {cfg.name!r}; known: {sorted(LOADERS)}"
+    data = LOADERS[cfg.name](cfg)
+    train, val = split_validation(data.train, cfg.val_size, cfg.split_seed)
+    return Splits(train, val, data.test, data.classes)

@@ -1,0 +1,69 @@
+"""Each job's `summary.json`: one small file a person or a script reads to know how the job went."""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+SUMMARY_FILE = "summary.json"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic (temp file + rename): a reader never sees half a file, even of a killed job."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def read_summary(job_dir: Path) -> dict[str, Any] | None:
+    path = Path(job_dir) / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def base_summary(job, status: str, error: str | None = None) -> dict[str, Any]:
+    return {
+        "status": status,
+        "name": job.name,
+        "choices": job.choices,
+        "overrides": job.overrides,
+        "test_acc": None,
+        "test_loss": None,
+        "best_val_acc": None,
+        "best_val_loss": None,
+        "best_epoch": None,
+        "epochs_completed": 0,
+        "early_stopped": False,
+        "train_time_s": None,
+        "images_per_s": None,
+        "error": error,
+        "output_dir": str(job.output_dir),
+        "finished_at": now(),
+    }
+
+
+def completed_summary(job, fit, test: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
+    summary = base_summary(job, "completed")
+    summary.update({
+        "test_acc": test["acc"],
+        "test_loss": test["loss"],
+        "best_val_acc": fit.best_val.get("acc"),
+        "best_val_loss": fit.best_val.get("loss"),
+        "best_epoch": fit.best_epoch,
+        "epochs_completed": fit.epochs_completed,
+        "early_stopped": fit.early_stopped,
+        "train_time_s": round(fit.train_time_s, 3),
+        "images_per_s": round(fit.images_per_s, 1) if fit.images_per_s else None,
+        **extra,
+    })
+    return summary
+
+
+def failed_summary(job, error: BaseException) -> dict[str, Any]:
+    return base_summary(job, "failed", f"{type(error).__name__}: {error}")

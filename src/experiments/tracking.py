@@ -1,0 +1,95 @@
+"""Per-job experiment tracking: TensorBoard events, a W&B run and a plain metrics.csv.
+
+Used as a context manager so every exit path closes the writer and finishes the W&B run: in one
+multirun process an unfinished `wandb.init` run would be returned again to the next job.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+
+def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; lists and None become strings (for TB hparams)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{name}."))
+        elif isinstance(value, (bool, int, float, str)):
+            flat[name] = value
+        else:
+            flat[name] = str(value)
+    return flat
+
+
+class MetricsCSV:
+    """One row per epoch, flushed as it is written, so a running or killed job can be read."""
+
+    def __init__(self, path: Path):
+        self.path, self.columns = path, None
+
+    def write(self, row: dict[str, Any]) -> None:
+        if self.columns is None:
+            self.columns = list(row)
+            with open(self.path, "w", newline="") as f:
+                csv.DictWriter(f, self.columns).writeheader()
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.columns, extrasaction="ignore").writerow(row)
+
+
+class Tracker:
+    def __init__(self, cfg, out_dir: Path, *, run_name: str, group: str | None, config: dict):
+        self.cfg, self.out_dir = cfg, out_dir
+        self.run_name, self.group, self.config = run_name, group, config
+        self.csv = MetricsCSV(out_dir / "metrics.csv")
+        self.tb = None
+        self.wandb_run = None
+
+    def __enter__(self) -> Tracker:
+        if self.cfg.tensorboard.enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(log_dir=str(self.out_dir / "tb"))
+        if self.cfg.wandb.enabled:
+            self.wandb_run = self._start_wandb()
+        return self
+
+    def _start_wandb(self):
+        import wandb
+
+        w = self.cfg.wandb
+        return wandb.init(
+            project=w.project, entity=w.entity, group=w.group or self.group, name=self.run_name,
+            tags=list(w.tags), mode=w.mode, dir=str(self.out_dir), config=self.config,
+            job_type="train", reinit="finish_previous",
+            settings=wandb.Settings(console="off", silent=True, x_disable_stats=not w.system_stats))
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        self.csv.write({"epoch": epoch, **metrics})
+        if self.tb is not None:
+            for tag, value in metrics.items():
+                self.tb.add_scalar(tag, value, epoch)
+            self.tb.flush()
+        if self.wandb_run is not None:
+            self.wandb_run.log({"epoch": epoch, **metrics}, step=epoch)
+
+    def log_results(self, hparams: dict[str, Any], results: dict[str, float | None]) -> None:
+        """Final numbers, and TB hparams in the same run (run_name='.' avoids a second run dir)."""
+        final = {k: v for k, v in results.items() if v is not None}
+        if self.tb is not None:
+            self.tb.add_hparams(flatten(hparams), {f"hparam/{k}": v for k, v in final.items()},
+                                run_name=".")
+        if self.wandb_run is not None:
+            self.wandb_run.summary.update(final)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.tb is not None:
+            self.tb.close()
+        if self.wandb_run is not None:
+            self.wandb_run.finish(exit_code=0 if exc_type is None else 1)

@@ -1,0 +1,163 @@
+"""Compose and wire one job: config -> data, model, optimizer, schedule, tracking -> trainer -> summary.
+
+`python train.py` (the repo root) calls `run` as its Hydra task function; so does each job of a
+multirun, in one process, one after another.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.config import check_config, register_resolvers
+from experiments.data import Splits, load_splits
+from experiments.errors import UserError
+from experiments.loader import DeviceLoader, Normalize
+from experiments.summary import completed_summary, failed_summary, write_json, SUMMARY_FILE
+from experiments.tracking import Tracker
+from experiments.trainer import Monitor, Trainer, resolve_device
+
+log = logging.getLogger(__name__)
+register_resolvers()
+
+CHOICE_GROUPS = ("model", "optim", "aug", "sched", "data", "trainer", "logger", "experiment")
+
+
+@dataclass
+class JobInfo:
+    """Where this job writes and how it is named, read from Hydra's runtime config."""
+
+    output_dir: Path
+    name: str
+    group: str | None  # the sweep's name in a multirun: all its jobs share one W&B group
+    choices: dict[str, str]
+    overrides: list[str]
+    multirun: bool
+
+    @classmethod
+    def current(cls) -> JobInfo:
+        hc = HydraConfig.get()
+        output_dir = Path(hc.runtime.output_dir)
+        multirun = hc.mode == RunMode.MULTIRUN
+        sweep = Path(hc.sweep.dir)
+        return cls(
+            output_dir=output_dir,
+            name=output_dir.name if multirun else f"{output_dir.parent.name}_{output_dir.name}",
+            group=f"{sweep.parent.name}/{sweep.name}" if multirun else None,
+            choices={k: v for k, v in hc.runtime.choices.items() if k in CHOICE_GROUPS and v},
+            overrides=list(hc.overrides.task),
+            multirun=multirun,
+        )
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def configure_backends(cfg: DictConfig, device: torch.device) -> None:
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"trainer.device={cfg.device} but no CUDA GPU is visible; use trainer.device=auto")
+        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and not cfg.deterministic
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    if cfg.deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+def use_channels_last(cfg: DictConfig, device: torch.device) -> bool:
+    """channels_last speeds up convolutions under CUDA AMP; on CPU it is usually slower."""
+    return device.type == "cuda" if cfg.channels_last == "auto" else bool(cfg.channels_last)
+
+
+def make_loaders(cfg: DictConfig, splits: Splits, device: torch.device, channels_last: bool):
+    normalize = Normalize(cfg.data.mean, cfg.data.std, device)
+    common = dict(device=device, channels_last=channels_last)
+    train = DeviceLoader(splits.train, cfg.trainer.batch_size, normalize, augment=instantiate(cfg.aug),
+                         shuffle=True, drop_last=True, seed=cfg.seed, **common)
+
+    def evaluation(split):
+        return None if split is None else DeviceLoader(split, cfg.trainer.eval_batch_size, normalize, **common)
+
+    return train, evaluation(splits.val), evaluation(splits.test)
+
+
+def build_model(cfg: DictConfig, device: torch.device, channels_last: bool) -> torch.nn.Module:
+    model = instantiate(cfg.model).to(device)
+    return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def train(cfg: DictConfig, job: JobInfo) -> dict:
+    seed_everything(cfg.seed)
+    t = cfg.trainer
+    device = resolve_device(t.device)
+    configure_backends(t, device)
+    channels_last = use_channels_last(t, device)
+    splits = load_splits(cfg.data)
+    log.info("data %s: %d train / %d val / %d test images, %d classes", cfg.data.name,
+             len(splits.train), len(splits.val or ()), len(splits.test), len(splits.classes))
+    train_batches, val_batches, test_batches = make_loaders(cfg, splits, device, channels_last)
+
+    model = build_model(cfg, device, channels_last)
+    optimizer = instantiate(cfg.optim)(model.parameters())
+    steps_per_epoch = math.ceil(len(train_batches) / t.grad_accum_steps)
+    schedule = instantiate(cfg.sched)(optimizer, epochs=t.epochs, steps_per_epoch=steps_per_epoch)
+    trainer = Trainer(model, optimizer, schedule, device=device, precision=t.precision,
+                      grad_accum_steps=t.grad_accum_steps, grad_clip=t.grad_clip,
+                      label_smoothing=t.label_smoothing, progress=t.progress)
+    log.info("model %s (%.2fM parameters) on %s, autocast %s", job.choices.get("model"),
+             sum(p.numel() for p in model.parameters()) / 1e6, device, trainer.amp_dtype)
+
+    es = t.early_stopping
+    config = OmegaConf.to_container(cfg, resolve=True)
+    with Tracker(cfg.logger, job.output_dir, run_name=job.name, group=job.group, config=config) as tracker:
+        fit = trainer.fit(
+            train_batches, val_batches, t.epochs,
+            select=Monitor(t.monitor, t.monitor_mode),
+            stopper=Monitor(es.monitor, es.mode, es.min_delta, es.patience) if es.patience else None,
+            on_epoch=lambda epoch, metrics: log_epoch(tracker, epoch, t.epochs, metrics))
+        # the test set is evaluated once, here, with the weights chosen on validation
+        test = trainer.evaluate(test_batches)
+        summary = completed_summary(job, fit, test, {"device": str(device), "seed": cfg.seed})
+        tracker.log_results({"choices": job.choices, **config},
+                            {k: summary[k] for k in ("test_acc", "best_val_acc", "epochs_completed")})
+    return summary
+
+
+def log_epoch(tracker: Tracker, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+    tracker.log_epoch(epoch, metrics)
+    log.info("epoch %d/%d %s", epoch, epochs,
+             " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+
+
+def run(cfg: DictConfig) -> float:
+    """The task function. Returns `cfg.optimized_metric` as a float for sweepers such as Optuna."""
+    job = JobInfo.current()
+    try:
+        check_config(cfg)
+        summary = train(cfg, job)
+    except Exception as err:
+        write_json(job.output_dir / SUMMARY_FILE, failed_summary(job, err))
+        if not isinstance(err, UserError):
+            raise
+        log.error("%s", err)
+        if not job.multirun:
+            sys.exit(2)  # a user error: its message, not a traceback
+        raise UserError(str(err)) from None  # fail this job; the sweep's other jobs still run
+    write_json(job.output_dir / SUMMARY_FILE, summary)
+    log.info("done: test_acc=%s best_val_acc=%s -> %s", summary["test_acc"],
+             summary["best_val_acc"], job.output_dir)
+    value = summary.get(cfg.optimized_metric)
+    return float("nan") if value is None else float(value)
