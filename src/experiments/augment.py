@@ -27,29 +27,42 @@ def _randint(n: int, low: int, high: int, gen: torch.Generator, device) -> torch
     return torch.randint(low, high + 1, (n,), generator=gen, device=device)
 
 
-def source_pixels(n: int, h: int, w: int, padding: int, flip: bool, degrees: float,
-                  gen: torch.Generator, device) -> tuple[torch.Tensor, torch.Tensor]:
+def draw_geometry(n: int, padding: int, flip: bool, degrees: float, gen: torch.Generator,
+                  device) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """Per-image (angle in degrees, mirrored?, (dy, dx) crop shift); None where the op is off."""
+    angle = _uniform(n, -degrees, degrees, gen, device) if degrees > 0 else None
+    mirrored = torch.rand(n, generator=gen, device=device) < 0.5 if flip else None
+    # a crop of the zero-padded image is a shift by -padding..padding
+    shift = _randint(2 * n, -padding, padding, gen, device).view(n, 2) if padding > 0 else None
+    return angle, mirrored, shift
+
+
+def source_pixels(h: int, w: int, angle: torch.Tensor | None, mirrored: torch.Tensor | None,
+                  shift: torch.Tensor | None, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
     """For each image and output pixel, the (row, col) of the input pixel it copies.
 
     Works backwards from the output: undo the rotation (about the image centre), then the flip,
-    then the crop offset. Coordinates outside the image read zeros, as padding and rotation fill do.
+    then the crop shift. Coordinates outside the image read zeros, as padding and rotation fill do.
     """
     cy, cx = (h - 1) / 2, (w - 1) / 2
     y = (torch.arange(h, device=device, dtype=torch.float32) - cy).view(1, h, 1)
     x = (torch.arange(w, device=device, dtype=torch.float32) - cx).view(1, 1, w)
-    if degrees > 0:
-        angle = _uniform(n, -degrees, degrees, gen, device).mul_(math.pi / 180).view(n, 1, 1)
-        cos, sin = angle.cos(), angle.sin()
+    if angle is not None:
+        radians = (angle * (math.pi / 180)).view(n, 1, 1)
+        cos, sin = radians.cos(), radians.sin()
         # counter-clockwise on screen (y points down), as torchvision's rotate
         x, y = cos * x - sin * y, sin * x + cos * y
     x, y = x.expand(n, h, w), y.expand(n, h, w)
-    if flip:
-        mirrored = torch.rand(n, generator=gen, device=device) < 0.5
+    if mirrored is not None:
         x = torch.where(mirrored.view(n, 1, 1), -x, x)
-    if padding > 0:  # a crop of the zero-padded image is a shift by -padding..padding
-        y = y + _randint(n, -padding, padding, gen, device).view(n, 1, 1)
-        x = x + _randint(n, -padding, padding, gen, device).view(n, 1, 1)
-    return (y + cy).round_().long(), (x + cx).round_().long()
+    rows, cols = (y + cy).round_().long(), (x + cx).round_().long()
+    if shift is not None:
+        # torchvision rotates the *cropped* image, so what the rotation brings in from outside
+        # the crop window is fill (0), even where the original image has pixels
+        outside_window = (rows < 0) | (rows >= h) | (cols < 0) | (cols >= w)
+        rows = (rows + shift[:, 0].view(n, 1, 1)).masked_fill_(outside_window, -1)
+        cols = cols + shift[:, 1].view(n, 1, 1)
+    return rows, cols
 
 
 def warp_nearest(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
@@ -105,9 +118,8 @@ class BatchAugment:
         if not self.warps:
             return images
         n, _, h, w = images.shape
-        rows, cols = source_pixels(n, h, w, self.crop_padding, self.flip, self.rotate_degrees,
-                                   gen, images.device)
-        return warp_nearest(images, rows, cols)
+        params = draw_geometry(n, self.crop_padding, self.flip, self.rotate_degrees, gen, images.device)
+        return warp_nearest(images, *source_pixels(h, w, *params, n, images.device))
 
     def erase(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         """Zero a random box; on normalized images 0 is the dataset mean colour."""

@@ -1,0 +1,90 @@
+"""Every combination of the config groups composes, instantiates and takes a training step."""
+
+import itertools
+
+import pytest
+import torch
+from hydra.errors import ConfigCompositionException
+from hydra.utils import instantiate
+
+from conftest import CONF
+from experiments.augment import BatchAugment
+from experiments.loader import Normalize
+
+MODELS, AUGS, OPTIMS, SCHEDS = (sorted(p.stem for p in (CONF / g).glob("*.yaml"))
+                                for g in ("model", "aug", "optim", "sched"))
+
+
+def test_groups_hold_the_documented_options():
+    assert set(MODELS) >= {"resnet18", "preact"}
+    assert set(AUGS) >= {"none", "basic", "advanced"}
+    assert set(OPTIMS) >= {"sgd", "adamw"}
+    assert set(SCHEDS) >= {"cosine", "plateau", "step", "none"}
+
+
+@pytest.mark.parametrize("model,aug,optim,sched", list(itertools.product(MODELS, AUGS, OPTIMS, SCHEDS)))
+def test_combination_builds_and_steps(compose_cfg, model, aug, optim, sched):
+    cfg = compose_cfg([f"model={model}", f"aug={aug}", f"optim={optim}", f"sched={sched}",
+                       "data=synthetic", "model.width=8"])
+    net = instantiate(cfg.model)
+    augment = instantiate(cfg.aug)
+    assert isinstance(augment, BatchAugment)
+    optimizer = instantiate(cfg.optim)(net.parameters())
+    schedule = instantiate(cfg.sched)(optimizer, epochs=3, steps_per_epoch=2)
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    x = augment.erase(Normalize(cfg.data.mean, cfg.data.std, "cpu")(augment.geometric(images, gen)), gen)
+    loss = torch.nn.functional.cross_entropy(net(x), torch.tensor([0, 1, 2, 3]))
+    loss.backward()
+    optimizer.step()
+    schedule.step_batch()
+    schedule.step_epoch({"val/acc": 0.5, "val/loss": 1.0})
+    assert torch.isfinite(loss)
+    assert net(x).shape == (4, cfg.data.num_classes)
+
+
+def test_optimizer_fields_reach_torch(compose_cfg):
+    cfg = compose_cfg(["optim=sgd", "optim.lr=0.05", "optim.momentum=0.5", "data=synthetic"])
+    opt = instantiate(cfg.optim)([torch.nn.Parameter(torch.zeros(1))])
+    assert isinstance(opt, torch.optim.SGD)
+    group = opt.param_groups[0]
+    assert (group["lr"], group["momentum"], group["nesterov"], group["weight_decay"]) == (0.05, 0.5, True, 5e-4)
+    adamw = instantiate(compose_cfg(["optim=adamw", "data=synthetic"]).optim)([torch.nn.Parameter(torch.zeros(1))])
+    assert isinstance(adamw, torch.optim.AdamW) and adamw.param_groups[0]["weight_decay"] == 0.05
+
+
+def test_num_classes_come_from_the_data_config(compose_cfg):
+    assert compose_cfg(["data=cifar10"]).model.num_classes == 10
+    assert compose_cfg(["data=cifar100"]).model.num_classes == 100
+
+
+def test_cifar_stem_and_imagenet_stem(compose_cfg):
+    cifar = instantiate(compose_cfg(["model=resnet18"]).model)
+    assert cifar.conv1.kernel_size == (3, 3) and cifar.conv1.stride == (1, 1)
+    assert isinstance(cifar.maxpool, torch.nn.Identity)
+    imagenet = instantiate(compose_cfg(["model=resnet18", "model.cifar_stem=false"]).model)
+    assert imagenet.conv1.kernel_size == (7, 7) and imagenet.conv1.stride == (2, 2)
+    assert not isinstance(imagenet.maxpool, torch.nn.Identity)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_width_narrows_every_stage_including_the_stem(compose_cfg, model):
+    cfg = compose_cfg([f"model={model}", "model.width=8"])
+    net = instantiate(cfg.model)
+    convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[0].out_channels == 8
+    assert max(c.out_channels for c in convs) == 64  # 8, 16, 32, 64
+    full = instantiate(compose_cfg([f"model={model}"]).model)
+    assert 10e6 < sum(p.numel() for p in full.parameters()) < 12e6  # a real ResNet-18
+
+
+def test_unknown_option_lists_the_valid_ones(compose_cfg):
+    with pytest.raises(ConfigCompositionException, match="preact"):
+        compose_cfg(["model=resnet50x"])
+
+
+def test_smoke_experiment_preset(compose_cfg):
+    cfg = compose_cfg(["experiment=smoke"])
+    assert cfg.data.name == "synthetic" and cfg.data.num_classes == 100
+    assert cfg.trainer.epochs <= 2 and cfg.model.width < 64

@@ -1,0 +1,89 @@
+"""`python train.py` as users run it: a smoke job's outputs, and clear failures on bad input."""
+
+import csv
+import json
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import run_train
+
+TAGS = {"train/loss", "train/acc", "val/loss", "val/acc", "train/lr"}
+
+
+@pytest.fixture(scope="module")
+def smoke_job(tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke") / "run"
+    proc = run_train("experiment=smoke", f"hydra.run.dir={out}", cwd=out.parent)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc
+
+
+def test_smoke_job_writes_a_completed_summary(smoke_job):
+    out, _ = smoke_job
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["error"] is None
+    assert 0.0 <= summary["test_acc"] <= 1.0 and 0.0 <= summary["best_val_acc"] <= 1.0
+    assert summary["epochs_completed"] == 2 and summary["early_stopped"] is False
+    assert summary["train_time_s"] > 0 and summary["images_per_s"] > 0
+    assert summary["choices"].items() >= {"model": "resnet18", "optim": "sgd", "aug": "basic",
+                                          "sched": "cosine", "data": "synthetic"}.items()
+
+
+def test_smoke_job_tensorboard_events_have_every_tag_and_hparams_in_one_run(smoke_job):
+    out, _ = smoke_job
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    scalars = set(acc.Tags()["scalars"])
+    assert TAGS <= scalars
+    assert [e.step for e in acc.Scalars("val/acc")] == [1, 2]
+    assert "hparam/test_acc" in scalars
+    assert "_hparams_/session_start_info" in acc.summary_metadata  # hparams plugin, same dir
+    assert not [p for p in (out / "tb").iterdir() if p.is_dir()]  # no second run directory
+
+
+def test_smoke_job_has_one_offline_wandb_run_and_per_epoch_metrics(smoke_job):
+    out, _ = smoke_job
+    runs = list((out / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    record = next(runs[0].glob("*.wandb")).read_bytes()
+    assert b"val/acc" in record and b"test_acc" in record
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2] and TAGS <= set(rows[0])
+    assert (out / ".hydra" / "config.yaml").exists() and (out / "train.log").exists()
+    assert "epoch 2/2" in (out / "train.log").read_text()
+
+
+def test_progress_bar_shows_epochs_with_eta(smoke_job):
+    _, proc = smoke_job
+    assert "2/2" in proc.stderr and ("epoch/s" in proc.stderr or "s/epoch" in proc.stderr)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["model=resnet50x"], "Available options"),
+    (["trainer.epochs=abc"], "trainer.epochs must be a positive integer"),
+    (["trainer.epochs=-1"], "trainer.epochs must be a positive integer"),
+    (["optim.lr=-0.1"], "optim.lr must be a number > 0"),
+    (["trainer.batch_size=0"], "trainer.batch_size must be a positive integer"),
+    (["trainer.epochs=1", "trainer.nope=1"], "Could not override 'trainer.nope'"),
+    (["sched=plateau", "data.val_size=0"], "needs a validation split"),
+])
+def test_bad_input_fails_with_a_clear_message(tmp_path, overrides, message):
+    out = tmp_path / "run"
+    proc = run_train("experiment=smoke", f"hydra.run.dir={out}", *overrides, cwd=tmp_path)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+    summary = out / "summary.json"
+    assert not summary.exists() or json.loads(summary.read_text())["status"] == "failed"
+
+
+def test_missing_data_without_network_fails_clearly(tmp_path):
+    out = tmp_path / "run"
+    proc = run_train(f"hydra.run.dir={out}", f"data.root={tmp_path / 'data'}",
+                     "data.url=http://127.0.0.1:9/cifar-100-python.tar.gz", cwd=tmp_path)
+    assert proc.returncode != 0
+    text = proc.stdout + proc.stderr
+    assert "cifar-100-python.tar.gz is missing" in text and "experiment=smoke" in text
+    assert "Traceback" not in proc.stderr
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"

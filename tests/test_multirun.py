@@ -1,0 +1,57 @@
+"""The 2x2x2 grid as a Hydra multirun (smoke sized): 8 jobs, 8 directories, 8 separate runs."""
+
+import json
+import time
+
+import pytest
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from conftest import run_train
+
+GRID = ["model=resnet18,preact", "optim=sgd,adamw", "aug=basic,advanced"]
+NAMES = [f"{i}-{m}-{o}-{a}" for i, (m, o, a) in enumerate(
+    (m, o, a) for m in ("resnet18", "preact") for o in ("sgd", "adamw") for a in ("basic", "advanced"))]
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    sweep_dir = tmp_path_factory.mktemp("grid") / "sweep"
+    start = time.perf_counter()
+    proc = run_train("-m", "experiment=smoke", *GRID, f"hydra.sweep.dir={sweep_dir}",
+                     cwd=sweep_dir.parent, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return sweep_dir, time.perf_counter() - start
+
+
+def test_grid_writes_eight_named_job_directories(sweep):
+    sweep_dir, seconds = sweep
+    jobs = sorted(p.name for p in sweep_dir.iterdir() if p.is_dir())
+    assert jobs == sorted(NAMES)
+    assert seconds < 180  # the issue asks under 2 minutes on 2 cores; CI machines vary
+    for name in NAMES:
+        summary = json.loads((sweep_dir / name / "summary.json").read_text())
+        model, optim, aug = name.split("-")[1:]
+        assert summary["status"] == "completed"
+        assert (summary["choices"]["model"], summary["choices"]["optim"], summary["choices"]["aug"]) == (model, optim, aug)
+
+
+def test_every_job_has_its_own_wandb_run_in_one_group(sweep):
+    sweep_dir, _ = sweep
+    run_ids = set()
+    for name in NAMES:
+        runs = list((sweep_dir / name / "wandb").glob("offline-run-*"))
+        assert len(runs) == 1, f"{name} has {len(runs)} W&B runs"
+        run_ids.add(runs[0].name.rsplit("-", 1)[-1])
+        record = next(runs[0].glob("*.wandb")).read_bytes()
+        assert name.encode() in record  # its own run name ...
+        assert not [other for other in NAMES if other != name and other.encode() in record]  # ... only
+        assert f"{sweep_dir.parent.name}/{sweep_dir.name}".encode() in record  # the sweep's group
+    assert len(run_ids) == 8
+
+
+def test_every_job_has_its_own_tensorboard_events(sweep):
+    sweep_dir, _ = sweep
+    for name in NAMES:
+        acc = EventAccumulator(str(sweep_dir / name / "tb"))
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]

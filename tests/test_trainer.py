@@ -1,0 +1,136 @@
+"""Direct calls into the trainer: it learns, selects on validation, stops early, accumulates, clips."""
+
+import pytest
+import torch
+import torch.nn as nn
+
+from experiments.data import Split
+from experiments.loader import DeviceLoader, Normalize
+from experiments.models import PreActResNet18
+from experiments.schedules import constant, warmup_cosine
+from experiments.trainer import Monitor, Trainer, resolve_precision
+
+
+def separable(n: int, classes: int = 4, seed: int = 0) -> Split:
+    """Each class a flat colour plus noise: a narrow net separates them within a few epochs."""
+    gen = torch.Generator().manual_seed(seed)
+    labels = torch.randint(0, classes, (n,), generator=gen)
+    colours = torch.linspace(30, 220, classes).view(classes, 1, 1, 1)
+    noise = torch.randint(-25, 26, (n, 3, 32, 32), generator=gen)
+    return Split((colours[labels] + noise).clamp(0, 255).to(torch.uint8), labels)
+
+
+def loader(split, batch=32, shuffle=False):
+    return DeviceLoader(split, batch, Normalize([0.5] * 3, [0.25] * 3, "cpu"), device="cpu",
+                        shuffle=shuffle, drop_last=shuffle)
+
+
+def make_trainer(lr=0.05, **kwargs):
+    torch.manual_seed(0)
+    model = PreActResNet18(num_classes=4, width=4)
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1),
+                      device=torch.device("cpu"), progress=False, **kwargs)
+    return trainer
+
+
+def test_it_learns_and_keeps_the_best_validation_weights():
+    trainer = make_trainer()
+    train, val = loader(separable(256), shuffle=True), loader(separable(128, seed=1))
+    before = trainer.evaluate(val)["acc"]
+    result = trainer.fit(train, val, 4, select=Monitor("val/acc", "max"))
+    after = trainer.evaluate(val)
+    assert result.epochs_completed == 4 and not result.early_stopped
+    assert after["acc"] > max(before, 0.25) + 0.3
+    # the weights in the model at the end are the selected epoch's
+    assert after["acc"] == pytest.approx(result.best_val["acc"])
+    assert result.images_per_s > 0 and result.train_images == 4 * 256
+
+
+def test_early_stopping_after_patience_epochs_without_improvement():
+    trainer = make_trainer()
+    train, val = loader(separable(64), shuffle=True), loader(separable(64, seed=1))
+    # no loss can drop by 100 in an epoch: after the first epoch nothing counts as improvement
+    result = trainer.fit(train, val, 10, select=Monitor("val/acc", "max"),
+                         stopper=Monitor("val/loss", "min", min_delta=100.0, patience=2))
+    assert result.early_stopped and result.epochs_completed == 3
+
+
+def test_without_validation_the_last_weights_are_kept():
+    trainer = make_trainer()
+    result = trainer.fit(loader(separable(64), shuffle=True), None, 2, select=Monitor("val/acc", "max"))
+    assert result.best_epoch is None and result.best_val == {} and result.epochs_completed == 2
+
+
+def test_monitor_modes_and_min_delta():
+    m = Monitor("val/loss", "min", min_delta=0.1, patience=1)
+    assert m.update({"val/loss": 1.0}) and not m.update({"val/loss": 0.95}) and m.exhausted
+    assert m.update({"val/loss": 0.8}) and not m.exhausted
+
+
+def test_gradient_accumulation_steps_the_optimizer_once_per_group():
+    trainer = make_trainer(grad_accum_steps=3)
+    steps = []
+    trainer.optimizer.step = lambda *a, **k: steps.append(1)
+    trainer.train_epoch(loader(separable(7 * 8), batch=8))  # 7 micro-batches -> groups 3, 3, 1
+    assert len(steps) == 3
+
+
+def test_accumulated_gradients_equal_the_big_batch_gradient():
+    torch.manual_seed(0)
+    x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
+
+    class Batches(list):
+        num_images = 16
+
+    def grads(batches, accum):
+        torch.manual_seed(0)
+        model = nn.Linear(5, 3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.0)
+        trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1),
+                          device=torch.device("cpu"), grad_accum_steps=accum, progress=False)
+        seen = {}
+        opt.step = lambda *a, **k: seen.setdefault("g", model.weight.grad.clone())
+        trainer.train_epoch(Batches(batches))
+        return seen["g"]
+
+    whole = grads([(x, y)], 1)
+    halves = grads([(x[:8], y[:8]), (x[8:], y[8:])], 2)
+    assert torch.allclose(whole, halves, atol=1e-6)
+
+
+def test_clipping_bounds_the_gradient_norm():
+    trainer = make_trainer(lr=0.05, grad_clip=0.01)
+    norms = []
+    real_step = trainer.optimizer.step
+
+    def step(*a, **k):
+        norms.append(torch.norm(torch.stack([p.grad.norm() for p in trainer.model.parameters()])).item())
+        return real_step(*a, **k)
+
+    trainer.optimizer.step = step
+    trainer.train_epoch(loader(separable(64), batch=32))
+    assert norms and max(norms) <= 0.01 + 1e-6
+
+
+def test_bf16_autocast_trains_on_cpu():
+    trainer = make_trainer(precision="bf16")
+    assert trainer.amp_dtype == torch.bfloat16 and not trainer.scaler.is_enabled()
+    metrics = trainer.train_epoch(loader(separable(64), batch=32))
+    assert torch.isfinite(torch.tensor(metrics["loss"]))
+
+
+def test_precision_auto_is_fp32_on_cpu():
+    assert resolve_precision("auto", torch.device("cpu")) is None
+    assert resolve_precision("fp16", torch.device("cpu")) == torch.float16
+
+
+def test_warmup_cosine_shape():
+    opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
+    schedule = warmup_cosine(opt, epochs=10, steps_per_epoch=10, warmup_epochs=2, min_lr_ratio=0.0)
+    lrs = []
+    for _ in range(100):
+        lrs.append(opt.param_groups[0]["lr"])
+        schedule.step_batch()
+    assert lrs[0] == pytest.approx(0.05) and lrs[19] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[19:], lrs[20:])) and lrs[-1] < 0.01
