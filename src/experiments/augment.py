@@ -1,14 +1,18 @@
-"""Batched augmentation with per-image randomness, on whatever device the batch lives on.
+"""Batched augmentation with per-image randomness, on whatever device the dataset lives on.
 
 torchvision's v2 transforms applied to a batch draw ONE set of parameters for the whole batch, and
-per-sample PIL transforms in a DataLoader are slow. Here every image gets its own crop offset, flip,
-rotation angle and erasing box, drawn for the whole batch at once, with the same semantics as
+per-image transforms in a DataLoader are slow. Here every image gets its own crop offset, flip,
+rotation angle and erasing box, all drawn for the batch at once, with exactly the semantics of
 
     RandomCrop(32, padding=p) -> RandomHorizontalFlip() -> RandomRotation(d)   (nearest, fill 0)
     -> ToTensor -> Normalize(mean, std) -> RandomErasing(p, scale, ratio, value=0)
 
-Crop, flip and rotation fold into ONE nearest-neighbour warp that gathers uint8 pixels, so the
-geometric part never leaves uint8 and makes one pass over memory.
+How it stays cheap:
+- the dataset is stored zero-padded once, so a random crop is a window of it; crop, flip and the
+  batch's selection from the dataset are ONE uint8 gather whose indices are per image row and
+  column (never per pixel);
+- rotation is one `affine_grid` + `grid_sample` for the whole batch, on the cropped images;
+- erasing is a mask built from per-image row and column ranges, applied in place.
 """
 
 from __future__ import annotations
@@ -16,63 +20,38 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 
 
-def _uniform(n: int, low: float, high: float, gen: torch.Generator, device) -> torch.Tensor:
-    return torch.rand(n, generator=gen, device=device) * (high - low) + low
+def crop_flip_at(stored: torch.Tensor, index: torch.Tensor, padding: int,
+                 shift: torch.Tensor | None, mirrored: torch.Tensor | None) -> torch.Tensor:
+    """Images `index` of the padded dataset `stored`, each cropped at its own offset and flipped.
 
-
-def _randint(n: int, low: int, high: int, gen: torch.Generator, device) -> torch.Tensor:
-    """Uniform integers in [low, high] inclusive, one per image."""
-    return torch.randint(low, high + 1, (n,), generator=gen, device=device)
-
-
-def draw_geometry(n: int, padding: int, flip: bool, degrees: float, gen: torch.Generator,
-                  device) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
-    """Per-image (angle in degrees, mirrored?, (dy, dx) crop shift); None where the op is off."""
-    angle = _uniform(n, -degrees, degrees, gen, device) if degrees > 0 else None
-    mirrored = torch.rand(n, generator=gen, device=device) < 0.5 if flip else None
-    # a crop of the zero-padded image is a shift by -padding..padding
-    shift = _randint(2 * n, -padding, padding, gen, device).view(n, 2) if padding > 0 else None
-    return angle, mirrored, shift
-
-
-def source_pixels(h: int, w: int, angle: torch.Tensor | None, mirrored: torch.Tensor | None,
-                  shift: torch.Tensor | None, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each image and output pixel, the (row, col) of the input pixel it copies.
-
-    Works backwards from the output: undo the rotation (about the image centre), then the flip,
-    then the crop shift. Coordinates outside the image read zeros, as padding and rotation fill do.
+    `shift` is (n, 2) crop offsets in [0, 2*padding] (None: centre crop), `mirrored` (n,) bool.
+    Returns uint8 (n, C, H, W) laid out channels-last (the gather's natural order).
     """
-    cy, cx = (h - 1) / 2, (w - 1) / 2
-    y = (torch.arange(h, device=device, dtype=torch.float32) - cy).view(1, h, 1)
-    x = (torch.arange(w, device=device, dtype=torch.float32) - cx).view(1, 1, w)
-    if angle is not None:
-        radians = (angle * (math.pi / 180)).view(n, 1, 1)
-        cos, sin = radians.cos(), radians.sin()
-        # counter-clockwise on screen (y points down), as torchvision's rotate
-        x, y = cos * x - sin * y, sin * x + cos * y
-    x, y = x.expand(n, h, w), y.expand(n, h, w)
-    if mirrored is not None:
-        x = torch.where(mirrored.view(n, 1, 1), -x, x)
-    rows, cols = (y + cy).round_().long(), (x + cx).round_().long()
-    if shift is not None:
-        # torchvision rotates the *cropped* image, so what the rotation brings in from outside
-        # the crop window is fill (0), even where the original image has pixels
-        outside_window = (rows < 0) | (rows >= h) | (cols < 0) | (cols >= w)
-        rows = (rows + shift[:, 0].view(n, 1, 1)).masked_fill_(outside_window, -1)
-        cols = cols + shift[:, 1].view(n, 1, 1)
-    return rows, cols
+    n, device = len(index), stored.device
+    h, w = stored.shape[2] - 2 * padding, stored.shape[3] - 2 * padding
+    rows = torch.arange(h, device=device).expand(n, h)
+    cols = torch.arange(w, device=device).expand(n, w)
+    if mirrored is not None:  # flip after crop: output column x reads crop column w-1-x
+        cols = torch.where(mirrored.view(n, 1), cols.flip(1), cols)
+    offsets = shift if shift is not None else torch.full((n, 2), padding, device=device)
+    rows, cols = rows + offsets[:, :1], cols + offsets[:, 1:]
+    out = stored[index.view(n, 1, 1), :, rows.view(n, h, 1), cols.view(n, 1, w)]  # (n, h, w, C)
+    return out.permute(0, 3, 1, 2)
 
 
-def warp_nearest(images: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
-    """out[b, :, i, j] = images[b, :, rows[b,i,j], cols[b,i,j]], or 0 where that is outside."""
-    n, c, h, w = images.shape
-    outside = (rows < 0) | (rows >= h) | (cols < 0) | (cols >= w)
-    index = torch.where(outside, h * w, rows * w + cols)  # h*w points at an appended zero pixel
-    flat = torch.nn.functional.pad(images.reshape(n, c, h * w), (0, 1))
-    out = flat.gather(2, index.view(n, 1, h * w).expand(n, c, h * w))
-    return out.view(n, c, h, w)
+def rotate_by(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each float image counter-clockwise by its angle, about its centre; nearest, fill 0."""
+    n, _, h, w = images.shape
+    assert h == w, "rotation assumes square images"  # so normalized coords scale alike
+    radians = degrees.float() * (math.pi / 180)
+    cos, sin, zero = radians.cos(), radians.sin(), torch.zeros_like(radians)
+    # theta maps output to input coordinates (y points down, as torchvision's rotate)
+    theta = torch.stack([cos, -sin, zero, sin, cos, zero], dim=1).view(n, 2, 3)
+    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    return F.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
 def erasing_boxes(n: int, h: int, w: int, p: float, scale: tuple[float, float],
@@ -83,26 +62,30 @@ def erasing_boxes(n: int, h: int, w: int, p: float, scale: tuple[float, float],
     torchvision tries up to 10 (area, aspect) draws and takes the first box that fits; all the
     attempts are drawn at once here and the first fitting one is picked per image.
     """
-    area = _uniform(n * attempts, *scale, gen, device).mul_(h * w).view(n, attempts)
-    log_r = _uniform(n * attempts, math.log(ratio[0]), math.log(ratio[1]), gen, device)
-    aspect = log_r.exp_().view(n, attempts)
+    area = uniform(n * attempts, *scale, gen, device).mul_(h * w).view(n, attempts)
+    log_ratio = uniform(n * attempts, math.log(ratio[0]), math.log(ratio[1]), gen, device)
+    aspect = log_ratio.exp_().view(n, attempts)
     box_h = (area * aspect).sqrt_().round_().long()
     box_w = (area / aspect).sqrt_().round_().long()
     fits = (box_h < h) & (box_w < w)
     first = fits.int().argmax(dim=1, keepdim=True)
-    box_h, box_w = box_h.gather(1, first).squeeze(1), box_w.gather(1, first).squeeze(1)
-    erase = (torch.rand(n, generator=gen, device=device) < p) & fits.any(dim=1)
-    top = (torch.rand(n, generator=gen, device=device) * (h - box_h + 1)).long()
-    left = (torch.rand(n, generator=gen, device=device) * (w - box_w + 1)).long()
-    rows = torch.arange(h, device=device).view(1, h, 1)
-    cols = torch.arange(w, device=device).view(1, 1, w)
-    inside = ((rows >= top.view(n, 1, 1)) & (rows < (top + box_h).view(n, 1, 1))
-              & (cols >= left.view(n, 1, 1)) & (cols < (left + box_w).view(n, 1, 1)))
-    return (inside & erase.view(n, 1, 1)).unsqueeze(1)
+    box_h, box_w = box_h.gather(1, first), box_w.gather(1, first)  # (n, 1)
+    erase = (torch.rand(n, 1, generator=gen, device=device) < p) & fits.any(dim=1, keepdim=True)
+    top = (torch.rand(n, 1, generator=gen, device=device) * (h - box_h + 1)).long()
+    left = (torch.rand(n, 1, generator=gen, device=device) * (w - box_w + 1)).long()
+    rows, cols = torch.arange(h, device=device), torch.arange(w, device=device)
+    in_rows = (rows >= top) & (rows < top + box_h) & erase  # (n, h)
+    in_cols = (cols >= left) & (cols < left + box_w)  # (n, w)
+    return (in_rows.view(n, 1, h, 1) & in_cols.view(n, 1, 1, w))
+
+
+def uniform(n: int, low: float, high: float, gen: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=gen, device=device).mul_(high - low).add_(low)
 
 
 class BatchAugment:
-    """The `aug` config group: geometric warp on uint8 images, erasing on normalized ones."""
+    """The `aug` config group. The loader calls, per batch: `select` (uint8 crop+flip),
+    `rotate` (float, before normalization: the fill is black), `erase` (after normalization)."""
 
     def __init__(self, crop_padding: int = 0, flip: bool = False, rotate_degrees: float = 0.0,
                  erase_p: float = 0.0, erase_scale=(0.02, 0.33), erase_ratio=(0.3, 3.3)):
@@ -110,25 +93,33 @@ class BatchAugment:
         self.crop_padding, self.flip, self.rotate_degrees = crop_padding, flip, rotate_degrees
         self.erase_p, self.erase_scale, self.erase_ratio = erase_p, tuple(erase_scale), tuple(erase_ratio)
 
-    @property
-    def warps(self) -> bool:
-        return self.crop_padding > 0 or self.flip or self.rotate_degrees > 0
+    def store(self, images: torch.Tensor) -> torch.Tensor:
+        """The dataset as kept on the device: zero-padded once, so every crop is a window of it."""
+        p = self.crop_padding
+        return F.pad(images, (p, p, p, p)) if p else images
 
-    def geometric(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        if not self.warps:
+    def select(self, stored: torch.Tensor, index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, device, p = len(index), stored.device, self.crop_padding
+        if not (p or self.flip):
+            return stored[index]
+        shift = torch.randint(0, 2 * p + 1, (n, 2), generator=gen, device=device) if p else None
+        mirrored = torch.rand(n, generator=gen, device=device) < 0.5 if self.flip else None
+        return crop_flip_at(stored, index, p, shift, mirrored)
+
+    def rotate(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if self.rotate_degrees == 0:
             return images
-        n, _, h, w = images.shape
-        params = draw_geometry(n, self.crop_padding, self.flip, self.rotate_degrees, gen, images.device)
-        return warp_nearest(images, *source_pixels(h, w, *params, n, images.device))
+        d = self.rotate_degrees
+        return rotate_by(images, uniform(len(images), -d, d, gen, images.device))
 
     def erase(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Zero a random box; on normalized images 0 is the dataset mean colour."""
+        """Zero a random box per image, in place; on normalized images 0 is the mean colour."""
         if self.erase_p == 0:
             return images
         n, _, h, w = images.shape
         mask = erasing_boxes(n, h, w, self.erase_p, self.erase_scale, self.erase_ratio, gen,
                              images.device)
-        return images.masked_fill(mask, 0.0)
+        return images.masked_fill_(mask, 0.0)
 
     def __repr__(self) -> str:
         return (f"BatchAugment(crop_padding={self.crop_padding}, flip={self.flip}, "

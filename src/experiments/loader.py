@@ -24,8 +24,9 @@ class Normalize:
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = -mean_t / std_t
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return torch.addcmul(self.shift, images.float(), self.scale)
+    def __call__(self, images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+        layout = torch.channels_last if channels_last else torch.contiguous_format
+        return torch.addcmul(self.shift, images.float(), self.scale).contiguous(memory_format=layout)
 
 
 class DeviceLoader:
@@ -34,7 +35,8 @@ class DeviceLoader:
     def __init__(self, split: Split, batch_size: int, normalize: Normalize, *, device,
                  augment: BatchAugment | None = None, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0, channels_last: bool = False):
-        self.images = split.images.to(device)
+        # kept as uint8 on the device (zero-padded when the augmentation crops): the one copy
+        self.images = (augment.store if augment else lambda x: x)(split.images.to(device))
         self.labels = split.labels.to(device)
         self.batch_size, self.normalize, self.augment = batch_size, normalize, augment
         self.shuffle, self.channels_last = shuffle, channels_last
@@ -57,14 +59,12 @@ class DeviceLoader:
                  else torch.arange(n, device=device))
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start:start + self.batch_size]
-            yield self.prepare(self.images[index]), self.labels[index]
+            yield self.prepare(index), self.labels[index]
 
-    def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        if self.augment is not None:
-            images = self.augment.geometric(images, self.generator)
-        images = self.normalize(images)
-        if self.augment is not None:
-            images = self.augment.erase(images, self.generator)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        return images
+    def prepare(self, index: torch.Tensor) -> torch.Tensor:
+        """uint8 crop+flip -> float rotation (black fill) -> normalize -> erase (mean fill)."""
+        aug, gen = self.augment, self.generator
+        if aug is None:
+            return self.normalize(self.images[index], self.channels_last)
+        images = aug.rotate(aug.select(self.images, index, gen).float(), gen)
+        return aug.erase(self.normalize(images, self.channels_last), gen)
