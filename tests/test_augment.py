@@ -10,7 +10,10 @@ import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-from experiments.augment import BatchAugment, draw_geometry, erasing_boxes, source_pixels, warp_nearest
+import torch.nn.functional as F
+
+from experiments import augment as augment_mod
+from experiments.augment import BatchAugment, crop_flip_at, erasing_boxes, rotate_by
 from experiments.data import Split
 from experiments.loader import DeviceLoader, Normalize
 
@@ -25,23 +28,30 @@ def coordinate_images(n: int, size: int = 32) -> torch.Tensor:
     return img.unsqueeze(0).repeat(n, 1, 1, 1)
 
 
+def augmented(aug: BatchAugment, images: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """The geometric part as the loader runs it (uint8 select, float rotation), back in uint8."""
+    gen = torch.Generator().manual_seed(seed)
+    out = aug.rotate(aug.select(aug.store(images), torch.arange(len(images)), gen).float(), gen)
+    return out.round().to(torch.uint8)
+
+
 @pytest.mark.parametrize("angle", [0.0, 10.0, -7.0, 15.0, -14.9])
 @pytest.mark.parametrize("flip", [False, True])
 @pytest.mark.parametrize("shift", [(0, 0), (2, -3), (-4, 4)])
 def test_warp_equals_torchvision_pipeline(angle, flip, shift):
     img = torch.randint(1, 256, (1, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-    rows, cols = source_pixels(32, 32, torch.tensor([angle]), torch.tensor([flip]),
-                               torch.tensor([shift]), 1, "cpu")
-    ours = warp_nearest(img, rows, cols)
+    cropped = crop_flip_at(F.pad(img, (4, 4, 4, 4)), torch.tensor([0]), 4,
+                           torch.tensor([[4 + shift[0], 4 + shift[1]]]), torch.tensor([flip]))
+    ours = rotate_by(cropped.float(), torch.tensor([angle]))
     ref = TF.crop(TF.pad(img, [4] * 4), 4 + shift[0], 4 + shift[1], 32, 32)
     if flip:
         ref = TF.horizontal_flip(ref)
     ref = TF.rotate(ref, angle, interpolation=InterpolationMode.NEAREST)
-    assert torch.equal(ours, ref)
+    assert torch.equal(ours, ref.float())
 
 
 def test_crop_offsets_stay_in_range_and_cover_it():
-    out = BatchAugment(crop_padding=4).geometric(coordinate_images(N), torch.Generator().manual_seed(0))
+    out = augmented(BatchAugment(crop_padding=4), coordinate_images(N))
     dy = out[:, 0, 16, 16].long() - 1 - 16  # the centre pixel always comes from inside the image
     dx = out[:, 1, 16, 16].long() - 1 - 16
     for d in (dy, dx):
@@ -53,24 +63,28 @@ def test_crop_offsets_stay_in_range_and_cover_it():
 
 
 def test_flips_happen_about_half_the_time():
-    out = BatchAugment(flip=True).geometric(coordinate_images(N), torch.Generator().manual_seed(0))
+    out = augmented(BatchAugment(flip=True), coordinate_images(N))
     flipped = out[:, 1, 0, 0] == 32
     assert ((out[:, 1, 0, 0] == 1) | flipped).all()
     assert abs(flipped.float().mean().item() - 0.5) < 0.03
 
 
-def test_rotation_keeps_shapes_and_angle_range():
-    gen = torch.Generator().manual_seed(0)
-    angle, mirrored, shift = draw_geometry(N, 0, False, 15.0, gen, "cpu")
-    assert mirrored is None and shift is None
+def test_rotation_keeps_shapes_and_angle_range(monkeypatch):
+    angles = []
+
+    def recording(images, degrees):
+        angles.append(degrees)
+        return rotate_by(images, degrees)
+
+    monkeypatch.setattr(augment_mod, "rotate_by", recording)
+    out = augmented(BatchAugment(rotate_degrees=15.0), coordinate_images(N))
+    assert out.shape == (N, 3, 32, 32)
+    angle = angles[0]
     assert angle.min() >= -15 and angle.max() <= 15 and angle.min() < -14 and angle.max() > 14
-    assert abs(angle.mean().item()) < 0.5
-    out = BatchAugment(rotate_degrees=15.0).geometric(coordinate_images(64), gen)
-    assert out.shape == (64, 3, 32, 32) and out.dtype == torch.uint8
-    # the rotation angle seen in the pixels: the source of a point 12 px right of the centre
-    rows, cols = source_pixels(32, 32, angle[:200], None, None, 200, "cpu")
-    seen = torch.rad2deg(torch.atan2(-(rows[:, 16, 28] - 15.5), cols[:, 16, 28] - 15.5))
-    assert (seen.abs() <= 15 + 5).all()  # 5 degrees of nearest-pixel rounding at radius 12
+    assert abs(angle.mean().item()) < 0.5  # uniform like RandomRotation
+    # the centre pixel stays, a pixel 12 px right of it moves with the angle
+    assert (out[:, :2, 16, 16] == 17).all()
+    assert ((out[:, 0, 16, 28].float() - 17).abs() <= 12 * math.sin(math.radians(15)) + 1).all()
 
 
 def test_erasing_rate_and_box_shapes_match_torchvision():
@@ -108,7 +122,7 @@ def test_erase_zeroes_normalized_pixels_in_the_box():
 
 
 def test_each_image_gets_its_own_draw():
-    out = BatchAugment(crop_padding=4, flip=True).geometric(coordinate_images(64), torch.Generator().manual_seed(0))
+    out = augmented(BatchAugment(crop_padding=4, flip=True), coordinate_images(64))
     assert len({tuple(o[:2, 16, 16].tolist()) + (o[1, 0, 0].item(),) for o in out}) > 20
 
 
@@ -121,7 +135,8 @@ def test_two_epochs_give_different_views_and_never_alter_the_stored_images():
     assert first.shape == second.shape == (32, 3, 32, 32) and first.dtype == torch.float32
     differs = (first != second).flatten(1).any(1)
     assert differs.float().mean() > 0.9
-    assert torch.equal(loader.images, stored)
+    assert torch.equal(images, stored)  # the split's tensor, untouched
+    assert torch.equal(loader.images[:, :, 4:-4, 4:-4], stored)  # the device copy: originals, padded
 
 
 def test_normalize_matches_torchvision():
@@ -134,5 +149,4 @@ def test_normalize_matches_torchvision():
 
 def test_no_augmentation_is_identity():
     images = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8)
-    aug = BatchAugment()
-    assert aug.geometric(images, torch.Generator()) is images
+    assert torch.equal(augmented(BatchAugment(), images), images)

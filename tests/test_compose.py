@@ -34,7 +34,8 @@ def test_combination_builds_and_steps(compose_cfg, model, aug, optim, sched):
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
-    x = augment.erase(Normalize(cfg.data.mean, cfg.data.std, "cpu")(augment.geometric(images, gen)), gen)
+    selected = augment.select(augment.store(images), torch.arange(4), gen)
+    x = augment.erase(Normalize(cfg.data.mean, cfg.data.std, "cpu")(augment.rotate(selected.float(), gen)), gen)
     loss = torch.nn.functional.cross_entropy(net(x), torch.tensor([0, 1, 2, 3]))
     loss.backward()
     optimizer.step()

@@ -8,11 +8,10 @@ rotation angle and erasing box, all drawn for the batch at once, with exactly th
     -> ToTensor -> Normalize(mean, std) -> RandomErasing(p, scale, ratio, value=0)
 
 How it stays cheap:
-- the dataset is stored zero-padded once, so a random crop is a window of it; crop, flip and the
-  batch's selection from the dataset are ONE uint8 gather whose indices are per image row and
-  column (never per pixel);
-- rotation is one `affine_grid` + `grid_sample` for the whole batch, on the cropped images;
-- erasing is a mask built from per-image row and column ranges, applied in place.
+- the dataset is stored zero-padded once, so a random crop is a window of it; crop and flip are
+  ONE uint8 gather with one index per output pixel, shared by the channels;
+- rotation is one sampling grid + `grid_sample` for the whole batch, on the cropped images;
+- erasing is a mask built from per-image row and column ranges, multiplied in place.
 """
 
 from __future__ import annotations
@@ -28,29 +27,35 @@ def crop_flip_at(stored: torch.Tensor, index: torch.Tensor, padding: int,
     """Images `index` of the padded dataset `stored`, each cropped at its own offset and flipped.
 
     `shift` is (n, 2) crop offsets in [0, 2*padding] (None: centre crop), `mirrored` (n,) bool.
-    Returns uint8 (n, C, H, W) laid out channels-last (the gather's natural order).
+    Returns uint8 (n, C, H, W).
     """
     n, device = len(index), stored.device
-    h, w = stored.shape[2] - 2 * padding, stored.shape[3] - 2 * padding
+    c, padded_h, padded_w = stored.shape[1:]
+    h, w = padded_h - 2 * padding, padded_w - 2 * padding
     rows = torch.arange(h, device=device).expand(n, h)
     cols = torch.arange(w, device=device).expand(n, w)
     if mirrored is not None:  # flip after crop: output column x reads crop column w-1-x
         cols = torch.where(mirrored.view(n, 1), cols.flip(1), cols)
     offsets = shift if shift is not None else torch.full((n, 2), padding, device=device)
     rows, cols = rows + offsets[:, :1], cols + offsets[:, 1:]
-    out = stored[index.view(n, 1, 1), :, rows.view(n, h, 1), cols.view(n, 1, w)]  # (n, h, w, C)
-    return out.permute(0, 3, 1, 2)
+    # one flat index per output pixel, shared by the channels: a single uint8 gather
+    pixel = (rows.view(n, h, 1) * padded_w + cols.view(n, 1, w)).view(n, 1, h * w)
+    batch = stored[index].view(n, c, padded_h * padded_w)
+    return batch.gather(2, pixel.expand(n, c, h * w)).view(n, c, h, w)
 
 
 def rotate_by(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     """Rotate each float image counter-clockwise by its angle, about its centre; nearest, fill 0."""
     n, _, h, w = images.shape
     assert h == w, "rotation assumes square images"  # so normalized coords scale alike
-    radians = degrees.float() * (math.pi / 180)
-    cos, sin, zero = radians.cos(), radians.sin(), torch.zeros_like(radians)
-    # theta maps output to input coordinates (y points down, as torchvision's rotate)
-    theta = torch.stack([cos, -sin, zero, sin, cos, zero], dim=1).view(n, 2, 3)
-    grid = F.affine_grid(theta, list(images.shape), align_corners=False)
+    radians = degrees.float().mul(math.pi / 180).view(n, 1, 1)
+    cos, sin = radians.cos(), radians.sin()
+    # pixel centres in grid_sample's normalized coordinates (align_corners=False)
+    x = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=images.device).view(1, 1, w)
+    y = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=images.device).view(1, h, 1)
+    # where each output pixel reads from (y points down, as in torchvision's rotate); built
+    # directly, as affine_grid's batched matmul is several times slower on a CPU
+    grid = torch.stack([cos * x - sin * y, sin * x + cos * y], dim=-1)
     return F.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
 
 
@@ -76,7 +81,7 @@ def erasing_boxes(n: int, h: int, w: int, p: float, scale: tuple[float, float],
     rows, cols = torch.arange(h, device=device), torch.arange(w, device=device)
     in_rows = (rows >= top) & (rows < top + box_h) & erase  # (n, h)
     in_cols = (cols >= left) & (cols < left + box_w)  # (n, w)
-    return (in_rows.view(n, 1, h, 1) & in_cols.view(n, 1, 1, w))
+    return in_rows.view(n, 1, h, 1) & in_cols.view(n, 1, 1, w)
 
 
 def uniform(n: int, low: float, high: float, gen: torch.Generator, device) -> torch.Tensor:
@@ -117,9 +122,9 @@ class BatchAugment:
         if self.erase_p == 0:
             return images
         n, _, h, w = images.shape
-        mask = erasing_boxes(n, h, w, self.erase_p, self.erase_scale, self.erase_ratio, gen,
-                             images.device)
-        return images.masked_fill_(mask, 0.0)
+        box = erasing_boxes(n, h, w, self.erase_p, self.erase_scale, self.erase_ratio, gen,
+                            images.device)
+        return images.mul_(~box)  # a broadcast multiply is ~10x faster than masked_fill_ on CPU
 
     def __repr__(self) -> str:
         return (f"BatchAugment(crop_padding={self.crop_padding}, flip={self.flip}, "

@@ -16,7 +16,7 @@ from experiments.data import Split
 
 
 class Normalize:
-    """uint8 -> float32 (x/255 - mean) / std, as one multiply-add."""
+    """uint8 -> float32 (x/255 - mean) / std, as one multiply and one add in place."""
 
     def __init__(self, mean: Sequence[float], std: Sequence[float], device):
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
@@ -26,7 +26,9 @@ class Normalize:
 
     def __call__(self, images: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
         layout = torch.channels_last if channels_last else torch.contiguous_format
-        return torch.addcmul(self.shift, images.float(), self.scale).contiguous(memory_format=layout)
+        # .float() copies uint8 input; float input is this batch's own temporary, safe to reuse
+        out = images.float().mul_(self.scale).add_(self.shift)  # addcmul is slower on CPU
+        return out.contiguous(memory_format=layout)
 
 
 class DeviceLoader:
@@ -68,3 +70,64 @@ class DeviceLoader:
             return self.normalize(self.images[index], self.channels_last)
         images = aug.rotate(aug.select(self.images, index, gen).float(), gen)
         return aug.erase(self.normalize(images, self.channels_last), gen)
+
+
+# --- the reference path: per-image torchvision transforms in DataLoader worker processes -----
+
+def torchvision_transform(augment: BatchAugment | None, mean, std, size: int):
+    """The torchvision ops that BatchAugment reproduces, applied to one uint8 CHW image."""
+    from torchvision.transforms import v2
+
+    ops = []
+    if augment is not None and augment.crop_padding:
+        ops.append(v2.RandomCrop(size, padding=augment.crop_padding))
+    if augment is not None and augment.flip:
+        ops.append(v2.RandomHorizontalFlip())
+    if augment is not None and augment.rotate_degrees:
+        ops.append(v2.RandomRotation(augment.rotate_degrees))  # nearest, fill 0
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    if augment is not None and augment.erase_p:
+        ops.append(v2.RandomErasing(augment.erase_p, augment.erase_scale, augment.erase_ratio, value=0))
+    return v2.Compose(ops)
+
+
+class TransformedSplit(torch.utils.data.Dataset):
+    def __init__(self, split: Split, transform):
+        self.images, self.labels, self.transform = split.images, split.labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+class WorkerLoader:
+    """A torchvision DataLoader with the usual speed settings, yielding batches on the device.
+
+    For data that does not fit on the device, and as the reference the benchmark compares with.
+    """
+
+    def __init__(self, split: Split, batch_size: int, transform, *, device, workers: int,
+                 shuffle: bool = False, drop_last: bool = False, seed: int = 0,
+                 channels_last: bool = False, pin_memory: bool = True, prefetch_factor: int = 4,
+                 persistent_workers: bool = True):
+        self.device, self.channels_last = torch.device(device), channels_last
+        self.loader = torch.utils.data.DataLoader(
+            TransformedSplit(split, transform), batch_size=batch_size, shuffle=shuffle,
+            drop_last=drop_last and len(split) >= batch_size, num_workers=workers,
+            pin_memory=pin_memory and self.device.type == "cuda",
+            prefetch_factor=prefetch_factor if workers else None,
+            persistent_workers=persistent_workers and workers > 0,
+            generator=torch.Generator().manual_seed(seed))
+        self.num_images = len(self.loader) * batch_size if self.loader.drop_last else len(split)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        for images, labels in self.loader:
+            # non_blocking: with pinned memory the copy overlaps with the GPU's work
+            images = images.to(self.device, non_blocking=True, memory_format=layout)
+            yield images, labels.to(self.device, non_blocking=True)
