@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_cifar_archive
 from experiments import data as data_mod
 from experiments.data import CIFAR_FORMATS, Split, load_splits, read_cifar_archive, split_validation
 from experiments.errors import ConfigError, DataError
+from experiments.fake_archives import write_cifar_archive
 
 
 def md5(path):

@@ -40,7 +40,8 @@ def crop_flip_at(stored: torch.Tensor, index: torch.Tensor, padding: int,
     rows, cols = rows + offsets[:, :1], cols + offsets[:, 1:]
     # one flat index per output pixel, shared by the channels: a single uint8 gather
     pixel = (rows.view(n, h, 1) * padded_w + cols.view(n, 1, w)).view(n, 1, h * w)
-    batch = stored[index].view(n, c, padded_h * padded_w)
+    # index_select: ~25x faster than stored[index] for a uint8 batch on a CPU
+    batch = stored.index_select(0, index).view(n, c, padded_h * padded_w)
     return batch.gather(2, pixel.expand(n, c, h * w)).view(n, c, h, w)
 
 
@@ -106,7 +107,7 @@ class BatchAugment:
     def select(self, stored: torch.Tensor, index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         n, device, p = len(index), stored.device, self.crop_padding
         if not (p or self.flip):
-            return stored[index]
+            return stored.index_select(0, index)
         shift = torch.randint(0, 2 * p + 1, (n, 2), generator=gen, device=device) if p else None
         mirrored = torch.rand(n, generator=gen, device=device) < 0.5 if self.flip else None
         return crop_flip_at(stored, index, p, shift, mirrored)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import re
+import sys
 from numbers import Real
 
+from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.errors import ConfigError
@@ -74,9 +76,27 @@ def check_validation_users(cfg: DictConfig) -> None:
                                   "never used for model selection or stopping).")
 
 
-def job_suffix(override_dirname: str) -> str:
-    """`-key=value,...` for the overrides that the job directory's name does not already show."""
-    return f"-{override_dirname.replace('/', '_')}" if override_dirname else ""
+NAMED_GROUPS = ("model", "optim", "aug")  # always in a job directory's name
+
+
+def swept_keys(argv: list[str]) -> set[str]:
+    """The keys the command line sweeps (`optim.lr=0.05,0.1`, `seed=range(3)`, ...)."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(
+            [a for a in argv if "=" in a and not a.startswith("-")])
+    except Exception:  # not a Hydra command line (e.g. the compose API in tests)
+        return set()
+    return {o.key_or_group for o in parsed if o.is_sweep_override()}
+
+
+def job_suffix(task_overrides) -> str:
+    """`-key=value,...` for this job's values of the swept keys its name does not show yet.
+
+    Constant overrides (`experiment=smoke`, `data.root=...`) would only make every name longer.
+    """
+    swept = swept_keys(sys.argv[1:]) - set(NAMED_GROUPS)
+    parts = [o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in swept]
+    return "-" + ",".join(parts).replace("/", "_") if parts else ""
 
 
 def register_resolvers() -> None:

@@ -61,13 +61,13 @@ class DeviceLoader:
                  else torch.arange(n, device=device))
         for start in range(0, len(self) * self.batch_size, self.batch_size):
             index = order[start:start + self.batch_size]
-            yield self.prepare(index), self.labels[index]
+            yield self.prepare(index), self.labels.index_select(0, index)
 
     def prepare(self, index: torch.Tensor) -> torch.Tensor:
         """uint8 crop+flip -> float rotation (black fill) -> normalize -> erase (mean fill)."""
         aug, gen = self.augment, self.generator
         if aug is None:
-            return self.normalize(self.images[index], self.channels_last)
+            return self.normalize(self.images.index_select(0, index), self.channels_last)
         images = aug.rotate(aug.select(self.images, index, gen).float(), gen)
         return aug.erase(self.normalize(images, self.channels_last), gen)
 

@@ -6,8 +6,10 @@ multirun, in one process, one after another.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
+import os
 import random
 import sys
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.config import check_config, register_resolvers
 from experiments.data import Splits, load_splits
 from experiments.errors import UserError
-from experiments.loader import DeviceLoader, Normalize
+from experiments.loader import DeviceLoader, Normalize, WorkerLoader, torchvision_transform
 from experiments.summary import completed_summary, failed_summary, write_json, SUMMARY_FILE
 from experiments.tracking import Tracker
 from experiments.trainer import Monitor, Trainer, resolve_device
@@ -31,7 +33,7 @@ from experiments.trainer import Monitor, Trainer, resolve_device
 log = logging.getLogger(__name__)
 register_resolvers()
 
-CHOICE_GROUPS = ("model", "optim", "aug", "sched", "data", "trainer", "logger", "experiment")
+CHOICE_GROUPS = ("model", "optim", "aug", "sched", "data", "loader", "trainer", "logger", "experiment")
 
 
 @dataclass
@@ -83,20 +85,55 @@ def use_channels_last(cfg: DictConfig, device: torch.device) -> bool:
 
 
 def make_loaders(cfg: DictConfig, splits: Splits, device: torch.device, channels_last: bool):
-    normalize = Normalize(cfg.data.mean, cfg.data.std, device)
-    common = dict(device=device, channels_last=channels_last)
-    train = DeviceLoader(splits.train, cfg.trainer.batch_size, normalize, augment=instantiate(cfg.aug),
-                         shuffle=True, drop_last=True, seed=cfg.seed, **common)
+    """(train, val or None, test) batch iterables for `loader=device` or `loader=dataloader`."""
+    augment, data = instantiate(cfg.aug), cfg.data
+    if cfg.loader.name == "device":
+        normalize = Normalize(data.mean, data.std, device)
 
-    def evaluation(split):
-        return None if split is None else DeviceLoader(split, cfg.trainer.eval_batch_size, normalize, **common)
+        def make(split, batch_size, aug=None, train=False):
+            return DeviceLoader(split, batch_size, normalize, augment=aug, shuffle=train,
+                                drop_last=train, seed=cfg.seed, device=device,
+                                channels_last=channels_last)
+    else:
+        assert cfg.loader.name == "dataloader", f"unknown loader {cfg.loader.name!r}"
+        lc = cfg.loader
+        workers = available_cores() if lc.workers == "auto" else int(lc.workers)
 
-    return train, evaluation(splits.val), evaluation(splits.test)
+        def make(split, batch_size, aug=None, train=False):
+            transform = torchvision_transform(aug, data.mean, data.std, data.image_size)
+            return WorkerLoader(split, batch_size, transform, device=device, workers=workers,
+                                shuffle=train, drop_last=train, seed=cfg.seed,
+                                channels_last=channels_last, pin_memory=lc.pin_memory,
+                                prefetch_factor=lc.prefetch_factor,
+                                persistent_workers=lc.persistent_workers)
+
+    t = cfg.trainer
+    return (make(splits.train, t.batch_size, augment, train=True),
+            None if splits.val is None else make(splits.val, t.eval_batch_size),
+            make(splits.test, t.eval_batch_size))
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def build_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.device):
+    """The `_partial_` optimizer from the config, with fused CUDA kernels where it has them."""
+    factory = instantiate(cfg.optim)
+    fused_ok = "fused" in inspect.signature(factory.func).parameters and "fused" not in cfg.optim
+    if cfg.trainer.fused_optimizer and device.type == "cuda" and fused_ok:
+        return factory(model.parameters(), fused=True)
+    return factory(model.parameters())
 
 
 def build_model(cfg: DictConfig, device: torch.device, channels_last: bool) -> torch.nn.Module:
     model = instantiate(cfg.model).to(device)
     return model.to(memory_format=torch.channels_last) if channels_last else model
+
+
+def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """torch.compile for the forward/backward; state dicts still go through the same module."""
+    return torch.compile(model) if enabled else model
 
 
 def train(cfg: DictConfig, job: JobInfo) -> dict:
@@ -111,7 +148,8 @@ def train(cfg: DictConfig, job: JobInfo) -> dict:
     train_batches, val_batches, test_batches = make_loaders(cfg, splits, device, channels_last)
 
     model = build_model(cfg, device, channels_last)
-    optimizer = instantiate(cfg.optim)(model.parameters())
+    optimizer = build_optimizer(cfg, model, device)
+    model = maybe_compile(model, t.compile)
     steps_per_epoch = math.ceil(len(train_batches) / t.grad_accum_steps)
     schedule = instantiate(cfg.sched)(optimizer, epochs=t.epochs, steps_per_epoch=steps_per_epoch)
     trainer = Trainer(model, optimizer, schedule, device=device, precision=t.precision,

@@ -1,0 +1,68 @@
+"""The two data paths agree, both train, and the benchmark runs and writes its JSON shape."""
+
+import json
+import math
+
+import torch
+
+from conftest import run_train
+from experiments import bench
+from experiments.augment import BatchAugment
+from experiments.data import Split
+from experiments.loader import DeviceLoader, Normalize, WorkerLoader, torchvision_transform
+
+MEAN, STD = [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]
+
+
+def test_device_and_dataloader_paths_serve_the_same_unaugmented_batches():
+    split = Split(torch.randint(0, 256, (40, 3, 32, 32), dtype=torch.uint8), torch.arange(40))
+    device = DeviceLoader(split, 16, Normalize(MEAN, STD, "cpu"), device="cpu")
+    workers = WorkerLoader(split, 16, torchvision_transform(None, MEAN, STD, 32), device="cpu", workers=0)
+    assert len(device) == len(workers) == 3 and device.num_images == workers.num_images == 40
+    for (a, ya), (b, yb) in zip(device, workers):
+        assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape
+        assert torch.allclose(a, b, atol=1e-5) and torch.equal(ya, yb)
+
+
+def test_dataloader_path_applies_the_same_augmentation_semantics():
+    split = Split(torch.full((512, 3, 32, 32), 200, dtype=torch.uint8), torch.zeros(512, dtype=torch.long))
+    aug = BatchAugment(4, True, 15.0, 0.5)
+    workers = WorkerLoader(split, 512, torchvision_transform(aug, MEAN, STD, 32), device="cpu", workers=0)
+    device = DeviceLoader(split, 512, Normalize(MEAN, STD, "cpu"), device="cpu", augment=aug)
+    (a, _), (b, _) = next(iter(device)), next(iter(workers))
+    # a flat grey image: every view is "image", "black fill" (padding/rotation) or "mean" (erased)
+    image_value = Normalize(MEAN, STD, "cpu")(split.images[:1])[0, :, 0, 0]
+    black_value = Normalize(MEAN, STD, "cpu")(torch.zeros(1, 3, 1, 1, dtype=torch.uint8))[0, :, 0, 0]
+    for batch in (a, b):
+        pixels = batch[:, 0]
+        image = (pixels - image_value[0]).abs() < 1e-4
+        black = (pixels - black_value[0]).abs() < 1e-4
+        erased = pixels == 0
+        assert (image | black | erased).all()
+    erased_share = [(x[:, 0] == 0).flatten(1).any(1).float().mean().item() for x in (a, b)]
+    black_share = [((x[:, 0] - black_value[0]).abs() < 1e-4).float().mean().item() for x in (a, b)]
+    assert abs(erased_share[0] - erased_share[1]) < 0.1
+    assert abs(black_share[0] - black_share[1]) < 0.03
+
+
+def test_both_paths_train_a_smoke_job_to_a_finite_loss(tmp_path):
+    for loader in ("device", "dataloader"):
+        out = tmp_path / loader
+        proc = run_train("experiment=smoke", f"loader={loader}", "logger=none", "trainer.epochs=1",
+                         f"hydra.run.dir={out}", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["status"] == "completed" and math.isfinite(summary["test_loss"])
+        rows = (out / "metrics.csv").read_text().splitlines()
+        assert math.isfinite(float(rows[1].split(",")[rows[0].split(",").index("train/loss")]))
+
+
+def test_quick_benchmark_writes_the_documented_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    bench.main(["--quick", "--out", str(out)])
+    result = json.loads(out.read_text())
+    for name in ("basic", "advanced"):
+        assert result["aug"][name]["device_img_s"] > 0 and result["aug"][name]["dataloader_img_s"] > 0
+    assert result["load"]["archive_s"] > 0 and result["load"]["cache_s"] > 0
+    assert result["step"]["framework_ms"] > 0 and result["step"]["bare_ms"] > 0
+    assert "| aug `basic`" in capsys.readouterr().out
