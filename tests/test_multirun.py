@@ -55,3 +55,24 @@ def test_every_job_has_its_own_tensorboard_events(sweep):
         acc = EventAccumulator(str(sweep_dir / name / "tb"))
         acc.Reload()
         assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]
+
+
+def test_sweep_summary_tables_and_plots(sweep):
+    import csv
+
+    from PIL import Image
+
+    sweep_dir, _ = sweep
+    rows = list(csv.DictReader(open(sweep_dir / "summary.csv")))
+    assert sorted(r["job"] for r in rows) == sorted(NAMES)
+    assert {"model", "optim", "aug", "status", "best_val_acc", "test_acc", "epochs_completed",
+            "early_stopped", "train_time_s", "images_per_s", "best"} <= set(rows[0])
+    accs = [float(r["test_acc"]) for r in rows]
+    assert accs == sorted(accs, reverse=True)
+    best = [r for r in rows if r["best"]]
+    assert len(best) == 1 and float(best[0]["best_val_acc"]) == max(float(r["best_val_acc"]) for r in rows)
+    md = (sweep_dir / "summary.md").read_text()
+    assert md.count("| completed |") == 8
+    for png in ("val_acc.png", "train_loss.png", "lr.png", "test_acc.png"):
+        with Image.open(sweep_dir / "plots" / png) as img:
+            assert img.format == "PNG" and img.size[0] > 300 and img.size[1] > 150

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -62,6 +63,13 @@ def completed_summary(job, fit, test: dict[str, float], extra: dict[str, Any]) -
         "images_per_s": round(fit.images_per_s, 1) if fit.images_per_s else None,
         **extra,
     })
+    return summary
+
+
+def running_summary(job) -> dict[str, Any]:
+    """Written when a job starts: `summarize` shows it as running while this process lives."""
+    summary = base_summary(job, "running")
+    summary.update(pid=os.getpid(), host=socket.gethostname(), started_at=now())
     return summary
 
 

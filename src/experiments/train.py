@@ -26,7 +26,7 @@ from experiments.config import check_config, register_resolvers
 from experiments.data import Splits, load_splits
 from experiments.errors import UserError
 from experiments.loader import DeviceLoader, Normalize, WorkerLoader, torchvision_transform
-from experiments.summary import completed_summary, failed_summary, write_json, SUMMARY_FILE
+from experiments.summary import SUMMARY_FILE, completed_summary, failed_summary, running_summary, write_json
 from experiments.tracking import Tracker
 from experiments.trainer import Monitor, Trainer, resolve_device
 
@@ -46,6 +46,7 @@ class JobInfo:
     choices: dict[str, str]
     overrides: list[str]
     multirun: bool
+    num: int  # the job's number in its sweep (0 for a single run)
 
     @classmethod
     def current(cls) -> JobInfo:
@@ -60,6 +61,7 @@ class JobInfo:
             choices={k: v for k, v in hc.runtime.choices.items() if k in CHOICE_GROUPS and v},
             overrides=list(hc.overrides.task),
             multirun=multirun,
+            num=int(hc.job.get("num", 0) or 0) if multirun else 0,
         )
 
 
@@ -139,7 +141,7 @@ def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
 def train(cfg: DictConfig, job: JobInfo) -> dict:
     seed_everything(cfg.seed)
     t = cfg.trainer
-    device = resolve_device(t.device)
+    device = resolve_device(t.device, job.num)
     configure_backends(t, device)
     channels_last = use_channels_last(t, device)
     splits = load_splits(cfg.data)
@@ -160,6 +162,7 @@ def train(cfg: DictConfig, job: JobInfo) -> dict:
 
     es = t.early_stopping
     config = OmegaConf.to_container(cfg, resolve=True)
+    OmegaConf.save(config, job.output_dir / "config.yaml")  # resolved: every number of this job
     with Tracker(cfg.logger, job.output_dir, run_name=job.name, group=job.group, config=config) as tracker:
         fit = trainer.fit(
             train_batches, val_batches, t.epochs,
@@ -183,6 +186,7 @@ def log_epoch(tracker: Tracker, epoch: int, epochs: int, metrics: dict[str, floa
 def run(cfg: DictConfig) -> float:
     """The task function. Returns `cfg.optimized_metric` as a float for sweepers such as Optuna."""
     job = JobInfo.current()
+    write_json(job.output_dir / SUMMARY_FILE, running_summary(job))
     try:
         check_config(cfg)
         summary = train(cfg, job)

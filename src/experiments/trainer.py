@@ -20,10 +20,14 @@ log = logging.getLogger(__name__)
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+def resolve_device(name: str, job_num: int = 0) -> torch.device:
+    """auto: CUDA if available, else CPU. With several GPUs visible, jobs take them round robin
+    by job number, so parallel launchers (joblib) spread a sweep over the GPUs."""
+    if name != "auto":
+        return torch.device(name)
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    return torch.device("cuda", job_num % torch.cuda.device_count())
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:

@@ -1,0 +1,47 @@
+"""Hydra callbacks that keep a sweep's summary current.
+
+After every job (completed or failed) the sweep's tables are rebuilt from disk, so they are
+complete even when a job fails: Hydra then skips `on_multirun_end`. The final tables, plots and
+the printed table come from an exit hook registered when the multirun starts, which runs
+whichever way the sweep ends.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+from pathlib import Path
+
+from hydra.experimental.callback import Callback
+
+log = logging.getLogger(__name__)
+
+
+class SweepSummary(Callback):
+    def __init__(self, plots: bool = True):
+        self.plots = plots
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        atexit.register(self.final_report, Path(config.hydra.sweep.dir))
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        if config.hydra.mode is not None and str(config.hydra.mode).endswith("MULTIRUN"):
+            from experiments.report import write_tables
+
+            try:
+                write_tables([Path(config.hydra.sweep.dir)], Path(config.hydra.sweep.dir))
+            except Exception as err:  # a summary must never fail a training job
+                log.warning("could not update the sweep summary: %s", err)
+
+    def final_report(self, sweep_dir: Path) -> None:
+        from experiments.summarize import summarize
+
+        if not sweep_dir.is_dir():
+            return
+        try:
+            table = summarize([sweep_dir], sweep_dir, plots=self.plots)
+        except Exception as err:
+            print(f"could not summarize {sweep_dir}: {err}")
+            return
+        print(f"\n{table}\nSweep summary: {sweep_dir}/summary.md (plots in {sweep_dir}/plots/)",
+              flush=True)
