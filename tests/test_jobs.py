@@ -87,3 +87,18 @@ def test_missing_data_without_network_fails_clearly(tmp_path):
     assert "cifar-100-python.tar.gz is missing" in text and "experiment=smoke" in text
     assert "Traceback" not in proc.stderr
     assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+
+
+def test_corrupt_archive_and_corrupt_cache_fail_clearly(tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cifar-100-python.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
+    proc = run_train(f"hydra.run.dir={tmp_path / 'a'}", f"data.root={data}", "data.md5=null", cwd=tmp_path)
+    assert proc.returncode == 2 and "is not a readable CIFAR archive" in proc.stdout + proc.stderr
+    (data / "cifar-100-python.tar.gz").unlink()
+    (data / "cifar100.uint8.pt").write_bytes(b"corrupt")
+    proc = run_train(f"hydra.run.dir={tmp_path / 'b'}", f"data.root={data}",
+                     "data.url=http://127.0.0.1:9/cifar-100-python.tar.gz", cwd=tmp_path)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2 and "cifar100.uint8.pt is corrupt or stale" in text
+    assert "Traceback" not in proc.stderr

@@ -40,7 +40,7 @@ def test_it_learns_and_keeps_the_best_validation_weights():
     before = trainer.evaluate(val)["acc"]
     result = trainer.fit(train, val, 4, select=Monitor("val/acc", "max"))
     after = trainer.evaluate(val)
-    assert result.epochs_completed == 4 and not result.early_stopped
+    assert result.epoch == 4 and not result.early_stopped
     assert after["acc"] > max(before, 0.25) + 0.3
     # the weights in the model at the end are the selected epoch's
     assert after["acc"] == pytest.approx(result.best_val["acc"])
@@ -53,13 +53,13 @@ def test_early_stopping_after_patience_epochs_without_improvement():
     # no loss can drop by 100 in an epoch: after the first epoch nothing counts as improvement
     result = trainer.fit(train, val, 10, select=Monitor("val/acc", "max"),
                          stopper=Monitor("val/loss", "min", min_delta=100.0, patience=2))
-    assert result.early_stopped and result.epochs_completed == 3
+    assert result.early_stopped and result.epoch == 3
 
 
 def test_without_validation_the_last_weights_are_kept():
     trainer = make_trainer()
     result = trainer.fit(loader(separable(64), shuffle=True), None, 2, select=Monitor("val/acc", "max"))
-    assert result.best_epoch is None and result.best_val == {} and result.epochs_completed == 2
+    assert result.best_epoch is None and result.best_val == {} and result.epoch == 2
 
 
 def test_monitor_modes_and_min_delta():
@@ -134,3 +134,21 @@ def test_warmup_cosine_shape():
         schedule.step_batch()
     assert lrs[0] == pytest.approx(0.05) and lrs[19] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[19:], lrs[20:])) and lrs[-1] < 0.01
+
+
+def test_nan_loss_fails_fast_without_a_loss_scaler():
+    from experiments.trainer import DivergedError
+
+    trainer = make_trainer(lr=1e30)
+    with pytest.raises(DivergedError, match="diverged"):
+        trainer.fit(loader(separable(128), shuffle=True), None, 3, select=Monitor("val/acc", "max"))
+
+
+def test_fp16_scaler_tolerates_a_few_skipped_steps():
+    trainer = make_trainer(nonfinite_tolerance=3)
+    trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)  # as fp16 training would have
+    trainer.check_finite(longest_streak=3, any_nonfinite=True)  # within tolerance: fine
+    from experiments.trainer import DivergedError
+
+    with pytest.raises(DivergedError):
+        trainer.check_finite(longest_streak=4, any_nonfinite=True)

@@ -98,7 +98,7 @@ def bench_load(size: dict) -> dict:
         save_cache(cache, read_cifar_archive(archive, CIFAR_FORMATS["cifar100"]))
 
         def cached(copy: bool):
-            data = load_cache(cache, 3, 32)  # memory-mapped
+            data = load_cache(cache, 3, 32, 100)  # memory-mapped
             for images in (data.train.images, data.test.images):
                 # make every page resident (one byte per 4 KiB page), or copy it all out
                 images.clone() if copy else images.view(-1)[::4096].sum()

@@ -1,4 +1,4 @@
-"""Hydra callbacks that keep a sweep's summary current.
+"""Hydra callbacks: a sweep's summary kept current, and an output directory checked up front.
 
 After every job (completed or failed) the sweep's tables are rebuilt from disk, so they are
 complete even when a job fails: Hydra then skips `on_multirun_end`. The final tables, plots and
@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
+import sys
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
@@ -45,3 +47,26 @@ class SweepSummary(Callback):
             return
         print(f"\n{table}\nSweep summary: {sweep_dir}/summary.md (plots in {sweep_dir}/plots/)",
               flush=True)
+
+
+class WritableOutput(Callback):
+    """Check the run or sweep directory before Hydra creates it, so an unwritable location gives
+    one clear line instead of a traceback from inside Hydra."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self.check(Path(config.hydra.run.dir), "hydra.run.dir")
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        self.check(Path(config.hydra.sweep.dir), "hydra.sweep.dir")
+
+    @staticmethod
+    def check(path: Path, key: str) -> None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".write-test-{os.getpid()}"
+            probe.touch()
+            probe.unlink()
+        except OSError as err:
+            print(f"cannot write the output directory {path} ({err.strerror or err}). "
+                  f"Choose a writable one with {key}=...", file=sys.stderr)
+            sys.exit(2)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from numbers import Real
+from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
@@ -74,6 +76,26 @@ def check_validation_users(cfg: DictConfig) -> None:
                 raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} needs a validation split, "
                                   "but data.val_size=0. Set data.val_size > 0 (the test set is "
                                   "never used for model selection or stopping).")
+
+
+SECRET_NAME = re.compile(r"api[_-]?key|token|secret|passw(or)?d|credential", re.IGNORECASE)
+
+
+def redact_secrets(config: Any) -> Any:
+    """Mask values that look secret before any config is logged or saved: keys named like
+    secrets, and any value equal to a secret-named environment variable (e.g. WANDB_API_KEY)."""
+    secrets = {v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 6}
+
+    def clean(node, key=""):
+        if isinstance(node, dict):
+            return {k: clean(v, str(k)) for k, v in node.items()}
+        if isinstance(node, list):
+            return [clean(v, key) for v in node]
+        if node is not None and (SECRET_NAME.search(key) or (isinstance(node, str) and node in secrets)):
+            return "***"
+        return node
+
+    return clean(config)
 
 
 NAMED_GROUPS = ("model", "optim", "aug")  # always in a job directory's name

@@ -7,6 +7,7 @@ would freeze them after the first epoch.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import logging
 import os
@@ -16,6 +17,7 @@ import tarfile
 import urllib.error
 import urllib.request
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -170,17 +172,22 @@ def save_cache(path: Path, data: ImageData) -> None:
     os.replace(tmp, path)
 
 
-def load_cache(path: Path, channels: int, size: int) -> ImageData | None:
-    """The cached dataset, or None (with a warning) when it is absent, stale or corrupt."""
+def load_cache(path: Path, channels: int, size: int, num_classes: int) -> ImageData | None:
+    """The cached dataset, or None (with a warning) when it is absent, stale or corrupt.
+
+    Checked: format version, dtypes, image shapes, image and label counts, label range and
+    class count. A truncated file fails to load at all (the zip directory is at its end).
+    """
     if not path.exists():
         return None
     try:
         raw = torch.load(path, weights_only=True, mmap=True)
         data = ImageData(Split(raw["train_images"], raw["train_labels"]),
                          Split(raw["test_images"], raw["test_labels"]), list(raw["classes"]))
-        ok = raw["version"] == CACHE_VERSION and all(
+        ok = raw["version"] == CACHE_VERSION and len(data.classes) == num_classes and all(
             s.images.dtype == torch.uint8 and s.images.shape[1:] == (channels, size, size)
             and s.labels.dtype == torch.int64 and len(s.labels) == len(s.images)
+            and (len(s.labels) == 0 or 0 <= int(s.labels.min()) <= int(s.labels.max()) < num_classes)
             for s in (data.train, data.test))
     except Exception as err:  # a truncated or foreign file can fail in many ways inside torch.load
         log.warning("cache %s is unreadable (%s): rebuilding it", path, err)
@@ -191,13 +198,36 @@ def load_cache(path: Path, channels: int, size: int) -> ImageData | None:
     return data
 
 
+@contextmanager
+def exclusive(lock_path: Path):
+    """An inter-process lock (parallel jobs of a sweep share data.root): one builds, others wait."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def load_cifar(cfg) -> ImageData:
     cache = Path(cfg.root) / f"{cfg.name}.uint8.pt"
-    data = load_cache(cache, cfg.channels, cfg.image_size)
-    if data is None:
-        data = read_cifar_archive(cifar_archive(cfg), CIFAR_FORMATS[cfg.name])
-        save_cache(cache, data)
-        log.info("decoded %s once into %s", cfg.name, cache)
+    data = load_cache(cache, cfg.channels, cfg.image_size, cfg.num_classes)
+    if data is not None:
+        return data
+    with exclusive(cache.with_name(cache.name + ".lock")):
+        data = load_cache(cache, cfg.channels, cfg.image_size, cfg.num_classes)  # built meanwhile?
+        if data is None:
+            try:
+                archive = cifar_archive(cfg)
+            except DataError as err:
+                if not cache.exists():
+                    raise
+                raise DataError(f"the cache {cache} is corrupt or stale, and rebuilding it failed: "
+                                f"{err}") from None
+            data = read_cifar_archive(archive, CIFAR_FORMATS[cfg.name])
+            save_cache(cache, data)
+            log.info("decoded %s once into %s", cfg.name, cache)
     return data
 
 

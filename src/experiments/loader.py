@@ -125,6 +125,11 @@ class WorkerLoader:
     def __len__(self) -> int:
         return len(self.loader)
 
+    @property
+    def generator(self) -> torch.Generator:
+        """Draws the shuffling order and the workers' seeds (saved in checkpoints)."""
+        return self.loader.generator
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
         for images, labels in self.loader:

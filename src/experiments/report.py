@@ -265,6 +265,9 @@ def terminal_table(table: list[dict], agg: list[dict]) -> str:
              and any(r.get(c) not in (None, "") for r in table)]
     text = ("all jobs: " + " ".join(f"{k}={v}" for k, v in same.items()) + "\n\n" if same else "")
     text += markdown(table, shown)
+    failed = [f"  {r['job']}: {r['error']}" for r in table if r["status"] == "failed"]
+    if failed:
+        text += "\nfailed:\n" + "\n".join(failed) + "\n"
     if has_seed_repeats(agg):
         agg_shown = [c for c in mean_pm_std(agg)[0] if c not in same]
         text += f"\nper configuration, over seeds (accuracy in %, mean +- std):\n"

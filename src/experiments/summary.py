@@ -44,12 +44,14 @@ def base_summary(job, status: str, error: str | None = None) -> dict[str, Any]:
         "train_time_s": None,
         "images_per_s": None,
         "error": error,
+        "resumed_from_epoch": None,
         "output_dir": str(job.output_dir),
         "finished_at": now(),
     }
 
 
 def completed_summary(job, fit, test: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
+    """`fit` is the trainer's FitState at the end."""
     summary = base_summary(job, "completed")
     summary.update({
         "test_acc": test["acc"],
@@ -57,7 +59,7 @@ def completed_summary(job, fit, test: dict[str, float], extra: dict[str, Any]) -
         "best_val_acc": fit.best_val.get("acc"),
         "best_val_loss": fit.best_val.get("loss"),
         "best_epoch": fit.best_epoch,
-        "epochs_completed": fit.epochs_completed,
+        "epochs_completed": fit.epoch,
         "early_stopped": fit.early_stopped,
         "train_time_s": round(fit.train_time_s, 3),
         "images_per_s": round(fit.images_per_s, 1) if fit.images_per_s else None,
@@ -73,5 +75,5 @@ def running_summary(job) -> dict[str, Any]:
     return summary
 
 
-def failed_summary(job, error: BaseException) -> dict[str, Any]:
-    return base_summary(job, "failed", f"{type(error).__name__}: {error}")
+def failed_summary(job, message: str) -> dict[str, Any]:
+    return base_summary(job, "failed", message)

@@ -7,6 +7,7 @@ multirun process an unfinished `wandb.init` run would be returned again to the n
 from __future__ import annotations
 
 import csv
+import uuid
 import logging
 from pathlib import Path
 from typing import Any
@@ -31,8 +32,10 @@ def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
 class MetricsCSV:
     """One row per epoch, flushed as it is written, so a running or killed job can be read."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, history: list[dict[str, Any]] = ()):
         self.path, self.columns = path, None
+        for row in history:  # a resumed job: the checkpoint's epochs, not what a killed job left
+            self.write(row)
 
     def write(self, row: dict[str, Any]) -> None:
         if self.columns is None:
@@ -44,10 +47,16 @@ class MetricsCSV:
 
 
 class Tracker:
-    def __init__(self, cfg, out_dir: Path, *, run_name: str, group: str | None, config: dict):
+    """`resumed_after` (an epoch) continues an interrupted job's runs: TensorBoard drops what
+    the killed job logged after that epoch, W&B resumes the run with id `wandb_id`."""
+
+    def __init__(self, cfg, out_dir: Path, *, run_name: str, group: str | None, config: dict,
+                 resumed_after: int | None = None, history: list[dict] = (),
+                 wandb_id: str | None = None):
         self.cfg, self.out_dir = cfg, out_dir
         self.run_name, self.group, self.config = run_name, group, config
-        self.csv = MetricsCSV(out_dir / "metrics.csv")
+        self.resumed_after, self.wandb_id = resumed_after, wandb_id
+        self.csv = MetricsCSV(out_dir / "metrics.csv", history)
         self.tb = None
         self.wandb_run = None
 
@@ -55,7 +64,8 @@ class Tracker:
         if self.cfg.tensorboard.enabled:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.tb = SummaryWriter(log_dir=str(self.out_dir / "tb"))
+            purge = self.resumed_after + 1 if self.resumed_after is not None else None
+            self.tb = SummaryWriter(log_dir=str(self.out_dir / "tb"), purge_step=purge)
         if self.cfg.wandb.enabled:
             self.wandb_run = self._start_wandb()
         return self
@@ -64,10 +74,11 @@ class Tracker:
         import wandb
 
         w = self.cfg.wandb
+        self.wandb_id = self.wandb_id or uuid.uuid4().hex[:12]  # ours, so a resume can reuse it
         return wandb.init(
             project=w.project, entity=w.entity, group=w.group or self.group, name=self.run_name,
             tags=list(w.tags), mode=w.mode, dir=str(self.out_dir), config=self.config,
-            job_type="train", reinit="finish_previous",
+            job_type="train", reinit="finish_previous", id=self.wandb_id, resume="allow",
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=not w.system_stats))
 
     def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:

@@ -6,12 +6,14 @@ multirun, in one process, one after another.
 
 from __future__ import annotations
 
+import gc
 import inspect
 import logging
 import math
 import os
 import random
 import sys
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,13 +24,16 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from experiments.config import check_config, register_resolvers
+from experiments.checkpoint import (CHECKPOINT_FILE, CheckpointError, fingerprint, load_checkpoint,
+                                   restore, save_checkpoint)
+from experiments.config import check_config, redact_secrets, register_resolvers
 from experiments.data import Splits, load_splits
-from experiments.errors import UserError
+from experiments.errors import JobFailed, UserError
 from experiments.loader import DeviceLoader, Normalize, WorkerLoader, torchvision_transform
-from experiments.summary import SUMMARY_FILE, completed_summary, failed_summary, running_summary, write_json
+from experiments.summary import (SUMMARY_FILE, completed_summary, failed_summary, read_summary,
+                                 running_summary, write_json)
 from experiments.tracking import Tracker
-from experiments.trainer import Monitor, Trainer, resolve_device
+from experiments.trainer import DivergedError, Monitor, Trainer, resolve_device
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -138,7 +143,9 @@ def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     return torch.compile(model) if enabled else model
 
 
-def train(cfg: DictConfig, job: JobInfo) -> dict:
+def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
+    """Build everything from the config, train (resuming from a checkpoint if there is one),
+    test once with the chosen weights. `config` is the resolved config with secrets redacted."""
     seed_everything(cfg.seed)
     t = cfg.trainer
     device = resolve_device(t.device, job.num)
@@ -156,24 +163,43 @@ def train(cfg: DictConfig, job: JobInfo) -> dict:
     schedule = instantiate(cfg.sched)(optimizer, epochs=t.epochs, steps_per_epoch=steps_per_epoch)
     trainer = Trainer(model, optimizer, schedule, device=device, precision=t.precision,
                       grad_accum_steps=t.grad_accum_steps, grad_clip=t.grad_clip,
-                      label_smoothing=t.label_smoothing, progress=t.progress)
+                      label_smoothing=t.label_smoothing, progress=t.progress,
+                      nonfinite_tolerance=t.nonfinite_tolerance)
     log.info("model %s (%.2fM parameters) on %s, autocast %s", job.choices.get("model"),
              sum(p.numel() for p in model.parameters()) / 1e6, device, trainer.amp_dtype)
 
     es = t.early_stopping
-    config = OmegaConf.to_container(cfg, resolve=True)
+    checkpoint = job.output_dir / CHECKPOINT_FILE
+    payload = load_checkpoint(checkpoint, config) if t.resume and checkpoint.exists() else None
+    generators = [train_batches.generator]
+    state = restore(payload, trainer, generators) if payload else None
+    resumed_from = state.epoch if state else None
+    if state is not None:
+        log.info("resuming %s after epoch %d of %d", job.output_dir, state.epoch, t.epochs)
     OmegaConf.save(config, job.output_dir / "config.yaml")  # resolved: every number of this job
-    with Tracker(cfg.logger, job.output_dir, run_name=job.name, group=job.group, config=config) as tracker:
+    with Tracker(cfg.logger, job.output_dir, run_name=job.name, group=job.group, config=config,
+                 resumed_after=resumed_from, history=state.history if state else [],
+                 wandb_id=payload and payload.get("wandb_id")) as tracker:
+
+        def after_epoch(fit_state, metrics):  # log first: a kill in between redoes one epoch
+            log_epoch(tracker, fit_state.epoch, t.epochs, metrics)
+            save_checkpoint(checkpoint, trainer, fit_state, generators, config,
+                            {"wandb_id": tracker.wandb_id})
+
         fit = trainer.fit(
-            train_batches, val_batches, t.epochs,
+            train_batches, val_batches, t.epochs, state=state, after_epoch=after_epoch,
             select=Monitor(t.monitor, t.monitor_mode),
-            stopper=Monitor(es.monitor, es.mode, es.min_delta, es.patience) if es.patience else None,
-            on_epoch=lambda epoch, metrics: log_epoch(tracker, epoch, t.epochs, metrics))
+            stopper=Monitor(es.monitor, es.mode, es.min_delta, es.patience) if es.patience else None)
         # the test set is evaluated once, here, with the weights chosen on validation
         test = trainer.evaluate(test_batches)
-        summary = completed_summary(job, fit, test, {"device": str(device), "seed": cfg.seed})
+        summary = completed_summary(job, fit, test, {
+            "device": str(device), "seed": cfg.seed, "fingerprint": fingerprint(config),
+            "resumed_from_epoch": resumed_from, "wandb_id": tracker.wandb_id})
         tracker.log_results({"choices": job.choices, **config},
                             {k: summary[k] for k in ("test_acc", "best_val_acc", "epochs_completed")})
+    torch.save(model.state_dict(), job.output_dir / "model.pt")  # the chosen (tested) weights
+    if not t.keep_checkpoint:
+        checkpoint.unlink(missing_ok=True)
     return summary
 
 
@@ -183,22 +209,60 @@ def log_epoch(tracker: Tracker, epoch: int, epochs: int, metrics: dict[str, floa
              " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
 
+def stored_result(cfg: DictConfig, job: JobInfo, config: dict) -> dict | None:
+    """A completed job's summary when this job already ran to the end in its directory."""
+    previous = read_summary(job.output_dir)
+    if not (cfg.trainer.resume and previous and previous.get("status") == "completed"):
+        return None
+    if previous.get("fingerprint") != fingerprint(config):
+        raise CheckpointError(
+            f"{job.output_dir} holds a completed job with a different config; refusing to mix "
+            "them. Use a new output directory (hydra.run.dir=... or hydra.sweep.dir=...).")
+    log.info("already completed in %s: returning its stored result", job.output_dir)
+    return previous
+
+
+def explain(err: BaseException, cfg: DictConfig) -> str:
+    """The message a failed job reports: what went wrong, and what to change."""
+    if isinstance(err, torch.OutOfMemoryError):
+        b, k = cfg.trainer.batch_size, cfg.trainer.grad_accum_steps
+        return (f"out of GPU memory at trainer.batch_size={b}. Use a smaller batch with gradient "
+                f"accumulation for the same effective batch, e.g. trainer.batch_size={max(1, b // 2)} "
+                f"trainer.grad_accum_steps={2 * k}, or a smaller model.width.")
+    return str(err) if isinstance(err, (UserError, DivergedError)) else f"{type(err).__name__}: {err}"
+
+
+def release(err: BaseException) -> None:
+    """Drop the failed job's frames (its model, optimizer, data) and return GPU memory, so the
+    next job of the sweep starts clean. Outside the training loop: the only empty_cache here."""
+    traceback.clear_frames(err.__traceback__)
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def run(cfg: DictConfig) -> float:
     """The task function. Returns `cfg.optimized_metric` as a float for sweepers such as Optuna."""
     job = JobInfo.current()
-    write_json(job.output_dir / SUMMARY_FILE, running_summary(job))
     try:
-        check_config(cfg)
-        summary = train(cfg, job)
+        config = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
+        summary = stored_result(cfg, job, config)
+        if summary is None:
+            write_json(job.output_dir / SUMMARY_FILE, running_summary(job))
+            check_config(cfg)
+            summary = train(cfg, job, config)
+            write_json(job.output_dir / SUMMARY_FILE, summary)
     except Exception as err:
-        write_json(job.output_dir / SUMMARY_FILE, failed_summary(job, err))
-        if not isinstance(err, UserError):
-            raise
-        log.error("%s", err)
+        message = explain(err, cfg)
+        write_json(job.output_dir / SUMMARY_FILE, failed_summary(job, message))
+        if isinstance(err, (UserError, DivergedError)) or isinstance(err, torch.OutOfMemoryError):
+            log.error("%s", message)
+        else:
+            log.exception("job failed")  # the full traceback, in the job's log
+        release(err)
         if not job.multirun:
-            sys.exit(2)  # a user error: its message, not a traceback
-        raise UserError(str(err)) from None  # fail this job; the sweep's other jobs still run
-    write_json(job.output_dir / SUMMARY_FILE, summary)
+            sys.exit(2 if isinstance(err, UserError) else 1)  # the message, not a traceback
+        raise JobFailed(message) from None  # fail this job; the sweep's other jobs still run
     log.info("done: test_acc=%s best_val_acc=%s -> %s", summary["test_acc"],
              summary["best_val_acc"], job.output_dir)
     value = summary.get(cfg.optimized_metric)

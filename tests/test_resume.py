@@ -1,0 +1,175 @@
+"""Never lose work: kill -9 and resume (one job and a sweep), failures isolated, files checked."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from omegaconf import OmegaConf
+
+from conftest import ROOT, run_train
+from experiments.data import load_splits
+from experiments.fake_archives import write_cifar_archive
+from experiments.train import explain
+
+SMOKE = ["experiment=smoke", "trainer.epochs=4", "logger=tensorboard"]
+
+
+def start_train(*args, cwd):
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def kill_after_checkpoint(proc, checkpoint, timeout=120):
+    deadline = time.time() + timeout
+    while not checkpoint.exists():
+        assert proc.poll() is None, "the job ended before its first checkpoint"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+
+
+def summary(job_dir):
+    return json.loads((job_dir / "summary.json").read_text())
+
+
+def test_killed_job_resumes_and_matches_an_uninterrupted_run(tmp_path):
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    reference = start_train(*SMOKE, f"hydra.run.dir={clean}", cwd=tmp_path)
+    victim = start_train(*SMOKE, f"hydra.run.dir={killed}", cwd=tmp_path)
+    kill_after_checkpoint(victim, killed / "checkpoint.pt")
+    assert summary(killed)["status"] == "running"
+    proc = run_train(*SMOKE, f"hydra.run.dir={killed}", cwd=tmp_path)  # the same command again
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert reference.wait() == 0
+    resumed, uninterrupted = summary(killed), summary(clean)
+    assert resumed["status"] == "completed" and resumed["epochs_completed"] == 4
+    assert 1 <= resumed["resumed_from_epoch"] < 4 and uninterrupted["resumed_from_epoch"] is None
+    for key in ("test_acc", "test_loss", "best_val_acc", "best_epoch"):  # deterministic on CPU
+        assert resumed[key] == uninterrupted[key], key
+    rows = list(csv.DictReader(open(killed / "metrics.csv")))
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3, 4]
+    clean_rows = list(csv.DictReader(open(clean / "metrics.csv")))
+    assert [r["val/loss"] for r in rows] == [r["val/loss"] for r in clean_rows]
+    # TensorBoard continues the same run: every epoch exactly once
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(killed / "tb"))
+    acc.Reload()
+    assert [e.step for e in acc.Scalars("val/acc")] == [1, 2, 3, 4]
+    assert not (killed / "checkpoint.pt").exists() and (killed / "model.pt").exists()
+
+
+def test_killed_sweep_resumes_unfinished_and_skips_finished_jobs(tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", *SMOKE, "model=resnet18,preact", f"hydra.sweep.dir={sweep}"]
+    victim = start_train(*args, cwd=tmp_path)
+    kill_after_checkpoint(victim, sweep / "1-preact-sgd-basic" / "checkpoint.pt", timeout=240)
+    first = summary(sweep / "0-resnet18-sgd-basic")
+    assert first["status"] == "completed"
+    proc = run_train(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert summary(sweep / "0-resnet18-sgd-basic") == first  # skipped: its result as stored
+    second = summary(sweep / "1-preact-sgd-basic")
+    assert second["status"] == "completed" and second["epochs_completed"] == 4
+    assert second["resumed_from_epoch"] >= 1
+    assert [r["status"] for r in csv.DictReader(open(sweep / "summary.csv"))] == ["completed"] * 2
+
+
+def test_a_diverging_job_fails_alone(tmp_path):
+    sweep = tmp_path / "sweep"
+    proc = run_train("-m", "experiment=smoke", "logger=default", "trainer.epochs=2",
+                     "optim.lr=0.1,1e30", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode != 0
+    by_lr = {r["optim.lr"]: r for r in csv.DictReader(open(sweep / "summary.csv"))}
+    assert by_lr["0.1"]["status"] == "completed"
+    assert by_lr["1e+30"]["status"] == "failed" and "diverged" in by_lr["1e+30"]["error"]
+    failed_dir = next(p for p in sweep.iterdir() if p.name.startswith("1-"))
+    assert list((failed_dir / "tb").glob("events.out.tfevents.*"))  # writer closed, file kept
+    assert "| failed |" in proc.stdout
+
+
+def test_truncated_checkpoint_is_reported_with_its_path(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"PK\x03\x04 truncated")
+    proc = run_train(*SMOKE, f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert f"checkpoint {out / 'checkpoint.pt'} is unreadable" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path):
+    out = tmp_path / "run"
+    victim = start_train(*SMOKE, f"hydra.run.dir={out}", cwd=tmp_path)
+    kill_after_checkpoint(victim, out / "checkpoint.pt")
+    proc = run_train(*SMOKE, "model.width=16", f"hydra.run.dir={out}", cwd=tmp_path)
+    assert proc.returncode == 2
+    text = proc.stdout + proc.stderr
+    assert "was written by a different config (model.width: 8 -> 16)" in text
+
+
+def test_truncated_cache_is_rebuilt(tmp_path, compose_cfg):
+    write_cifar_archive(tmp_path / "cifar-100-python.tar.gz")
+    cfg = compose_cfg(["data=cifar100", f"data.root={tmp_path}", "data.md5=null", "data.val_size=0"]).data
+    first = load_splits(cfg)
+    cache = tmp_path / "cifar100.uint8.pt"
+    cache.write_bytes(cache.read_bytes()[: cache.stat().st_size // 2])
+    again = load_splits(cfg)
+    assert torch.equal(first.train.images, again.train.images)
+    assert load_splits(cfg).train.images.shape[0] == 60  # and the rebuilt cache loads
+
+
+def test_two_processes_building_one_cache(tmp_path):
+    write_cifar_archive(tmp_path / "cifar-100-python.tar.gz", n_train=2000, n_test=500)
+    script = (
+        "import sys; from omegaconf import OmegaConf; from experiments.data import load_splits;"
+        f"cfg = OmegaConf.create(dict(name='cifar100', root='{tmp_path}', url='x/cifar-100-python.tar.gz',"
+        "md5=None, download=False, download_timeout_s=1, num_classes=100, channels=3, image_size=32,"
+        "val_size=0, split_seed=0)); s = load_splits(cfg); print(len(s.train), int(s.train.images.sum()))")
+    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+             for _ in range(2)]
+    outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
+    assert all(p.returncode == 0 for p in procs)
+    assert outputs[0] == outputs[1] and outputs[0].startswith("2000 ")
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_secrets_never_reach_logged_configs(tmp_path):
+    out = tmp_path / "run"
+    env_secret = "s3cr3t-value-123456"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "experiment=smoke", "trainer.epochs=1",
+         f"hydra.run.dir={out}", "+logger.wandb.api_key=${oc.env:WANDB_API_KEY}",
+         "+extra.note=${oc.env:MY_SERVICE_TOKEN}"],
+        cwd=tmp_path, capture_output=True, text=True,
+        env={**os.environ, "WANDB_API_KEY": env_secret, "MY_SERVICE_TOKEN": "tok-abcdef-987654",
+             "WANDB_SILENT": "true"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    logged = [out / "config.yaml", *out.glob("wandb/offline-run-*/*.wandb"), *out.glob("tb/*")]
+    assert len(logged) >= 3
+    for path in logged:
+        data = path.read_bytes()
+        assert env_secret.encode() not in data and b"tok-abcdef-987654" not in data, path
+    assert OmegaConf.load(out / "config.yaml").logger.wandb.api_key == "***"
+
+
+def test_out_of_memory_says_what_to_change():
+    cfg = OmegaConf.create({"trainer": {"batch_size": 256, "grad_accum_steps": 1}})
+    message = explain(torch.OutOfMemoryError("CUDA out of memory"), cfg)
+    assert "trainer.batch_size=128 trainer.grad_accum_steps=2" in message
+
+
+def test_unwritable_output_directory(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file, not a directory")
+    proc = run_train("experiment=smoke", f"hydra.run.dir={blocker / 'run'}", cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "cannot write" in proc.stderr + proc.stdout
+    assert "Traceback" not in proc.stderr
