@@ -62,6 +62,44 @@ def check_config(cfg: DictConfig) -> None:
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(cfg.trainer.device)):
         raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N, got {cfg.trainer.device!r}")
     check_validation_users(cfg)
+    check_combinations(cfg)
+
+
+METRIC_MODES = {"val/acc": "max", "val/loss": "min"}
+
+
+def check_combinations(cfg: DictConfig) -> None:
+    """Options that each make sense alone but not together: refuse them rather than train
+    silently wrong."""
+    optim = cfg.optim
+    if optim.get("nesterov") and not optim.get("momentum"):
+        raise ConfigError("optim.nesterov=true needs optim.momentum > 0 (plain SGD: "
+                          "optim.momentum=0 optim.nesterov=false)")
+    for key, mode_key in (("trainer.monitor", "trainer.monitor_mode"),
+                          ("trainer.early_stopping.monitor", "trainer.early_stopping.mode"),
+                          ("sched.monitor", "sched.mode")):
+        metric, mode = OmegaConf.select(cfg, key), OmegaConf.select(cfg, mode_key)
+        if metric in METRIC_MODES and mode is not None and mode != METRIC_MODES[metric]:
+            raise ConfigError(f"{mode_key}={mode} would treat a worse {metric} as better: "
+                              f"{metric} needs mode {METRIC_MODES[metric]}")
+    if not cfg.data.get("hflip_ok", True):
+        if cfg.aug.get("flip"):
+            raise ConfigError(f"aug.flip=true mirrors images, which changes the class of "
+                              f"data={cfg.data.name} images: use aug=none or aug.flip=false")
+        if cfg.trainer.tta == "flip":
+            raise ConfigError(f"trainer.tta=flip mirrors data={cfg.data.name} images, which "
+                              "changes their class: use trainer.tta=none")
+    one_of(cfg, "trainer.tta", ("none", "flip"))
+    if cfg.mix.get("_target_") and cfg.trainer.batch_size % 2:
+        raise ConfigError(f"mixing (mix={cfg.mix.get('_target_', '').split('.')[-1]}) pairs images "
+                          f"within a batch: trainer.batch_size must be even, got {cfg.trainer.batch_size}")
+    plan = cfg.trainer.batch_schedule
+    if plan:
+        epochs, sizes = list(plan.get("epochs") or []), list(plan.get("sizes") or [])
+        if len(epochs) != len(sizes) or not epochs or not all(
+                _is_int(v) and v > 0 for v in epochs + sizes):
+            raise ConfigError("trainer.batch_schedule needs epochs: [e1, ...] and sizes: [b1, ...] "
+                              f"of positive integers and equal length, got {OmegaConf.to_container(plan)}")
 
 
 def check_validation_users(cfg: DictConfig) -> None:
@@ -121,6 +159,14 @@ def job_suffix(task_overrides) -> str:
     return "-" + ",".join(parts).replace("/", "_") if parts else ""
 
 
+def folder_classes(root: str) -> int:
+    """`data=folder`'s class count, read from the folder names under ROOT/train."""
+    from experiments.folder import class_names
+
+    return len(class_names(root))
+
+
 def register_resolvers() -> None:
-    if not OmegaConf.has_resolver("job_suffix"):
-        OmegaConf.register_new_resolver("job_suffix", job_suffix)
+    for name, fn in (("job_suffix", job_suffix), ("folder_classes", folder_classes)):
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, fn)

@@ -17,6 +17,7 @@ import tarfile
 import urllib.error
 import urllib.request
 import zlib
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,37 +147,39 @@ def download(url: str, dest: Path, md5: str | None, timeout_s: float) -> None:
     os.replace(part, dest)
 
 
-def cifar_archive(cfg) -> Path:
-    """The archive's path under data.root, downloaded (and checksummed) when it is not there yet."""
-    path = Path(cfg.root) / Path(urlparse(cfg.url).path).name
+def fetch(cfg, url: str, md5: str | None) -> Path:
+    """The file of `url` under data.root, downloaded (and checksummed) when it is not there yet."""
+    path = Path(cfg.root) / Path(urlparse(url).path).name
     if path.exists():
-        check_md5(path, cfg.md5)
+        check_md5(path, md5)
     elif cfg.download:
-        download(cfg.url, path, cfg.md5, cfg.download_timeout_s)
+        download(url, path, md5, cfg.download_timeout_s)
     else:
-        raise DataError(f"{path} is missing and data.download=false. Put the official archive "
-                        f"({cfg.url}) there, or pass data.root=DIR for a folder that holds it.")
+        raise DataError(f"{path} is missing and data.download=false. Put the official file "
+                        f"({url}) there, or pass data.root=DIR for a folder that holds it.")
     return path
 
 
 # --- the decode-once cache --------------------------------------------------------------------
 
-def save_cache(path: Path, data: ImageData) -> None:
+def save_cache(path: Path, data: ImageData, stamp: list | None = None) -> None:
     """Write atomically (temp file + rename): a killed or concurrent writer never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-    payload = {"version": CACHE_VERSION, "classes": data.classes,
+    payload = {"version": CACHE_VERSION, "classes": data.classes, "stamp": stamp,
                "train_images": data.train.images, "train_labels": data.train.labels,
                "test_images": data.test.images, "test_labels": data.test.labels}
     torch.save(payload, tmp)
     os.replace(tmp, path)
 
 
-def load_cache(path: Path, channels: int, size: int, num_classes: int) -> ImageData | None:
+def load_cache(path: Path, channels: int, size: int, num_classes: int | None,
+               stamp: list | None = None) -> ImageData | None:
     """The cached dataset, or None (with a warning) when it is absent, stale or corrupt.
 
-    Checked: format version, dtypes, image shapes, image and label counts, label range and
-    class count. A truncated file fails to load at all (the zip directory is at its end).
+    Checked: format version, dtypes, image shapes, image and label counts, label range, class
+    count, and the source's `stamp` (e.g. an image folder's file count, size and newest mtime).
+    A truncated file fails to load at all (the zip directory is at its end).
     """
     if not path.exists():
         return None
@@ -184,11 +187,12 @@ def load_cache(path: Path, channels: int, size: int, num_classes: int) -> ImageD
         raw = torch.load(path, weights_only=True, mmap=True)
         data = ImageData(Split(raw["train_images"], raw["train_labels"]),
                          Split(raw["test_images"], raw["test_labels"]), list(raw["classes"]))
+        num_classes = num_classes or len(data.classes)
         ok = raw["version"] == CACHE_VERSION and len(data.classes) == num_classes and all(
             s.images.dtype == torch.uint8 and s.images.shape[1:] == (channels, size, size)
             and s.labels.dtype == torch.int64 and len(s.labels) == len(s.images)
             and (len(s.labels) == 0 or 0 <= int(s.labels.min()) <= int(s.labels.max()) < num_classes)
-            for s in (data.train, data.test))
+            for s in (data.train, data.test)) and raw.get("stamp") == stamp
     except Exception as err:  # a truncated or foreign file can fail in many ways inside torch.load
         log.warning("cache %s is unreadable (%s): rebuilding it", path, err)
         return None
@@ -210,25 +214,30 @@ def exclusive(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def load_cifar(cfg) -> ImageData:
-    cache = Path(cfg.root) / f"{cfg.name}.uint8.pt"
-    data = load_cache(cache, cfg.channels, cfg.image_size, cfg.num_classes)
+def cached(cache: Path, cfg, build: Callable[[], ImageData], stamp: list | None = None) -> ImageData:
+    """The dataset from its uint8 cache, or built once by `build` and cached (one builder at a
+    time: parallel jobs wait for it, then load what it wrote)."""
+    data = load_cache(cache, cfg.channels, cfg.image_size, cfg.num_classes, stamp)
     if data is not None:
         return data
     with exclusive(cache.with_name(cache.name + ".lock")):
-        data = load_cache(cache, cfg.channels, cfg.image_size, cfg.num_classes)  # built meanwhile?
+        data = load_cache(cache, cfg.channels, cfg.image_size, cfg.num_classes, stamp)
         if data is None:
             try:
-                archive = cifar_archive(cfg)
+                data = build()
             except DataError as err:
                 if not cache.exists():
                     raise
                 raise DataError(f"the cache {cache} is corrupt or stale, and rebuilding it failed: "
                                 f"{err}") from None
-            data = read_cifar_archive(archive, CIFAR_FORMATS[cfg.name])
-            save_cache(cache, data)
+            save_cache(cache, data, stamp)
             log.info("decoded %s once into %s", cfg.name, cache)
     return data
+
+
+def load_cifar(cfg) -> ImageData:
+    return cached(Path(cfg.root) / f"{cfg.name}.uint8.pt", cfg,
+                  lambda: read_cifar_archive(fetch(cfg, cfg.url, cfg.md5), CIFAR_FORMATS[cfg.name]))
 
 
 # --- synthetic CIFAR-shaped data, for smoke runs and tests -----------------------------------
@@ -250,7 +259,12 @@ def make_synthetic(cfg) -> ImageData:
                      [f"class_{i}" for i in range(cfg.num_classes)])
 
 
-LOADERS = {"cifar10": load_cifar, "cifar100": load_cifar, "synthetic": make_synthetic}
+def loaders() -> dict[str, Callable]:
+    from experiments.folder import load_folder
+    from experiments.mnist import load_mnist
+
+    return {"cifar10": load_cifar, "cifar100": load_cifar, "synthetic": make_synthetic,
+            "mnist": load_mnist, "folder": load_folder}
 
 
 def val_count(val_size: int | float, n_train: int) -> int:
@@ -272,7 +286,8 @@ def split_validation(train: Split, val_size: int | float, seed: int) -> tuple[Sp
 
 
 def load_splits(cfg) -> Splits:
-    assert cfg.name in LOADERS, f"unknown dataset {cfg.name!r}; known: {sorted(LOADERS)}"
-    data = LOADERS[cfg.name](cfg)
+    known = loaders()
+    assert cfg.name in known, f"unknown dataset {cfg.name!r}; known: {sorted(known)}"
+    data = known[cfg.name](cfg)
     train, val = split_validation(data.train, cfg.val_size, cfg.split_seed)
     return Splits(train, val, data.test, data.classes)

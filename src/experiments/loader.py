@@ -40,11 +40,15 @@ class DeviceLoader:
         # kept as uint8 on the device (zero-padded when the augmentation crops): the one copy
         self.images = (augment.store if augment else lambda x: x)(split.images.to(device))
         self.labels = split.labels.to(device)
-        self.batch_size, self.normalize, self.augment = batch_size, normalize, augment
-        self.shuffle, self.channels_last = shuffle, channels_last
-        # drop a ragged last batch only when there is a full one: tiny datasets still train
-        self.drop_last = drop_last and len(self.labels) >= batch_size
+        self.normalize, self.augment = normalize, augment
+        self.shuffle, self.channels_last, self.want_drop_last = shuffle, channels_last, drop_last
+        self.set_batch_size(batch_size)
         self.generator = torch.Generator(device=device).manual_seed(seed)
+
+    def set_batch_size(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        # drop a ragged last batch only when there is a full one: tiny datasets still train
+        self.drop_last = self.want_drop_last and len(self.labels) >= batch_size
 
     def __len__(self) -> int:
         n = len(self.labels)
@@ -113,14 +117,21 @@ class WorkerLoader:
                  channels_last: bool = False, pin_memory: bool = True, prefetch_factor: int = 4,
                  persistent_workers: bool = True):
         self.device, self.channels_last = torch.device(device), channels_last
+        self.dataset, self.want_drop_last = TransformedSplit(split, transform), drop_last
+        self.options = dict(shuffle=shuffle, num_workers=workers,
+                            pin_memory=pin_memory and self.device.type == "cuda",
+                            prefetch_factor=prefetch_factor if workers else None,
+                            persistent_workers=persistent_workers and workers > 0,
+                            generator=torch.Generator().manual_seed(seed))
+        self.set_batch_size(batch_size)
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """A new DataLoader (and workers) for the new size; the shuffling generator carries on."""
+        self.batch_size = batch_size
         self.loader = torch.utils.data.DataLoader(
-            TransformedSplit(split, transform), batch_size=batch_size, shuffle=shuffle,
-            drop_last=drop_last and len(split) >= batch_size, num_workers=workers,
-            pin_memory=pin_memory and self.device.type == "cuda",
-            prefetch_factor=prefetch_factor if workers else None,
-            persistent_workers=persistent_workers and workers > 0,
-            generator=torch.Generator().manual_seed(seed))
-        self.num_images = len(self.loader) * batch_size if self.loader.drop_last else len(split)
+            self.dataset, batch_size=batch_size,
+            drop_last=self.want_drop_last and len(self.dataset) >= batch_size, **self.options)
+        self.num_images = len(self.loader) * batch_size if self.loader.drop_last else len(self.dataset)
 
     def __len__(self) -> int:
         return len(self.loader)

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 
 from torch.optim import Optimizer
-from torch.optim.lr_scheduler import LambdaLR, LRScheduler, ReduceLROnPlateau, StepLR
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLROnPlateau, StepLR
 
 
 @dataclass
@@ -18,6 +18,7 @@ class Schedule:
     scheduler: LRScheduler | ReduceLROnPlateau | None
     interval: str  # "step": after every optimizer step; "epoch": after every epoch
     monitor: str | None = None  # the metric ReduceLROnPlateau watches, e.g. "val/acc"
+    _optimizer: Optimizer | None = None  # for schedules without a scheduler (constant)
 
     def step_batch(self) -> None:
         if self.scheduler is not None and self.interval == "step":
@@ -38,11 +39,27 @@ class Schedule:
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state)
 
+    def scale_lr(self, factor: float) -> None:
+        """Multiply every learning rate this schedule works from (batch-size schedule, linear rule)."""
+        for i, group in enumerate(self.optimizer.param_groups):
+            for key in ("lr", "initial_lr", "max_lr", "min_lr"):
+                if isinstance(group.get(key), (int, float)):
+                    group[key] *= factor
+            if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
+                self.scheduler.base_lrs[i] *= factor
 
-def warmup_cosine(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int,
+    @property
+    def optimizer(self):
+        return self.scheduler.optimizer if self.scheduler is not None else self._optimizer
+
+
+def warmup_cosine(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, total_steps: int,
                   warmup_epochs: float, min_lr_ratio: float) -> Schedule:
-    """Linear warm-up from ~0 to the base lr, then half a cosine down to min_lr_ratio * lr."""
-    total = max(1, epochs * steps_per_epoch)
+    """Linear warm-up from ~0 to the base lr, then half a cosine down to min_lr_ratio * lr.
+
+    `total_steps` is the run's optimizer steps (not epochs * steps_per_epoch when a batch-size
+    schedule changes the steps per epoch)."""
+    total = max(1, total_steps)
     warmup = min(total, round(warmup_epochs * steps_per_epoch))
 
     def factor(step: int) -> float:
@@ -54,19 +71,47 @@ def warmup_cosine(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int,
     return Schedule(LambdaLR(optimizer, factor), "step")
 
 
-def plateau(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, monitor: str,
-            mode: str, factor: float, patience: int, threshold: float, min_lr: float) -> Schedule:
+def plateau(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, total_steps: int,
+            monitor: str, mode: str, factor: float, patience: int, threshold: float,
+            min_lr: float) -> Schedule:
     """ReduceLROnPlateau on a validation metric (there must be a validation split)."""
     scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience,
                                   threshold=threshold, min_lr=min_lr)
     return Schedule(scheduler, "epoch", monitor)
 
 
-def step(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, step_size: int,
-         gamma: float) -> Schedule:
+def step(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, total_steps: int,
+         step_size: int, gamma: float) -> Schedule:
     """Multiply the lr by gamma every step_size epochs."""
     return Schedule(StepLR(optimizer, step_size=step_size, gamma=gamma), "epoch")
 
 
-def constant(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int) -> Schedule:
-    return Schedule(None, "epoch")
+def one_cycle(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, total_steps: int,
+              pct_start: float, div_factor: float, final_div_factor: float,
+              anneal_strategy: str) -> Schedule:
+    """OneCycleLR up to the optimizer's lr (as max_lr) and down, over the whole run."""
+    max_lrs = [group["lr"] for group in optimizer.param_groups]
+    scheduler = OneCycleLR(optimizer, max_lr=max_lrs, total_steps=max(1, total_steps),
+                           pct_start=pct_start, div_factor=div_factor,
+                           final_div_factor=final_div_factor, anneal_strategy=anneal_strategy,
+                           cycle_momentum=False)
+    return Schedule(scheduler, "step")
+
+
+def constant(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int,
+             total_steps: int) -> Schedule:
+    return Schedule(None, "epoch", _optimizer=optimizer)
+
+
+class BatchSizes:
+    """`trainer.batch_schedule`: the batch size grows to sizes[i] from epochs[i] on."""
+
+    def __init__(self, initial: int, epochs: list[int], sizes: list[int]):
+        self.initial, self.points = initial, sorted(zip(epochs, sizes))
+
+    def __call__(self, epoch: int) -> int:
+        size = self.initial
+        for start, new in self.points:
+            if epoch >= start:
+                size = new
+        return size

@@ -35,6 +35,8 @@ def base_summary(job, status: str, error: str | None = None) -> dict[str, Any]:
         "choices": job.choices,
         "overrides": job.overrides,
         "test_acc": None,
+        "test_acc_final": None,
+        "test_tta_acc": None,
         "test_loss": None,
         "best_val_acc": None,
         "best_val_loss": None,
@@ -54,7 +56,9 @@ def completed_summary(job, fit, test: dict[str, float], extra: dict[str, Any]) -
     """`fit` is the trainer's FitState at the end."""
     summary = base_summary(job, "completed")
     summary.update({
-        "test_acc": test["acc"],
+        "test_acc": test["acc"],  # the weights chosen on validation
+        "test_acc_final": test["acc_final"],  # the last epoch's weights
+        "test_tta_acc": test["tta_acc"],  # chosen weights + flip TTA (null unless trainer.tta=flip)
         "test_loss": test["loss"],
         "best_val_acc": fit.best_val.get("acc"),
         "best_val_loss": fit.best_val.get("loss"),

@@ -23,6 +23,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from timm.utils import ModelEmaV3
 
 from experiments.checkpoint import (CHECKPOINT_FILE, CheckpointError, fingerprint, load_checkpoint,
                                    restore, save_checkpoint)
@@ -33,6 +34,7 @@ from experiments.loader import DeviceLoader, Normalize, WorkerLoader, torchvisio
 from experiments.summary import (SUMMARY_FILE, completed_summary, failed_summary, read_summary,
                                  running_summary, write_json)
 from experiments.tracking import Tracker
+from experiments.schedules import BatchSizes
 from experiments.trainer import DivergedError, Monitor, Trainer, resolve_device
 
 log = logging.getLogger(__name__)
@@ -143,6 +145,44 @@ def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     return torch.compile(model) if enabled else model
 
 
+def batch_plan(cfg: DictConfig, train_batches) -> tuple[BatchSizes | None, int]:
+    """The batch-size schedule (or None) and the run's total optimizer steps under it."""
+    t, plan = cfg.trainer, cfg.trainer.batch_schedule
+    sizes = BatchSizes(t.batch_size, list(plan.epochs), list(plan.sizes)) if plan else None
+    n = len(train_batches.labels) if hasattr(train_batches, "labels") else len(train_batches.dataset)
+    per_epoch = [math.ceil(max(1, n // (sizes(e) if sizes else t.batch_size)) / t.grad_accum_steps)
+                 for e in range(1, t.epochs + 1)]
+    return sizes, sum(per_epoch)
+
+
+def build_trainer(cfg: DictConfig, model: torch.nn.Module, device: torch.device,
+                  train_batches, total_steps: int) -> Trainer:
+    t = cfg.trainer
+    optimizer = build_optimizer(cfg, model, device)
+    ema = ModelEmaV3(model, decay=t.ema_decay) if t.ema_decay else None  # before compiling
+    mixup = instantiate(cfg.mix) if cfg.mix.get("_target_") else None
+    schedule = instantiate(cfg.sched)(
+        optimizer, epochs=t.epochs, total_steps=total_steps,
+        steps_per_epoch=math.ceil(len(train_batches) / t.grad_accum_steps))
+    return Trainer(maybe_compile(model, t.compile), optimizer, schedule, device=device,
+                   precision=t.precision, grad_accum_steps=t.grad_accum_steps,
+                   grad_clip=t.grad_clip, progress=t.progress, mixup=mixup, ema=ema,
+                   # with mixing, timm's Mixup smooths the labels: the loss must not do it again
+                   label_smoothing=0.0 if mixup else t.label_smoothing,
+                   nonfinite_tolerance=t.nonfinite_tolerance)
+
+
+def test_once(trainer: Trainer, fit, test_batches, tta: str) -> dict[str, float | None]:
+    """The test set, evaluated here only: with the final weights, then with the weights chosen
+    on validation (the reported test_acc), and with flip TTA as a separate number."""
+    final = trainer.evaluate(test_batches)
+    trainer.use_best_weights(fit)
+    chosen = trainer.evaluate(test_batches)
+    tta_acc = trainer.evaluate(test_batches, tta_flip=True)["acc"] if tta == "flip" else None
+    return {"acc": chosen["acc"], "loss": chosen["loss"], "acc_final": final["acc"],
+            "tta_acc": tta_acc}
+
+
 def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
     """Build everything from the config, train (resuming from a checkpoint if there is one),
     test once with the chosen weights. `config` is the resolved config with secrets redacted."""
@@ -155,16 +195,9 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
     log.info("data %s: %d train / %d val / %d test images, %d classes", cfg.data.name,
              len(splits.train), len(splits.val or ()), len(splits.test), len(splits.classes))
     train_batches, val_batches, test_batches = make_loaders(cfg, splits, device, channels_last)
-
+    batch_sizes, total_steps = batch_plan(cfg, train_batches)
     model = build_model(cfg, device, channels_last)
-    optimizer = build_optimizer(cfg, model, device)
-    model = maybe_compile(model, t.compile)
-    steps_per_epoch = math.ceil(len(train_batches) / t.grad_accum_steps)
-    schedule = instantiate(cfg.sched)(optimizer, epochs=t.epochs, steps_per_epoch=steps_per_epoch)
-    trainer = Trainer(model, optimizer, schedule, device=device, precision=t.precision,
-                      grad_accum_steps=t.grad_accum_steps, grad_clip=t.grad_clip,
-                      label_smoothing=t.label_smoothing, progress=t.progress,
-                      nonfinite_tolerance=t.nonfinite_tolerance)
+    trainer = build_trainer(cfg, model, device, train_batches, total_steps)
     log.info("model %s (%.2fM parameters) on %s, autocast %s", job.choices.get("model"),
              sum(p.numel() for p in model.parameters()) / 1e6, device, trainer.amp_dtype)
 
@@ -188,16 +221,17 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
 
         fit = trainer.fit(
             train_batches, val_batches, t.epochs, state=state, after_epoch=after_epoch,
+            batch_sizes=batch_sizes, scale_lr=bool(t.batch_schedule and t.batch_schedule.scale_lr),
             select=Monitor(t.monitor, t.monitor_mode),
             stopper=Monitor(es.monitor, es.mode, es.min_delta, es.patience) if es.patience else None)
-        # the test set is evaluated once, here, with the weights chosen on validation
-        test = trainer.evaluate(test_batches)
+        test = test_once(trainer, fit, test_batches, t.tta)
         summary = completed_summary(job, fit, test, {
             "device": str(device), "seed": cfg.seed, "fingerprint": fingerprint(config),
             "resumed_from_epoch": resumed_from, "wandb_id": tracker.wandb_id})
-        tracker.log_results({"choices": job.choices, **config},
-                            {k: summary[k] for k in ("test_acc", "best_val_acc", "epochs_completed")})
-    torch.save(model.state_dict(), job.output_dir / "model.pt")  # the chosen (tested) weights
+        tracker.log_results({"choices": job.choices, **config}, {
+            k: summary[k] for k in ("test_acc", "test_acc_final", "test_tta_acc", "best_val_acc",
+                                    "epochs_completed")})
+    torch.save(trainer.eval_model.state_dict(), job.output_dir / "model.pt")  # the tested weights
     if not t.keep_checkpoint:
         checkpoint.unlink(missing_ok=True)
     return summary

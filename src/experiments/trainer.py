@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -100,19 +101,44 @@ class FitState:
         return self.train_images / self.train_time_s if self.train_time_s > 0 else None
 
 
+@contextmanager
+def frozen_batchnorm_stats(model: nn.Module):
+    """SAM's second pass must not count its batch twice in BatchNorm's running statistics."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+
+
 class Trainer:
+    """Optional parts: `mixup` (timm Mixup: mixed images, soft targets), `ema` (timm ModelEmaV3:
+    the averaged weights are the ones validated, selected and tested), a SAM optimizer (two
+    gradient evaluations per step), a batch-size schedule (`fit(batch_sizes=...)`)."""
+
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, *,
                  device: torch.device, precision: str = "auto", grad_accum_steps: int = 1,
                  grad_clip: float | None = None, label_smoothing: float = 0.0,
-                 progress: bool = True, nonfinite_tolerance: int = 20):
+                 progress: bool = True, nonfinite_tolerance: int = 20, mixup=None, ema=None):
         self.model, self.optimizer, self.schedule, self.device = model, optimizer, schedule, device
         self.amp_dtype = resolve_precision(precision, device)
         # fp16 needs loss scaling to keep small gradients; bf16 has fp32's range and does not
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         self.grad_accum_steps, self.grad_clip = grad_accum_steps, grad_clip
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)  # takes soft targets too
         self.progress, self.nonfinite_tolerance = progress, nonfinite_tolerance
         self.nonfinite_streak = torch.zeros((), device=device, dtype=torch.long)
+        self.mixup, self.ema, self.steps = mixup, ema, 0
+        self.sam = hasattr(optimizer, "perturb")
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is validated, selected and tested: the EMA weights when there are any."""
+        return self.ema.module if self.ema is not None else self.model
 
     def check_finite(self, longest_streak: int, any_nonfinite: bool) -> None:
         """fp16's GradScaler skips steps with inf gradients and lowers its scale, so a few
@@ -128,23 +154,59 @@ class Trainer:
                               enabled=self.amp_dtype is not None)
 
     def state_dict(self) -> dict:
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict()}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+                 "steps": self.steps}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
+        self.steps = state["steps"]
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
 
-    def optimizer_step(self) -> None:
-        if self.grad_clip:
+    def backward(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.autocast():
+            logits = self.model(images)
+            loss = self.loss_fn(logits, targets)
+        self.scaler.scale(loss / self.grad_accum_steps).backward()
+        return logits, loss
+
+    def sam_second_pass(self, group: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Move to w + e(w) using the first pass's gradients, redo the step's micro-batches there,
+        and come back to w holding the new gradients (unscaled) for the base optimizer."""
+        self.scaler.unscale_(self.optimizer)  # e(w) needs the true gradient norm
+        self.optimizer.perturb()
+        self.optimizer.zero_grad(set_to_none=True)
+        with frozen_batchnorm_stats(self.model):
+            for images, targets in group:
+                self.backward(images, targets)
+        self.optimizer.restore()
+        if self.scaler.is_enabled():  # unscale_ counts once per step: undo the 2nd scale by hand
+            inv = 1.0 / self.scaler.get_scale()
+            for p in self.model.parameters():
+                if p.grad is not None:
+                    p.grad.mul_(inv)
+
+    def optimizer_step(self, group: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        if self.sam:
+            self.sam_second_pass(group)
+        elif self.grad_clip:
             self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+        if self.grad_clip:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step_batch()
+        self.steps += 1
+        if self.ema is not None:
+            self.ema.update(getattr(self.model, "_orig_mod", self.model), step=self.steps)
 
     def train_epoch(self, batches) -> dict[str, float]:
         self.model.train()
@@ -154,13 +216,17 @@ class Trainer:
         streak = self.nonfinite_streak  # non-finite losses in a row, carried across epochs
         longest = torch.zeros_like(streak)
         seen, finite_seen, last = 0, torch.zeros_like(streak), len(batches) - 1
+        group = []  # this step's micro-batches, which SAM evaluates a second time
         for i, (images, labels) in enumerate(batches):
-            with self.autocast():
-                logits = self.model(images)
-                loss = self.loss_fn(logits, labels)
-            self.scaler.scale(loss / self.grad_accum_steps).backward()
+            targets = labels
+            if self.mixup is not None:  # mixed images, soft targets (accuracy: vs the originals)
+                images, targets = self.mixup(images, labels)
+            logits, loss = self.backward(images, targets)
+            if self.sam:
+                group.append((images, targets))
             if (i + 1) % self.grad_accum_steps == 0 or i == last:
-                self.optimizer_step()
+                self.optimizer_step(group)
+                group = []
             finite = torch.isfinite(loss.detach())
             streak = torch.where(finite, 0, streak + 1)
             longest = torch.maximum(longest, streak)
@@ -175,16 +241,21 @@ class Trainer:
         return {"loss": mean_loss, "acc": correct.item() / seen}
 
     @torch.inference_mode()
-    def evaluate(self, batches) -> dict[str, float]:
-        self.model.eval()
+    def evaluate(self, batches, tta_flip: bool = False) -> dict[str, float]:
+        """Loss and accuracy of `eval_model`; with tta_flip, of the mean of the softmax of each
+        image and its mirror image (reported apart, never mixed into the plain accuracy)."""
+        model = self.eval_model
+        model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         seen = 0
         for images, labels in batches:
             with self.autocast():
-                logits = self.model(images)
-            loss_sum += nn.functional.cross_entropy(logits.float(), labels, reduction="sum")
-            correct += (logits.argmax(dim=1) == labels).sum()
+                probs = model(images).float().softmax(dim=1)
+                if tta_flip:
+                    probs = (probs + model(images.flip(3)).float().softmax(dim=1)) / 2
+            loss_sum += nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum")
+            correct += (probs.argmax(dim=1) == labels).sum()
             seen += len(labels)
         return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen}
 
@@ -196,21 +267,33 @@ class Trainer:
         synchronize(self.device)
         seconds = time.perf_counter() - start
         metrics = {"train/loss": train_metrics["loss"], "train/acc": train_metrics["acc"],
-                   "train/lr": lr, "time/epoch_s": seconds,
+                   "train/lr": lr, "train/batch_size": train.batch_size, "time/epoch_s": seconds,
                    "time/images_per_s": train.num_images / seconds}
         if val is not None:
             metrics.update({f"val/{k}": v for k, v in self.evaluate(val).items()})
         self.schedule.step_epoch(metrics)
         return metrics
 
+    def resize_batches(self, train, epoch: int, batch_sizes: Callable[[int], int] | None,
+                       scale_lr: bool) -> None:
+        """Apply the batch-size schedule; with scale_lr, the lr follows the batch (linear rule)."""
+        if batch_sizes is None or batch_sizes(epoch) == train.batch_size:
+            return
+        new, before = batch_sizes(epoch), batch_sizes(epoch - 1) if epoch > 1 else train.batch_size
+        if scale_lr and new != before:  # only where the schedule steps (not again on resume)
+            self.schedule.scale_lr(new / before)
+        log.info("epoch %d: batch size %d -> %d", epoch, train.batch_size, new)
+        train.set_batch_size(new)
+
     def fit(self, train, val, epochs: int, *, select: Monitor, stopper: Monitor | None = None,
-            state: FitState | None = None,
+            state: FitState | None = None, batch_sizes: Callable[[int], int] | None = None,
+            scale_lr: bool = False,
             after_epoch: Callable[[FitState, dict[str, float]], None] = lambda s, m: None) -> FitState:
-        """Train until `epochs` are done; keep the weights of the best validation epoch.
+        """Train until `epochs` are done, keeping the weights of the best validation epoch in
+        `state.best_weights` (the model keeps the last epoch's: `use_best_weights` swaps).
 
         `state` continues an earlier, interrupted fit. `after_epoch` sees the state after every
         epoch (to log it and checkpoint it). Early stopping fires once `stopper` is exhausted.
-        Without a validation split the last epoch's weights are the chosen ones.
         """
         state = state or FitState()
         if state.select:
@@ -220,12 +303,13 @@ class Trainer:
         bar = tqdm(range(state.epoch + 1, epochs + 1), desc="epochs", unit="epoch",
                    initial=state.epoch, total=epochs, disable=not self.progress, dynamic_ncols=True)
         for epoch in bar if not state.early_stopped else ():
+            self.resize_batches(train, epoch, batch_sizes, scale_lr)
             metrics = self.run_epoch(train, val)
             state.epoch, state.history = epoch, state.history + [{"epoch": epoch, **metrics}]
             state.train_time_s += metrics["time/epoch_s"]
             state.train_images += train.num_images
             if val is not None and select.update(metrics):
-                state.best_weights = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+                state.best_weights = {k: v.detach().clone() for k, v in self.eval_model.state_dict().items()}
                 state.best_epoch = epoch
                 state.best_val = {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}
             if stopper is not None and val is not None:
@@ -241,6 +325,9 @@ class Trainer:
                          epoch, stopper.key, stopper.patience)
                 break
         bar.close()
-        if state.best_weights is not None:
-            self.model.load_state_dict(state.best_weights)
         return state
+
+    def use_best_weights(self, state: FitState) -> None:
+        """Load the best validation epoch's weights (no-op without a validation split)."""
+        if state.best_weights is not None:
+            self.eval_model.load_state_dict(state.best_weights)

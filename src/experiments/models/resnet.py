@@ -32,3 +32,33 @@ def timm_resnet18(num_classes: int, width: int = 64, cifar_stem: bool = True,
         first = model.layer1[0]
         first.conv1, first.downsample = _conv(width, width, 3, 1), None
     return model
+
+
+def timm_model(name: str, num_classes: int, in_chans: int = 3, image_size: int = 32,
+               cifar_stem: bool = True, **timm_kwargs) -> nn.Module:
+    """Any timm model by name, from scratch (`model=timm model.name=resnet50`).
+
+    For small images (<= 64 px) with cifar_stem: a ResNet-style 7x7 stride-2 stem becomes a 3x3
+    stride-1 conv without max-pool, an EfficientNet/MobileNet-style stride-2 `conv_stem` gets
+    stride 1; models that are built for one input size (ViT-style) are told the real one.
+    """
+    if not timm.is_model(name):
+        raise ValueError(f"timm has no model {name!r} (see timm.list_models())")
+    kwargs = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, **timm_kwargs)
+    try:
+        model = timm.create_model(name, img_size=image_size, **kwargs)
+    except TypeError:  # this architecture takes any input size
+        model = timm.create_model(name, **kwargs)
+    if cifar_stem and image_size <= 64:
+        shrink_stem(model)
+    return model
+
+
+def shrink_stem(model: nn.Module) -> None:
+    conv1, stem = getattr(model, "conv1", None), getattr(model, "conv_stem", None)
+    if isinstance(conv1, nn.Conv2d) and conv1.stride != (1, 1):
+        model.conv1 = _conv(conv1.in_channels, conv1.out_channels, 3, 1)
+    if isinstance(stem, nn.Conv2d) and stem.stride != (1, 1):
+        stem.stride = (1, 1)
+    if isinstance(getattr(model, "maxpool", None), nn.MaxPool2d):
+        model.maxpool = nn.Identity()

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Train an accuracy preset on a GPU with CIFAR-100 data you provide, and print its test
+# accuracies: final weights, best-validation weights (the reported one), and flip TTA.
+#
+#   bash bench/gpu_accuracy.sh DATA_ROOT [PRESET] [extra overrides...]
+#   bash bench/gpu_accuracy.sh /data/cifar best                # experiment=best (400 epochs)
+#   bash bench/gpu_accuracy.sh /data/cifar seed_report model=preact optim=sgd aug=basic
+#
+# DATA_ROOT holds cifar-100-python.tar.gz (or its decoded cache); nothing is downloaded if it is
+# there. Results go to bench-accuracy/<preset>-<time>/ (summary.json, metrics.csv, tb/).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DATA_ROOT=${1:?usage: bash bench/gpu_accuracy.sh DATA_ROOT [PRESET] [overrides...]}
+PRESET=${2:-best}
+shift $(( $# >= 2 ? 2 : 1 ))
+OUT=bench-accuracy/$PRESET-$(date +%Y%m%d-%H%M%S)
+PY=${PYTHON:-python3}
+export PYTHONPATH=$PWD/src:${PYTHONPATH:-}
+$PY train.py experiment="$PRESET" data.root="$DATA_ROOT" logger=tensorboard \
+  trainer.progress=false "hydra.run.dir=$OUT" "$@"
+$PY - "$OUT/summary.json" <<'PYEOF'
+import json, sys
+s = json.load(open(sys.argv[1]))
+pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"
+print(f"status {s['status']}, {s['epochs_completed']} epochs, {s['train_time_s']:.0f} s of training")
+print(f"test accuracy, final weights:          {pct(s['test_acc_final'])}")
+print(f"test accuracy, best-validation weights: {pct(s['test_acc'])}   (epoch {s['best_epoch']}, val {pct(s['best_val_acc'])})")
+print(f"test accuracy, + flip TTA:             {pct(s['test_tta_acc'])}")
+PYEOF

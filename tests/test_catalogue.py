@@ -1,0 +1,252 @@
+"""The option catalogue: every dataset, model, optimizer, schedule and mixing option trains a few
+steps on tiny data; SAM, mixing and the batch-size schedule do what they claim; bad combinations
+are refused."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+import torch
+from hydra.utils import instantiate
+from PIL import Image
+
+from experiments.config import check_config
+from experiments.data import load_splits
+from experiments.errors import ConfigError, DataError
+from experiments.fake_archives import write_mnist_files
+from experiments.sam import SAM
+from experiments.schedules import constant
+from experiments.train import JobInfo, train
+from experiments.trainer import Trainer
+
+TINY_DATA = ["data=synthetic", "data.train_size=128", "data.val_size=32", "data.test_size=32"]
+TINY_RUN = ["trainer.epochs=1", "trainer.batch_size=32", "trainer.eval_batch_size=64",
+            "logger=none", "trainer.progress=false"]
+
+
+@pytest.fixture
+def run_job(compose_cfg, tmp_path):
+    """Compose like `python train.py ...` and run the job in this process."""
+
+    def _run(*overrides, name="job"):
+        out = tmp_path / name
+        out.mkdir()
+        data = [] if any(o.startswith("data=") for o in overrides) else TINY_DATA
+        cfg = compose_cfg([*data, *TINY_RUN, f"paths.root_dir={tmp_path}", f"paths.output_dir={out}",
+                           *overrides])
+        check_config(cfg)
+        from omegaconf import OmegaConf
+
+        job = JobInfo(out, name, None, {}, list(overrides), False, 0)
+        return train(cfg, job, OmegaConf.to_container(cfg, resolve=True)), out
+
+    return _run
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model=timm", "model.name=mobilenetv3_small_050"],
+    ["model=timm", "model.name=resnet10t"],
+    ["model=mlp"],
+    ["model=lenet"],
+    ["model=preact", "model.width=4", "optim=sgd", "optim.momentum=0", "optim.nesterov=false"],
+    ["model=preact", "model.width=4", "optim=adam"],
+    ["model=preact", "model.width=4", "optim=adamw"],
+    ["model=preact", "model.width=4", "optim=rmsprop"],
+    ["model=preact", "model.width=4", "optim=sam"],
+    ["model=preact", "model.width=4", "optim=sam", "optim.base_optimizer.path=torch.optim.AdamW",
+     "optim.lr=1e-3", "~optim.momentum", "~optim.nesterov", "trainer.grad_accum_steps=2"],
+    ["model=preact", "model.width=4", "sched=step", "sched.step_size=1"],
+    ["model=preact", "model.width=4", "sched=plateau"],
+    ["model=preact", "model.width=4", "sched=onecycle"],
+    ["model=preact", "model.width=4", "sched=none"],
+    ["model=preact", "model.width=4", "mix=cutmix"],
+    ["model=preact", "model.width=4", "mix=mixup"],
+    ["model=preact", "model.width=4", "mix=cutmix_mixup", "trainer.label_smoothing=0.1"],
+    ["model=preact", "model.width=4", "trainer.ema_decay=0.9", "trainer.tta=flip"],
+    ["model=resnet18", "model.width=4", "loader=dataloader", "loader.workers=0", "aug=advanced"],
+], ids=lambda o: " ".join(o))
+def test_option_trains_a_few_steps(run_job, overrides):
+    summary, out = run_job(*overrides)
+    assert summary["status"] == "completed"
+    assert np.isfinite(summary["test_loss"]) and 0 <= summary["test_acc"] <= 1
+    assert summary["test_acc_final"] is not None
+
+
+def test_final_best_and_tta_accuracies_are_reported_apart(run_job):
+    summary, _ = run_job("model=preact", "model.width=4", "trainer.epochs=2", "trainer.tta=flip")
+    assert {"test_acc", "test_acc_final", "test_tta_acc"} <= set(summary)
+    assert summary["test_tta_acc"] is not None
+    plain, _ = run_job("model=preact", "model.width=4", "trainer.epochs=2", name="plain")
+    assert plain["test_tta_acc"] is None and plain["test_acc"] == summary["test_acc"]
+
+
+def test_mixing_gives_soft_targets_that_sum_to_one(compose_cfg):
+    for option in ("cutmix", "mixup", "cutmix_mixup"):
+        mix = instantiate(compose_cfg([f"mix={option}", "data=synthetic", "trainer.label_smoothing=0.1"]).mix)
+        images, labels = torch.rand(8, 3, 32, 32), torch.arange(8)
+        mixed, targets = mix(images, labels)
+        assert targets.shape == (8, 100) and mixed.shape == images.shape
+        assert torch.allclose(targets.sum(dim=1), torch.ones(8))
+        assert (targets >= 0).all() and (targets.max(dim=1).values < 1).all()  # soft, not one-hot
+
+
+def toy_problem(seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(256, 10, generator=gen)
+    y = (x @ torch.randn(10, 3, generator=gen)).argmax(dim=1)
+    return x, y
+
+
+class Batches(list):
+    batch_size = 64
+
+    @property
+    def num_images(self):
+        return sum(len(b[1]) for b in self)
+
+
+def sam_trainer(accum=1, precision="fp32"):
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(),
+                                torch.nn.Linear(32, 3))
+    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
+    return Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1, total_steps=1),
+                   device=torch.device("cpu"), progress=False, grad_accum_steps=accum,
+                   precision=precision)
+
+
+@pytest.mark.parametrize("accum", [1, 2])
+def test_sam_evaluates_the_gradient_twice_per_step(accum):
+    trainer = sam_trainer(accum)
+    x, y = toy_problem()
+    forwards, steps = [], []
+    trainer.model.register_forward_hook(lambda *a: forwards.append(1))
+    base_step = trainer.optimizer.base_optimizer.step
+    trainer.optimizer.base_optimizer.step = lambda *a, **k: (steps.append(1), base_step())[1]
+    batches = Batches((x[i:i + 64], y[i:i + 64]) for i in range(0, 256, 64))
+    trainer.train_epoch(batches)
+    assert len(steps) == 4 // accum and len(forwards) == 2 * 4
+
+
+def test_sam_reduces_the_loss_and_restores_weights():
+    trainer = sam_trainer()
+    x, y = toy_problem()
+    batches = Batches((x[i:i + 64], y[i:i + 64]) for i in range(0, 256, 64))
+    before = torch.nn.functional.cross_entropy(trainer.model.eval()(x), y).item()
+    for _ in range(20):
+        trainer.train_epoch(batches)
+    after = torch.nn.functional.cross_entropy(trainer.model.eval()(x), y).item()
+    assert after < 0.5 * before
+    assert not any("w" in s for s in trainer.optimizer.state.values())  # back at w after steps
+
+
+def test_sam_with_fp16_loss_scaling_steps():
+    trainer = sam_trainer(precision="fp16")
+    assert trainer.scaler.is_enabled()
+    x, y = toy_problem()
+    batches = Batches((x[i:i + 64], y[i:i + 64]) for i in range(0, 256, 64))
+    first = [p.detach().clone() for p in trainer.model.parameters()]
+    metrics = trainer.train_epoch(batches)
+    assert np.isfinite(metrics["loss"])
+    assert any(not torch.equal(a, b) for a, b in zip(first, trainer.model.parameters()))
+
+
+def test_batch_size_schedule_changes_the_batch_and_scales_lr(run_job):
+    _, out = run_job("model=preact", "model.width=4", "sched=none", "trainer.epochs=3",
+                     "trainer.batch_schedule={epochs:[2],sizes:[64],scale_lr:true}")
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    assert [int(float(r["train/batch_size"])) for r in rows] == [32, 64, 64]
+    assert [float(r["train/lr"]) for r in rows] == pytest.approx([0.1, 0.2, 0.2])
+
+
+def write_png_tree(root, classes=("cat", "dog", "eel"), per_class=6, size=(20, 14)):
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(root / split / c / f"{i}.png")
+
+
+def test_folder_dataset_from_png_files(run_job, tmp_path, compose_cfg):
+    root = tmp_path / "pets"
+    write_png_tree(root)
+    cfg = compose_cfg(["data=folder", f"data.root={root}", "data.val_size=3"])
+    assert cfg.data.num_classes == 3 and cfg.model.num_classes == 3
+    splits = load_splits(cfg.data)
+    assert splits.classes == ["cat", "dog", "eel"]
+    assert splits.train.images.shape == (15, 3, 32, 32) and len(splits.val) == 3
+    assert sorted(splits.test.labels.tolist()) == [0] * 6 + [1] * 6 + [2] * 6
+    assert list(root.glob(".cache-32px-3ch.uint8.pt"))
+    summary, _ = run_job("data=folder", f"data.root={root}", "data.val_size=3",
+                         "model=preact", "model.width=4", "trainer.batch_size=8")
+    assert summary["status"] == "completed"
+
+
+def test_folder_dataset_reports_a_corrupt_image(tmp_path, compose_cfg):
+    root = tmp_path / "pets"
+    write_png_tree(root)
+    (root / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
+    with pytest.raises(DataError, match="broken.png is not a readable image"):
+        load_splits(compose_cfg(["data=folder", f"data.root={root}"]).data)
+
+
+def test_mnist_reads_the_official_idx_files(tmp_path, compose_cfg, run_job):
+    written = write_mnist_files(tmp_path / "mnist", n_train=60, n_test=20)
+    cfg = compose_cfg(["data=mnist", f"data.root={tmp_path / 'mnist'}", "data.val_size=10",
+                       "data.files.train_images.md5=null", "data.files.train_labels.md5=null",
+                       "data.files.test_images.md5=null", "data.files.test_labels.md5=null"])
+    splits = load_splits(cfg.data)
+    assert splits.train.images.shape == (50, 1, 28, 28) and splits.test.images.shape == (20, 1, 28, 28)
+    assert torch.equal(splits.test.images[:, 0], torch.from_numpy(written["test_images"].astype(np.uint8)))
+    assert splits.test.labels.tolist() == written["test_labels"].tolist()
+    md5s = [f"data.files.{k}.md5=null" for k in ("train_images", "train_labels", "test_images", "test_labels")]
+    for model in ("lenet", "mlp"):
+        summary, _ = run_job("data=mnist", f"data.root={tmp_path / 'mnist'}", "data.val_size=10",
+                             "aug=none", f"model={model}", "trainer.batch_size=16", *md5s, name=model)
+        assert summary["status"] == "completed"
+
+
+def test_truncated_idx_file_is_reported(tmp_path, compose_cfg):
+    from experiments.mnist import read_idx
+
+    write_mnist_files(tmp_path)
+    path = tmp_path / "t10k-images-idx3-ubyte.gz"
+    import gzip
+
+    raw = gzip.decompress(path.read_bytes())
+    path.write_bytes(gzip.compress(raw[:-100]))
+    with pytest.raises(DataError, match="truncated"):
+        read_idx(path)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["optim=sam", "sched=plateau", "sched.mode=min"], "sched.mode=min would treat a worse val/acc as better"),
+    (["optim.momentum=0"], "optim.nesterov=true needs optim.momentum > 0"),
+    (["data=mnist", "aug=basic"], "aug.flip=true mirrors images"),
+    (["data=mnist", "aug=none", "trainer.tta=flip"], "trainer.tta=flip mirrors"),
+    (["mix=cutmix", "trainer.batch_size=33"], "trainer.batch_size must be even"),
+    (["trainer.batch_schedule={epochs:[2,3],sizes:[64]}"], "equal length"),
+])
+def test_bad_combinations_are_refused(compose_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        check_config(compose_cfg(["data=synthetic", *overrides]))
+
+
+def test_mlp_on_cifar_shaped_data_just_works(run_job):
+    summary, _ = run_job("model=mlp", "model.hidden=[64]")
+    assert summary["status"] == "completed"
+
+
+def test_presets_compose_with_their_documented_settings(compose_cfg):
+    best = compose_cfg(["experiment=best"])
+    assert best.model.cifar_stem and best.optim.nesterov and best.mix._target_ == "timm.data.Mixup"
+    assert best.sched._target_.endswith("warmup_cosine") and best.trainer.label_smoothing > 0
+    assert best.trainer.ema_decay and best.trainer.tta == "flip" and best.trainer.epochs >= 300
+    report = compose_cfg(["experiment=seed_report"])
+    assert report.sched._target_.endswith("plateau") and report.trainer.grad_clip == 1.0
+    assert report.trainer.early_stopping.patience and report.data.val_size > 0
+    check_config(best)
+    check_config(report)
