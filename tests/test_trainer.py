@@ -29,7 +29,7 @@ def make_trainer(lr=0.05, **kwargs):
     torch.manual_seed(0)
     model = PreActResNet18(num_classes=4, width=4)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1),
+    trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1, total_steps=1),
                       device=torch.device("cpu"), progress=False, **kwargs)
     return trainer
 
@@ -87,7 +87,7 @@ def test_accumulated_gradients_equal_the_big_batch_gradient():
         torch.manual_seed(0)
         model = nn.Linear(5, 3)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
-        trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1),
+        trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1, total_steps=1),
                           device=torch.device("cpu"), grad_accum_steps=accum, progress=False)
         seen = {}
         opt.step = lambda *a, **k: seen.setdefault("g", model.weight.grad.clone())
@@ -127,7 +127,8 @@ def test_precision_auto_is_fp32_on_cpu():
 
 def test_warmup_cosine_shape():
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    schedule = warmup_cosine(opt, epochs=10, steps_per_epoch=10, warmup_epochs=2, min_lr_ratio=0.0)
+    schedule = warmup_cosine(opt, epochs=10, steps_per_epoch=10, total_steps=100, warmup_epochs=2,
+                             min_lr_ratio=0.0)
     lrs = []
     for _ in range(100):
         lrs.append(opt.param_groups[0]["lr"])

@@ -144,7 +144,7 @@ def bench_step(device: torch.device, size: dict, model_name: str) -> dict:
     optimizer = instantiate(cfg.optim)(model.parameters())
     batches = PreMade((torch.randn(batch, 3, 32, 32, device=device),
                        torch.randint(0, 100, (batch,), device=device)) for _ in range(size["steps"]))
-    trainer = Trainer(model, optimizer, constant(optimizer, epochs=1, steps_per_epoch=1),
+    trainer = Trainer(model, optimizer, constant(optimizer, epochs=1, steps_per_epoch=1, total_steps=1),
                       device=device, progress=False)
     framework = lambda: trainer.train_epoch(batches)  # noqa: E731  (ends in a sync: .item())
     bare = lambda: bare_epoch(model, optimizer, batches, device, trainer.amp_dtype)  # noqa: E731
