@@ -101,6 +101,19 @@ def test_three_trial_optuna_search(tmp_path):
     assert results["best_value"] == pytest.approx(best_val)  # Optuna saw the validation metric
 
 
+def test_optuna_study_in_sqlite_continues(tmp_path):
+    db = f"sqlite:///{tmp_path / 'study.db'}"
+    for i in (1, 2):
+        proc = run_train("hparams_search=optuna", *SMOKE, "hydra.sweeper.n_trials=2",
+                         f"hydra.sweeper.storage={db}", f"hydra.sweep.dir={tmp_path / f's{i}'}",
+                         cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    import optuna
+
+    study = optuna.load_study(study_name="resnet18-sgd", storage=db)
+    assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+
+
 def test_submitit_local_runs_two_jobs(tmp_path):
     sweep = tmp_path / "submitit"
     proc = run_train("-m", "hydra/launcher=submitit_local", *SMOKE, "model=resnet18,preact",

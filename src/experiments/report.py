@@ -21,8 +21,8 @@ import yaml
 from experiments.summary import SUMMARY_FILE
 
 CHOICE_COLUMNS = ("model", "optim", "aug", "sched", "data")
-RESULT_COLUMNS = ("status", "best_val_acc", "test_acc", "epochs_completed", "early_stopped",
-                  "train_time_s", "images_per_s", "error")
+RESULT_COLUMNS = ("status", "best_val_acc", "test_acc", "test_acc_final", "test_tta_acc",
+                  "epochs_completed", "early_stopped", "train_time_s", "images_per_s", "error")
 BEST_MARK = "*"
 
 
