@@ -3,7 +3,6 @@ steps on tiny data; SAM, mixing and the batch-size schedule do what they claim; 
 are refused."""
 
 import csv
-import json
 
 import numpy as np
 import pytest

@@ -28,9 +28,8 @@ from hydra.utils import instantiate
 
 from experiments.data import CIFAR_FORMATS, Split, load_cache, read_cifar_archive, save_cache
 from experiments.fake_archives import write_cifar_archive
-from experiments.loader import DeviceLoader, Normalize, WorkerLoader, torchvision_transform
+from experiments.loader import DeviceLoader, Normalize, WorkerLoader, available_cores, torchvision_transform
 from experiments.schedules import constant
-from experiments.train import available_cores
 from experiments.trainer import Trainer, resolve_device, resolve_precision, synchronize
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

@@ -7,12 +7,15 @@ per-image Python in the hot path.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 
 import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
 
 from experiments.augment import BatchAugment
-from experiments.data import Split
+from experiments.data import Split, Splits
 
 
 class Normalize:
@@ -53,6 +56,10 @@ class DeviceLoader:
     def __len__(self) -> int:
         n = len(self.labels)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def split_size(self) -> int:
+        return len(self.labels)
 
     @property
     def num_images(self) -> int:
@@ -137,6 +144,10 @@ class WorkerLoader:
         return len(self.loader)
 
     @property
+    def split_size(self) -> int:
+        return len(self.dataset)
+
+    @property
     def generator(self) -> torch.Generator:
         """Draws the shuffling order and the workers' seeds (saved in checkpoints)."""
         return self.loader.generator
@@ -147,3 +158,39 @@ class WorkerLoader:
             # non_blocking: with pinned memory the copy overlaps with the GPU's work
             images = images.to(self.device, non_blocking=True, memory_format=layout)
             yield images, labels.to(self.device, non_blocking=True)
+
+
+# --- from the config -----------------------------------------------------------------------
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def make_loaders(cfg: DictConfig, splits: Splits, device: torch.device, channels_last: bool):
+    """(train, val or None, test) batch iterables for `loader=device` or `loader=dataloader`."""
+    augment, data = instantiate(cfg.aug), cfg.data
+    if cfg.loader.name == "device":
+        normalize = Normalize(data.mean, data.std, device)
+
+        def make(split, batch_size, aug=None, train=False):
+            return DeviceLoader(split, batch_size, normalize, augment=aug, shuffle=train,
+                                drop_last=train, seed=cfg.seed, device=device,
+                                channels_last=channels_last)
+    else:
+        assert cfg.loader.name == "dataloader", f"unknown loader {cfg.loader.name!r}"
+        lc = cfg.loader
+        workers = available_cores() if lc.workers == "auto" else int(lc.workers)
+
+        def make(split, batch_size, aug=None, train=False):
+            transform = torchvision_transform(aug, data.mean, data.std, data.image_size)
+            return WorkerLoader(split, batch_size, transform, device=device, workers=workers,
+                                shuffle=train, drop_last=train, seed=cfg.seed,
+                                channels_last=channels_last, pin_memory=lc.pin_memory,
+                                prefetch_factor=lc.prefetch_factor,
+                                persistent_workers=lc.persistent_workers)
+
+    t = cfg.trainer
+    return (make(splits.train, t.batch_size, augment, train=True),
+            None if splits.val is None else make(splits.val, t.eval_batch_size),
+            make(splits.test, t.eval_batch_size))
+

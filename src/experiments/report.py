@@ -270,7 +270,7 @@ def terminal_table(table: list[dict], agg: list[dict]) -> str:
         text += "\nfailed:\n" + "\n".join(failed) + "\n"
     if has_seed_repeats(agg):
         agg_shown = [c for c in mean_pm_std(agg)[0] if c not in same]
-        text += f"\nper configuration, over seeds (accuracy in %, mean +- std):\n"
+        text += "\nper configuration, over seeds (accuracy in %, mean +- std):\n"
         text += markdown(mean_pm_std(agg), agg_shown)
     return text
 

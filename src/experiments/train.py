@@ -10,7 +10,6 @@ import gc
 import inspect
 import logging
 import math
-import os
 import random
 import sys
 import traceback
@@ -28,13 +27,13 @@ from timm.utils import ModelEmaV3
 from experiments.checkpoint import (CHECKPOINT_FILE, CheckpointError, fingerprint, load_checkpoint,
                                    restore, save_checkpoint)
 from experiments.config import check_config, redact_secrets, register_resolvers
-from experiments.data import Splits, load_splits
+from experiments.data import load_splits
 from experiments.errors import JobFailed, UserError
-from experiments.loader import DeviceLoader, Normalize, WorkerLoader, torchvision_transform
+from experiments.loader import make_loaders
+from experiments.schedules import BatchSizes
 from experiments.summary import (SUMMARY_FILE, completed_summary, failed_summary, read_summary,
                                  running_summary, write_json)
 from experiments.tracking import Tracker
-from experiments.schedules import BatchSizes
 from experiments.trainer import DivergedError, Monitor, Trainer, resolve_device
 
 log = logging.getLogger(__name__)
@@ -93,39 +92,6 @@ def use_channels_last(cfg: DictConfig, device: torch.device) -> bool:
     return device.type == "cuda" if cfg.channels_last == "auto" else bool(cfg.channels_last)
 
 
-def make_loaders(cfg: DictConfig, splits: Splits, device: torch.device, channels_last: bool):
-    """(train, val or None, test) batch iterables for `loader=device` or `loader=dataloader`."""
-    augment, data = instantiate(cfg.aug), cfg.data
-    if cfg.loader.name == "device":
-        normalize = Normalize(data.mean, data.std, device)
-
-        def make(split, batch_size, aug=None, train=False):
-            return DeviceLoader(split, batch_size, normalize, augment=aug, shuffle=train,
-                                drop_last=train, seed=cfg.seed, device=device,
-                                channels_last=channels_last)
-    else:
-        assert cfg.loader.name == "dataloader", f"unknown loader {cfg.loader.name!r}"
-        lc = cfg.loader
-        workers = available_cores() if lc.workers == "auto" else int(lc.workers)
-
-        def make(split, batch_size, aug=None, train=False):
-            transform = torchvision_transform(aug, data.mean, data.std, data.image_size)
-            return WorkerLoader(split, batch_size, transform, device=device, workers=workers,
-                                shuffle=train, drop_last=train, seed=cfg.seed,
-                                channels_last=channels_last, pin_memory=lc.pin_memory,
-                                prefetch_factor=lc.prefetch_factor,
-                                persistent_workers=lc.persistent_workers)
-
-    t = cfg.trainer
-    return (make(splits.train, t.batch_size, augment, train=True),
-            None if splits.val is None else make(splits.val, t.eval_batch_size),
-            make(splits.test, t.eval_batch_size))
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.device):
     """The `_partial_` optimizer from the config, with fused CUDA kernels where it has them."""
     factory = instantiate(cfg.optim)
@@ -149,7 +115,7 @@ def batch_plan(cfg: DictConfig, train_batches) -> tuple[BatchSizes | None, int]:
     """The batch-size schedule (or None) and the run's total optimizer steps under it."""
     t, plan = cfg.trainer, cfg.trainer.batch_schedule
     sizes = BatchSizes(t.batch_size, list(plan.epochs), list(plan.sizes)) if plan else None
-    n = len(train_batches.labels) if hasattr(train_batches, "labels") else len(train_batches.dataset)
+    n = train_batches.split_size
     per_epoch = [math.ceil(max(1, n // (sizes(e) if sizes else t.batch_size)) / t.grad_accum_steps)
                  for e in range(1, t.epochs + 1)]
     return sizes, sum(per_epoch)
