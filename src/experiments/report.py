@@ -175,7 +175,7 @@ def fmt(column: str, value: Any) -> str:
             return value
     if value is None or isinstance(value, (str, bool)):
         return "" if value is None else str(value)
-    if column.endswith("acc") or column.endswith("acc_mean") or column.endswith("acc_std"):
+    if "acc" in column.split("_"):  # accuracies are fractions: shown in %
         return f"{100 * value:.2f}"
     if isinstance(value, float):
         return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
