@@ -13,6 +13,7 @@ from PIL import Image
 from experiments.config import check_config
 from experiments.data import load_splits
 from experiments.errors import ConfigError, DataError
+from experiments.loader import PreMadeBatches as Batches
 from experiments.fake_archives import write_mnist_files
 from experiments.sam import SAM
 from experiments.schedules import constant
@@ -96,13 +97,6 @@ def toy_problem(seed=0):
     y = (x @ torch.randn(10, 3, generator=gen)).argmax(dim=1)
     return x, y
 
-
-class Batches(list):
-    batch_size = 64
-
-    @property
-    def num_images(self):
-        return sum(len(b[1]) for b in self)
 
 
 def sam_trainer(accum=1, precision="fp32"):

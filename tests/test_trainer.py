@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 
 from experiments.data import Split
-from experiments.loader import DeviceLoader, Normalize
+from experiments.loader import DeviceLoader, Normalize, PreMadeBatches as Batches
 from experiments.models import PreActResNet18
 from experiments.schedules import constant, warmup_cosine
 from experiments.trainer import Monitor, Trainer, resolve_precision
@@ -79,9 +79,6 @@ def test_gradient_accumulation_steps_the_optimizer_once_per_group():
 def test_accumulated_gradients_equal_the_big_batch_gradient():
     torch.manual_seed(0)
     x, y = torch.randn(16, 5), torch.randint(0, 3, (16,))
-
-    class Batches(list):
-        num_images = 16
 
     def grads(batches, accum):
         torch.manual_seed(0)

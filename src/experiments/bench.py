@@ -28,7 +28,8 @@ from hydra.utils import instantiate
 
 from experiments.data import CIFAR_FORMATS, Split, load_cache, read_cifar_archive, save_cache
 from experiments.fake_archives import write_cifar_archive
-from experiments.loader import DeviceLoader, Normalize, WorkerLoader, available_cores, torchvision_transform
+from experiments.loader import (DeviceLoader, Normalize, PreMadeBatches, WorkerLoader, available_cores,
+                                torchvision_transform)
 from experiments.schedules import constant
 from experiments.trainer import Trainer, resolve_device, resolve_precision, synchronize
 
@@ -114,14 +115,6 @@ def bench_load(size: dict) -> dict:
                 "archive_compression": round(archive.stat().st_size / raw, 3)}
 
 
-class PreMade(list):
-    """Batches made once, served as the trainer expects a loader."""
-
-    @property
-    def num_images(self) -> int:
-        return sum(len(y) for _, y in self)
-
-
 def bare_epoch(model, optimizer, batches, device, amp_dtype) -> None:
     """The loop everyone writes by hand: the floor the framework is measured against."""
     model.train()
@@ -141,7 +134,7 @@ def bench_step(device: torch.device, size: dict, model_name: str) -> dict:
     torch.manual_seed(0)
     model = instantiate(cfg.model).to(device)
     optimizer = instantiate(cfg.optim)(model.parameters())
-    batches = PreMade((torch.randn(batch, 3, 32, 32, device=device),
+    batches = PreMadeBatches((torch.randn(batch, 3, 32, 32, device=device),
                        torch.randint(0, 100, (batch,), device=device)) for _ in range(size["steps"]))
     trainer = Trainer(model, optimizer, constant(optimizer, epochs=1, steps_per_epoch=1, total_steps=1),
                       device=device, progress=False)

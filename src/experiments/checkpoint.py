@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from experiments.atomic import atomic_write
 from experiments.errors import UserError
 from experiments.trainer import FitState, Trainer
 
@@ -94,9 +94,8 @@ def save_checkpoint(path: Path, trainer: Trainer, state: FitState, generators: l
     payload = {"format": FORMAT, "fingerprint": fingerprint(config), "config": semantic_config(config),
                "trainer": trainer.state_dict(), "fit": dict(vars(state)), "rng": rng_state(generators),
                **extra}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_checkpoint(path: Path, config: dict) -> dict:

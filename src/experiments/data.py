@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from experiments.atomic import atomic_write
 from experiments.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -163,14 +164,12 @@ def fetch(cfg, url: str, md5: str | None) -> Path:
 # --- the decode-once cache --------------------------------------------------------------------
 
 def save_cache(path: Path, data: ImageData, stamp: list | None = None) -> None:
-    """Write atomically (temp file + rename): a killed or concurrent writer never leaves half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    """Written atomically: a killed or concurrent writer never leaves half a cache."""
     payload = {"version": CACHE_VERSION, "classes": data.classes, "stamp": stamp,
                "train_images": data.train.images, "train_labels": data.train.labels,
                "test_images": data.test.images, "test_labels": data.test.labels}
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
 
 
 def load_cache(path: Path, channels: int, size: int, num_classes: int | None,

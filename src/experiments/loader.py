@@ -83,6 +83,19 @@ class DeviceLoader:
         return aug.erase(self.normalize(images, self.channels_last), gen)
 
 
+class PreMadeBatches(list):
+    """(images, labels) batches made once, served as the trainer expects a loader: for
+    benchmarks and tests that must feed the same batches to several loops."""
+
+    @property
+    def num_images(self) -> int:
+        return sum(len(labels) for _, labels in self)
+
+    @property
+    def batch_size(self) -> int:
+        return len(self[0][1]) if self else 0
+
+
 # --- the reference path: per-image torchvision transforms in DataLoader worker processes -----
 
 def torchvision_transform(augment: BatchAugment | None, mean, std, size: int):

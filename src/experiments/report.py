@@ -18,6 +18,7 @@ from typing import Any
 
 import yaml
 
+from experiments.atomic import atomic_write
 from experiments.summary import SUMMARY_FILE
 
 CHOICE_COLUMNS = ("model", "optim", "aug", "sched", "data")
@@ -215,28 +216,27 @@ def mean_pm_std(agg: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def write_csv(path: Path, table: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
         if table:
             writer = csv.DictWriter(f, list(table[0]))
             writer.writeheader()
             writer.writerows(table)
-    os.replace(tmp, path)
 
 
 def write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
 
 
 def has_seed_repeats(agg: list[dict[str, Any]]) -> bool:
     return any(row["n"] > 1 for row in agg)
 
 
-def write_tables(roots: list[Path], out_dir: Path) -> tuple[list[dict], list[dict]]:
-    """summary.csv, summary.md (and summary_by_config.csv when seeds repeat a configuration)."""
-    jobs = load_sweeps(roots)
+def write_tables(roots: list[Path], out_dir: Path,
+                 jobs: list[Job] | None = None) -> tuple[list[dict], list[dict]]:
+    """summary.csv, summary.md (and summary_by_config.csv when seeds repeat a configuration),
+    from `jobs` when the caller already read them."""
+    jobs = load_sweeps(roots) if jobs is None else jobs
     table = rows(jobs, with_sweep=len(roots) > 1)
     agg = aggregate_seeds(table)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,10 +15,10 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLR
 
 @dataclass
 class Schedule:
+    optimizer: Optimizer
     scheduler: LRScheduler | ReduceLROnPlateau | None
     interval: str  # "step": after every optimizer step; "epoch": after every epoch
     monitor: str | None = None  # the metric ReduceLROnPlateau watches, e.g. "val/acc"
-    _optimizer: Optimizer | None = None  # for schedules without a scheduler (constant)
 
     def step_batch(self) -> None:
         if self.scheduler is not None and self.interval == "step":
@@ -48,10 +48,6 @@ class Schedule:
             if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
                 self.scheduler.base_lrs[i] *= factor
 
-    @property
-    def optimizer(self):
-        return self.scheduler.optimizer if self.scheduler is not None else self._optimizer
-
 
 def warmup_cosine(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, total_steps: int,
                   warmup_epochs: float, min_lr_ratio: float) -> Schedule:
@@ -68,7 +64,7 @@ def warmup_cosine(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, to
         progress = (step - warmup) / max(1, total - warmup)
         return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
-    return Schedule(LambdaLR(optimizer, factor), "step")
+    return Schedule(optimizer, LambdaLR(optimizer, factor), "step")
 
 
 def plateau(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, total_steps: int,
@@ -77,13 +73,13 @@ def plateau(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, total_st
     """ReduceLROnPlateau on a validation metric (there must be a validation split)."""
     scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience,
                                   threshold=threshold, min_lr=min_lr)
-    return Schedule(scheduler, "epoch", monitor)
+    return Schedule(optimizer, scheduler, "epoch", monitor)
 
 
 def step(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, total_steps: int,
          step_size: int, gamma: float) -> Schedule:
     """Multiply the lr by gamma every step_size epochs."""
-    return Schedule(StepLR(optimizer, step_size=step_size, gamma=gamma), "epoch")
+    return Schedule(optimizer, StepLR(optimizer, step_size=step_size, gamma=gamma), "epoch")
 
 
 def one_cycle(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, total_steps: int,
@@ -95,12 +91,12 @@ def one_cycle(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, total_
                            pct_start=pct_start, div_factor=div_factor,
                            final_div_factor=final_div_factor, anneal_strategy=anneal_strategy,
                            cycle_momentum=False)
-    return Schedule(scheduler, "step")
+    return Schedule(optimizer, scheduler, "step")
 
 
 def constant(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int,
              total_steps: int) -> Schedule:
-    return Schedule(None, "epoch", _optimizer=optimizer)
+    return Schedule(optimizer, None, "epoch")
 
 
 class BatchSizes:

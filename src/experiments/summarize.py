@@ -17,11 +17,12 @@ from experiments.report import load_sweeps, terminal_table, write_tables
 
 
 def summarize(roots: list[Path], out_dir: Path, plots: bool = True) -> str:
-    table, agg = write_tables(roots, out_dir)
+    jobs = load_sweeps(roots)  # read once, for the tables and the plots
+    table, agg = write_tables(roots, out_dir, jobs)
     if plots and table:
         from experiments.plots import write_plots  # matplotlib: only when plots are asked for
 
-        write_plots(load_sweeps(roots), agg, out_dir / "plots")
+        write_plots(jobs, agg, out_dir / "plots")
     return terminal_table(table, agg)
 
 

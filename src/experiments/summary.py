@@ -9,6 +9,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from experiments.atomic import atomic_write
+
 SUMMARY_FILE = "summary.json"
 
 
@@ -17,10 +19,9 @@ def now() -> str:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Atomic (temp file + rename): a reader never sees half a file, even of a killed job."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    """Atomic: a reader never sees half a file, even of a killed job."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
 
 
 def read_summary(job_dir: Path) -> dict[str, Any] | None:

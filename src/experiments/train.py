@@ -222,6 +222,10 @@ def stored_result(cfg: DictConfig, job: JobInfo, config: dict) -> dict | None:
     return previous
 
 
+# failures with a message of their own: reported without a traceback
+EXPECTED_FAILURES = (UserError, DivergedError, torch.OutOfMemoryError)
+
+
 def explain(err: BaseException, cfg: DictConfig) -> str:
     """The message a failed job reports: what went wrong, and what to change."""
     if isinstance(err, torch.OutOfMemoryError):
@@ -229,7 +233,7 @@ def explain(err: BaseException, cfg: DictConfig) -> str:
         return (f"out of GPU memory at trainer.batch_size={b}. Use a smaller batch with gradient "
                 f"accumulation for the same effective batch, e.g. trainer.batch_size={max(1, b // 2)} "
                 f"trainer.grad_accum_steps={2 * k}, or a smaller model.width.")
-    return str(err) if isinstance(err, (UserError, DivergedError)) else f"{type(err).__name__}: {err}"
+    return str(err) if isinstance(err, EXPECTED_FAILURES) else f"{type(err).__name__}: {err}"
 
 
 def release(err: BaseException) -> None:
@@ -255,7 +259,7 @@ def run(cfg: DictConfig) -> float:
     except Exception as err:
         message = explain(err, cfg)
         write_json(job.output_dir / SUMMARY_FILE, failed_summary(job, message))
-        if isinstance(err, (UserError, DivergedError)) or isinstance(err, torch.OutOfMemoryError):
+        if isinstance(err, EXPECTED_FAILURES):
             log.error("%s", message)
         else:
             log.exception("job failed")  # the full traceback, in the job's log
