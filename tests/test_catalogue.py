@@ -243,3 +243,36 @@ def test_presets_compose_with_their_documented_settings(compose_cfg):
     assert report.trainer.early_stopping.patience and report.data.val_size > 0
     check_config(best)
     check_config(report)
+
+
+def overflow_in_pass(trainer, which: int):
+    """Make the `which`-th backward pass (1: SAM's first, 2: its second) produce inf gradients,
+    as an fp16 overflow does."""
+    calls = []
+
+    def inject(grad):
+        calls.append(1)
+        return grad * float("inf") if len(calls) == which else grad
+
+    trainer.model[3].weight.register_hook(inject)
+    return calls
+
+
+@pytest.mark.parametrize("which", [1, 2])
+def test_sam_fp16_overflow_skips_the_step_and_keeps_batchnorm_finite(which):
+    trainer = sam_trainer(precision="fp16")
+    calls = overflow_in_pass(trainer, which)
+    x, y = toy_problem()
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    scale = trainer.scaler.get_scale()
+    metrics = trainer.train_epoch(Batches([(x[:64], y[:64])]))  # one step
+    after = trainer.model.state_dict()
+    assert np.isfinite(metrics["loss"])
+    assert all(torch.isfinite(v).all() for v in after.values())  # BN running stats too
+    for name in ("0.weight", "0.bias", "3.weight", "3.bias", "1.weight", "1.bias"):
+        assert torch.equal(after[name], before[name]), f"{name} changed: the step was not skipped"
+    assert trainer.scaler.get_scale() < scale  # the scaler saw the overflow
+    assert len(calls) == (1 if which == 1 else 2)  # no second pass after a first-pass overflow
+    assert not any("w" in s for s in trainer.optimizer.state.values())
+    trainer.train_epoch(Batches([(x[64:128], y[64:128])]))  # and the next step trains normally
+    assert not torch.equal(trainer.model.state_dict()["3.weight"], before["3.weight"])

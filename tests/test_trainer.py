@@ -39,10 +39,10 @@ def test_it_learns_and_keeps_the_best_validation_weights():
     train, val = loader(separable(256), shuffle=True), loader(separable(128, seed=1))
     before = trainer.evaluate(val)["acc"]
     result = trainer.fit(train, val, 4, select=Monitor("val/acc", "max"))
+    trainer.use_best_weights(result)  # (a best epoch before the last: see the test below)
     after = trainer.evaluate(val)
     assert result.epoch == 4 and not result.early_stopped
     assert after["acc"] > max(before, 0.25) + 0.3
-    # the weights in the model at the end are the selected epoch's
     assert after["acc"] == pytest.approx(result.best_val["acc"])
     assert result.images_per_s > 0 and result.train_images == 4 * 256
 
@@ -150,3 +150,97 @@ def test_fp16_scaler_tolerates_a_few_skipped_steps():
 
     with pytest.raises(DivergedError):
         trainer.check_finite(longest_streak=4, any_nonfinite=True)
+
+
+def test_a_partial_last_group_gets_its_own_mean_gradient():
+    """3 micro-batches with accum 2: the last step's group is one micro-batch, and its gradient
+    must be that batch's mean-loss gradient, not half of it."""
+    torch.manual_seed(0)
+    x, y = torch.randn(24, 5), torch.randint(0, 3, (24,))
+    model = nn.Linear(5, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1, total_steps=1),
+                      device=torch.device("cpu"), grad_accum_steps=2, progress=False)
+    seen = []
+    opt.step = lambda *a, **k: seen.append(model.weight.grad.clone())
+    trainer.train_epoch(Batches([(x[:8], y[:8]), (x[8:16], y[8:16]), (x[16:], y[16:])]))
+
+    def full_batch_gradient(xs, ys):
+        model.zero_grad()
+        nn.functional.cross_entropy(model(xs), ys).backward()
+        return model.weight.grad.clone()
+
+    assert len(seen) == 2
+    assert torch.allclose(seen[0], full_batch_gradient(x[:16], y[:16]), atol=1e-6)
+    assert torch.allclose(seen[1], full_batch_gradient(x[16:], y[16:]), atol=1e-6)
+
+
+def test_model_selection_tests_the_best_epoch_even_when_it_is_not_the_last():
+    """After epoch 2 the weights are scrambled and frozen (lr 0): epoch 3 validates near chance,
+    so epoch 2 is the best one, and `use_best_weights` must bring back exactly its weights."""
+    trainer = make_trainer()
+    train, val = loader(separable(256), shuffle=True), loader(separable(128, seed=1))
+    snapshots = {}
+
+    def after_epoch(state, metrics):
+        snapshots[state.epoch] = {k: v.clone() for k, v in trainer.eval_weights().items()}
+        if state.epoch == 2:
+            with torch.no_grad():
+                for p in trainer.model.parameters():
+                    p.copy_(torch.randn_like(p))
+            for group in trainer.optimizer.param_groups:
+                group["lr"] = 0.0
+
+    result = trainer.fit(train, val, 3, select=Monitor("val/acc", "max"), after_epoch=after_epoch)
+    assert result.best_epoch == 2 and result.history[2]["val/acc"] < result.best_val["acc"]
+    last = trainer.evaluate(val)
+    assert last["acc"] == pytest.approx(result.history[2]["val/acc"])  # fit leaves the last epoch's
+    trainer.use_best_weights(result)
+    chosen = trainer.eval_weights()
+    assert all(torch.equal(chosen[k], snapshots[2][k]) for k in chosen)
+    assert not all(torch.equal(chosen[k], snapshots[3][k]) for k in chosen)
+    assert trainer.evaluate(val) == pytest.approx(result.best_val)
+
+
+def test_under_mixing_train_acc_counts_the_mixed_targets_dominant_label():
+    """A model that always predicts the dominant label of the mixed target scores 100%, even
+    though that label is never the image's original one."""
+    classes = 4
+
+    class Oracle(nn.Module):  # predicts the class written in the first input value
+        def __init__(self):
+            super().__init__()
+            self.bias = nn.Parameter(torch.zeros(classes))
+
+        def forward(self, x):
+            return nn.functional.one_hot(x[:, 0].long(), classes).float() * 10 + self.bias
+
+    def mix(images, labels):  # 70% of the image of class label+1, 30% of its own
+        other = (labels + 1) % classes
+        one_hot = nn.functional.one_hot
+        return other.float().view(-1, 1).expand_as(images), \
+            0.7 * one_hot(other, classes).float() + 0.3 * one_hot(labels, classes).float()
+
+    model = Oracle()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1, total_steps=1),
+                      device=torch.device("cpu"), progress=False, mixup=mix)
+    labels = torch.arange(16) % classes
+    metrics = trainer.train_epoch(Batches([(torch.zeros(16, 3), labels)]))
+    assert metrics["acc"] == 1.0
+
+
+def test_compiled_model_saves_plain_weights():
+    """torch.compile wraps the model (`_orig_mod.` names): saved weights, checkpoints and the
+    selected weights must still load into the plain model the config builds."""
+    trainer = make_trainer()
+    plain = trainer.model
+    trainer.model = torch.compile(plain, backend="eager")  # as maybe_compile does
+    assert any(k.startswith("_orig_mod.") for k in trainer.model.state_dict())
+    result = trainer.fit(loader(separable(64), shuffle=True), loader(separable(32, seed=1)), 1,
+                         select=Monitor("val/acc", "max"))
+    for weights in (trainer.eval_weights(), trainer.state_dict()["model"], result.best_weights):
+        assert not any(k.startswith("_orig_mod.") for k in weights)
+        PreActResNet18(num_classes=4, width=4).load_state_dict(weights)  # strict
+    trainer.load_state_dict(trainer.state_dict())  # a resume of the compiled trainer
+    trainer.use_best_weights(result)

@@ -2,8 +2,8 @@
 
 Each update takes two gradient evaluations: the gradient g at w, then the gradient at the
 perturbed weights w + rho * g / ||g|| (elementwise |w|-scaled when `adaptive`, ASAM), which the
-base optimizer applies at w. The trainer drives the two passes (`Trainer.sam_step`), so gradient
-accumulation and autocast work as in ordinary steps.
+base optimizer applies at w. The trainer drives the two passes (`Trainer.sam_second_pass`), so
+gradient accumulation, autocast and fp16 loss scaling work as in ordinary steps.
 """
 
 from __future__ import annotations
@@ -28,9 +28,11 @@ class SAM(torch.optim.Optimizer):
         return torch.norm(torch.stack(norms), p=2)
 
     @torch.no_grad()
-    def perturb(self) -> None:
-        """w <- w + e(w), from the gradients now in .grad; remembers w."""
-        scale_base = 1.0 / (self.grad_norm() + 1e-12)
+    def perturb(self, grad_norm: torch.Tensor | None = None) -> None:
+        """w <- w + e(w), from the gradients now in .grad (`grad_norm`: their norm, if the caller
+        has it already); remembers w."""
+        norm = self.grad_norm() if grad_norm is None else grad_norm
+        scale_base = 1.0 / (norm + 1e-12)
         for group in self.param_groups:
             scale = group["rho"] * scale_base
             for p in group["params"]:

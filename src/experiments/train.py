@@ -197,7 +197,7 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
         tracker.log_results({"choices": job.choices, **config}, {
             k: summary[k] for k in ("test_acc", "test_acc_final", "test_tta_acc", "best_val_acc",
                                     "epochs_completed")})
-    torch.save(trainer.eval_model.state_dict(), job.output_dir / "model.pt")  # the tested weights
+    torch.save(trainer.eval_weights(), job.output_dir / "model.pt")  # the tested weights
     if not t.keep_checkpoint:
         checkpoint.unlink(missing_ok=True)
     return summary

@@ -41,6 +41,11 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return PRECISIONS[name]
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module itself under a torch.compile wrapper (which shares its parameters)."""
+    return getattr(model, "_orig_mod", model)
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -140,6 +145,11 @@ class Trainer:
         """What is validated, selected and tested: the EMA weights when there are any."""
         return self.ema.module if self.ema is not None else self.model
 
+    def eval_weights(self) -> dict[str, torch.Tensor]:
+        """`eval_model`'s state dict with plain names (no torch.compile `_orig_mod.` prefix), so
+        that saved weights load into the model as the config builds it."""
+        return unwrap(self.eval_model).state_dict()
+
     def check_finite(self, longest_streak: int, any_nonfinite: bool) -> None:
         """fp16's GradScaler skips steps with inf gradients and lowers its scale, so a few
         non-finite losses in a row are normal there; anywhere else one means NaN weights."""
@@ -154,7 +164,7 @@ class Trainer:
                               enabled=self.amp_dtype is not None)
 
     def state_dict(self) -> dict:
-        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        state = {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                  "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
                  "steps": self.steps}
         if self.ema is not None:
@@ -162,7 +172,7 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+        unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
@@ -170,61 +180,71 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
 
-    def backward(self, images: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def backward(self, images: torch.Tensor, targets: torch.Tensor,
+                 group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add this micro-batch's share of its group's mean-loss gradient (scaled for fp16)."""
         with self.autocast():
             logits = self.model(images)
             loss = self.loss_fn(logits, targets)
-        self.scaler.scale(loss / self.grad_accum_steps).backward()
+        # divided by the group's real size: an epoch's last group can be short, and dividing it
+        # by grad_accum_steps would shrink its gradient (to half, for 3 micro-batches and accum 2)
+        self.scaler.scale(loss / group_size).backward()
         return logits, loss
 
     def sam_second_pass(self, group: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Move to w + e(w) using the first pass's gradients, redo the step's micro-batches there,
-        and come back to w holding the new gradients (unscaled) for the base optimizer."""
-        self.scaler.unscale_(self.optimizer)  # e(w) needs the true gradient norm
-        self.optimizer.perturb()
+        and come back to w holding the new gradients (still scaled) for the base optimizer."""
+        norm = self.optimizer.grad_norm()
+        if self.scaler.is_enabled() and not torch.isfinite(norm):
+            # the first pass overflowed (fp16): a perturbation of inf * 0 would put NaN in the
+            # weights and, through the second forward, in BatchNorm's running statistics. Skip
+            # the second pass: scaler.step finds the inf, skips this step and lowers its scale.
+            return  # (the check syncs with the GPU once per step, and only under fp16)
+        # e(w) = rho * g / ||g|| is the same for scaled gradients: no unscale_ needed here
+        self.optimizer.perturb(norm)
         self.optimizer.zero_grad(set_to_none=True)
         with frozen_batchnorm_stats(self.model):
             for images, targets in group:
-                self.backward(images, targets)
+                self.backward(images, targets, len(group))
         self.optimizer.restore()
-        if self.scaler.is_enabled():  # unscale_ counts once per step: undo the 2nd scale by hand
-            inv = 1.0 / self.scaler.get_scale()
-            for p in self.model.parameters():
-                if p.grad is not None:
-                    p.grad.mul_(inv)
+        # the usual unscale_ (in clipping or scaler.step) now checks THESE gradients for inf, so
+        # an overflow in the second pass also skips the step and lowers the scale
 
     def optimizer_step(self, group: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """One optimizer step from the accumulated gradients of `group` (SAM re-evaluates it)."""
         if self.sam:
             self.sam_second_pass(group)
-        elif self.grad_clip:
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
         if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
             nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.scaler.step(self.optimizer)
+        self.scaler.step(self.optimizer)  # skipped when unscale_ found inf/NaN (fp16)
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step_batch()
         self.steps += 1
         if self.ema is not None:
-            self.ema.update(getattr(self.model, "_orig_mod", self.model), step=self.steps)
+            self.ema.update(unwrap(self.model), step=self.steps)
 
     def train_epoch(self, batches) -> dict[str, float]:
+        """One pass over `batches`. train/acc compares predictions with the labels; under
+        MixUp/CutMix, with each mixed target's dominant label (the image that covers more)."""
         self.model.train()
         # running sums stay on the device: no .item() (and no GPU sync) per step
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         streak = self.nonfinite_streak  # non-finite losses in a row, carried across epochs
         longest = torch.zeros_like(streak)
-        seen, finite_seen, last = 0, torch.zeros_like(streak), len(batches) - 1
-        group = []  # this step's micro-batches, which SAM evaluates a second time
+        seen, finite_seen, count = 0, torch.zeros_like(streak), len(batches)
+        group = []  # this step's micro-batches (SAM evaluates them a second time)
         for i, (images, labels) in enumerate(batches):
             targets = labels
-            if self.mixup is not None:  # mixed images, soft targets (accuracy: vs the originals)
+            if self.mixup is not None:  # mixed images, soft targets
                 images, targets = self.mixup(images, labels)
-            logits, loss = self.backward(images, targets)
-            if self.sam:
-                group.append((images, targets))
-            if (i + 1) % self.grad_accum_steps == 0 or i == last:
+            first = i - i % self.grad_accum_steps  # this group's first micro-batch
+            group_size = min(self.grad_accum_steps, count - first)
+            logits, loss = self.backward(images, targets, group_size)
+            group.append((images, targets) if self.sam else None)  # SAM needs them again
+            if len(group) == group_size:
                 self.optimizer_step(group)
                 group = []
             finite = torch.isfinite(loss.detach())
@@ -233,7 +253,8 @@ class Trainer:
             # a step the fp16 scaler skips (inf loss) must not turn the epoch's mean into inf
             loss_sum += torch.where(finite, loss.detach().float(), 0.0) * len(labels)
             finite_seen += finite * len(labels)
-            correct += (logits.argmax(dim=1) == labels).sum()
+            hard = targets.argmax(dim=1) if targets.dim() == 2 else targets
+            correct += (logits.argmax(dim=1) == hard).sum()
             seen += len(labels)
         self.nonfinite_streak = streak
         self.check_finite(longest.item(), seen - finite_seen.item() > 0)
@@ -309,7 +330,7 @@ class Trainer:
             state.train_time_s += metrics["time/epoch_s"]
             state.train_images += train.num_images
             if val is not None and select.update(metrics):
-                state.best_weights = {k: v.detach().clone() for k, v in self.eval_model.state_dict().items()}
+                state.best_weights = {k: v.detach().clone() for k, v in self.eval_weights().items()}
                 state.best_epoch = epoch
                 state.best_val = {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}
             if stopper is not None and val is not None:
@@ -330,4 +351,4 @@ class Trainer:
     def use_best_weights(self, state: FitState) -> None:
         """Load the best validation epoch's weights (no-op without a validation split)."""
         if state.best_weights is not None:
-            self.eval_model.load_state_dict(state.best_weights)
+            unwrap(self.eval_model).load_state_dict(state.best_weights)
