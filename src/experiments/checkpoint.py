@@ -17,14 +17,15 @@ import torch
 
 from experiments.atomic import atomic_write
 from experiments.errors import UserError
-from experiments.trainer import FitState, Trainer
+from experiments.trainer import FitState, Trainer, precision_name
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 1
 
 # keys that do not change what a job computes: they may differ between a run and its resume
-NOT_IN_FINGERPRINT = ("logger", "paths", "data.root", "data.download", "data.download_timeout_s",
-                      "trainer.progress", "trainer.resume", "trainer.keep_checkpoint")
+NOT_IN_FINGERPRINT = ("logger", "paths", "data.root", "data.cache_dir", "data.download",
+                      "data.download_timeout_s", "trainer.progress", "trainer.resume",
+                      "trainer.keep_checkpoint")
 
 
 class CheckpointError(UserError):
@@ -61,6 +62,18 @@ def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     return out
 
 
+def visible_gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def device_setup(trainer: Trainer) -> dict:
+    """Where a checkpoint was written. The config cannot tell (trainer.device=auto reads the
+    same on a laptop and a GPU server), yet CUDA RNG states only fit as many GPUs, a generator's
+    state only a generator of its own device type, and precision=auto follows the device."""
+    return {"type": trainer.device.type, "gpus": visible_gpus(),
+            "precision": precision_name(trainer.amp_dtype)}
+
+
 def rng_state(generators: list[torch.Generator]) -> dict:
     np_state = np.random.get_state()
     return {
@@ -69,18 +82,31 @@ def rng_state(generators: list[torch.Generator]) -> dict:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "generators": [g.get_state() for g in generators],
+        "generator_devices": [g.device.type for g in generators],
     }
 
 
-def set_rng_state(state: dict, generators: list[torch.Generator]) -> None:
+def set_rng_state(state: dict, generators: list[torch.Generator]) -> list[str]:
+    """Restore every RNG whose saved state fits this machine (the CPU ones always fit). Returns
+    the ones left as seeded for this run, which then draw other numbers than an uninterrupted
+    run would have."""
     random.setstate(_tuples(state["python"]))
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    for gen, gen_state in zip(generators, state["generators"]):
-        gen.set_state(gen_state)
+    fresh, saved_gpus = [], len(state["cuda"])
+    if saved_gpus == visible_gpus():
+        if saved_gpus:
+            torch.cuda.set_rng_state_all(state["cuda"])
+    else:
+        fresh.append(f"the CUDA RNGs (saved for {saved_gpus} GPUs, {visible_gpus()} visible)")
+    saved_devices = state.get("generator_devices") or [g.device.type for g in generators]
+    for gen, gen_state, saved_device in zip(generators, state["generators"], saved_devices):
+        if gen.device.type == saved_device:
+            gen.set_state(gen_state)
+        else:
+            fresh.append(f"the loader's {saved_device} generator (now on {gen.device.type})")
+    return fresh
 
 
 def _tuples(value):
@@ -93,7 +119,7 @@ def save_checkpoint(path: Path, trainer: Trainer, state: FitState, generators: l
     """Atomic: written to a temporary file, then renamed over the previous checkpoint."""
     payload = {"format": FORMAT, "fingerprint": fingerprint(config), "config": semantic_config(config),
                "trainer": trainer.state_dict(), "fit": dict(vars(state)), "rng": rng_state(generators),
-               **extra}
+               "device": device_setup(trainer), **extra}
     with atomic_write(path) as tmp:
         torch.save(payload, tmp)
 
@@ -102,7 +128,8 @@ def load_checkpoint(path: Path, config: dict) -> dict:
     """The checkpoint at `path`, refused with a clear message when unreadable or from another config."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        assert payload["format"] == FORMAT
+        if payload["format"] != FORMAT:
+            raise ValueError(f"format {payload['format']}, expected {FORMAT}")
     except Exception as err:
         raise CheckpointError(
             f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err)[:200]}): it is "
@@ -116,10 +143,42 @@ def load_checkpoint(path: Path, config: dict) -> dict:
     return payload
 
 
-def restore(payload: dict, trainer: Trainer, generators: list[torch.Generator]) -> FitState:
+# how an optimizer step runs on a device, not what it computes: kept as this run chose them
+OPTIMIZER_IMPLEMENTATION = ("fused", "foreach", "capturable")
+
+
+def for_this_device(saved: dict, trainer: Trainer) -> dict:
+    """The trainer state of a checkpoint, adjusted to run where this job runs: the optimizer
+    keeps this run's implementation flags (fused CUDA kernels or not), and a loss scaler that
+    the checkpoint lacks (written in bf16/fp32, resumed in fp16) starts fresh."""
+    optimizer = dict(saved["optimizer"])
+    optimizer["param_groups"] = [
+        {**group, **{k: now[k] for k in OPTIMIZER_IMPLEMENTATION if k in now}}
+        for group, now in zip(optimizer["param_groups"], trainer.optimizer.param_groups)]
+    scaler = saved["scaler"] or trainer.scaler.state_dict()
+    return {**saved, "optimizer": optimizer, "scaler": scaler}
+
+
+def describe(setup: dict) -> str:
+    return f"{setup['type']} ({setup['gpus']} GPUs visible, {setup['precision']})"
+
+
+def restore(payload: dict, trainer: Trainer,
+            generators: list[torch.Generator]) -> tuple[FitState, str | None]:
+    """The fit state to continue from, and a note when the checkpoint was written on another
+    device setup: then the RNGs that do not fit this machine start from this run's seed (the
+    run goes on, but is no longer bit-identical to an uninterrupted one)."""
     try:
-        trainer.load_state_dict(payload["trainer"])
+        trainer.load_state_dict(for_this_device(payload["trainer"], trainer))
     except (RuntimeError, KeyError, ValueError) as err:
         raise CheckpointError(f"checkpoint does not fit this model: {str(err)[:300]}") from None
-    set_rng_state(payload["rng"], generators)
-    return FitState(**payload["fit"])
+    fresh = set_rng_state(payload["rng"], generators)
+    saved, here = payload.get("device"), device_setup(trainer)
+    note = None
+    if fresh or (saved is not None and saved != here):
+        note = (f"resumed on {describe(here)} from a checkpoint written on "
+                f"{describe(saved) if saved else 'another device setup'}: weights, optimizer, "
+                "schedule and the CPU RNGs were restored"
+                + (f"; {' and '.join(fresh)} start again from the seed" if fresh else "")
+                + ". The run continues, but is not bit-identical to an uninterrupted one.")
+    return FitState(**payload["fit"]), note

@@ -201,11 +201,23 @@ def load_cache(path: Path, channels: int, size: int, num_classes: int | None,
     return data
 
 
+def cache_dir(cfg) -> Path:
+    """Where the decode-once cache and its lock live: data.cache_dir, by default data.root.
+    A folder of its own for a read-only data mount."""
+    return Path(cfg.get("cache_dir") or cfg.root)
+
+
 @contextmanager
 def exclusive(lock_path: Path):
-    """An inter-process lock (parallel jobs of a sweep share data.root): one builds, others wait."""
-    lock_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_path, "w") as handle:
+    """An inter-process lock (parallel jobs of a sweep share the cache): one builds, others wait."""
+    try:
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(lock_path, "w")
+    except OSError as err:
+        raise DataError(f"cannot write the data cache in {lock_path.parent} ({err.strerror or err}). "
+                        "Set data.cache_dir=DIR to a writable folder (e.g. on a read-only data "
+                        "mount).") from None
+    with handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
@@ -235,7 +247,7 @@ def cached(cache: Path, cfg, build: Callable[[], ImageData], stamp: list | None 
 
 
 def load_cifar(cfg) -> ImageData:
-    return cached(Path(cfg.root) / f"{cfg.name}.uint8.pt", cfg,
+    return cached(cache_dir(cfg) / f"{cfg.name}.uint8.pt", cfg,
                   lambda: read_cifar_archive(fetch(cfg, cfg.url, cfg.md5), CIFAR_FORMATS[cfg.name]))
 
 

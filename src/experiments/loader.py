@@ -16,6 +16,7 @@ from omegaconf import DictConfig
 
 from experiments.augment import BatchAugment
 from experiments.data import Split, Splits
+from experiments.errors import UserError
 
 
 class Normalize:
@@ -41,7 +42,14 @@ class DeviceLoader:
                  augment: BatchAugment | None = None, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0, channels_last: bool = False):
         # kept as uint8 on the device (zero-padded when the augmentation crops): the one copy
-        self.images = (augment.store if augment else lambda x: x)(split.images.to(device))
+        try:
+            self.images = (augment.store if augment else lambda x: x)(split.images.to(device))
+        except torch.OutOfMemoryError:  # the dataset, not the batch, is too big: say so
+            raise UserError(
+                f"{len(split)} images ({split.images.nbytes / 2**30:.2f} GiB as uint8) do not "
+                f"fit in the memory of {device} (loader=device keeps the whole dataset there). "
+                "Use loader=dataloader: it keeps the dataset in host memory and copies each "
+                "batch to the device.") from None
         self.labels = split.labels.to(device)
         self.normalize, self.augment = normalize, augment
         self.shuffle, self.channels_last, self.want_drop_last = shuffle, channels_last, drop_last

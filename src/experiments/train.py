@@ -34,7 +34,7 @@ from experiments.schedules import BatchSizes
 from experiments.summary import (SUMMARY_FILE, completed_summary, failed_summary, read_summary,
                                  running_summary, write_json)
 from experiments.tracking import Tracker
-from experiments.trainer import DivergedError, Monitor, Trainer, resolve_device
+from experiments.trainer import DivergedError, Monitor, Trainer, precision_name, resolve_device
 
 log = logging.getLogger(__name__)
 register_resolvers()
@@ -78,13 +78,22 @@ def seed_everything(seed: int) -> None:
 
 
 def configure_backends(cfg: DictConfig, device: torch.device) -> None:
+    """Every process-wide switch set to this job's value, before anything touches the GPU: the
+    jobs of a sweep share one process, and a switch left as the previous job set it (e.g.
+    deterministic mode) would otherwise carry over."""
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"trainer.device={cfg.device} but no CUDA GPU is visible; use trainer.device=auto")
-        torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and not cfg.deterministic
+        if device.index >= (count := torch.cuda.device_count()):
+            raise UserError(f"trainer.device={cfg.device} but {count} GPU(s) are visible "
+                            f"(cuda:0 to cuda:{count - 1}); use one of them or trainer.device=auto")
+        # the current device is where stray allocations, the pin-memory thread and capability
+        # queries go: GPU 0 in every process unless the job's own GPU is made current
+        torch.cuda.set_device(device)
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.backends.cudnn.benchmark = cfg.cudnn_benchmark and not cfg.deterministic
+    torch.backends.cudnn.deterministic = cfg.deterministic
+    torch.use_deterministic_algorithms(cfg.deterministic, warn_only=True)
 
 
 def use_channels_last(cfg: DictConfig, device: torch.device) -> bool:
@@ -93,9 +102,12 @@ def use_channels_last(cfg: DictConfig, device: torch.device) -> bool:
 
 
 def build_optimizer(cfg: DictConfig, model: torch.nn.Module, device: torch.device):
-    """The `_partial_` optimizer from the config, with fused CUDA kernels where it has them."""
+    """The `_partial_` optimizer from the config, with fused CUDA kernels where it has them and
+    the user chose no implementation (`+optim.foreach=...` or `+optim.fused=...`): torch
+    refuses fused together with foreach."""
     factory = instantiate(cfg.optim)
-    fused_ok = "fused" in inspect.signature(factory.func).parameters and "fused" not in cfg.optim
+    chosen = "fused" in cfg.optim or "foreach" in cfg.optim
+    fused_ok = "fused" in inspect.signature(factory.func).parameters and not chosen
     if cfg.trainer.fused_optimizer and device.type == "cuda" and fused_ok:
         return factory(model.parameters(), fused=True)
     return factory(model.parameters())
@@ -107,8 +119,48 @@ def build_model(cfg: DictConfig, device: torch.device, channels_last: bool) -> t
 
 
 def maybe_compile(model: torch.nn.Module, enabled: bool) -> torch.nn.Module:
-    """torch.compile for the forward/backward; state dicts still go through the same module."""
-    return torch.compile(model) if enabled else model
+    """torch.compile for the forward/backward; state dicts still go through the same module.
+    Dynamo's caches live in the process and count recompiles per function across models, so
+    the jobs of a sweep would share one recompile budget (8): each job starts from a reset."""
+    if not enabled:
+        return model
+    torch._dynamo.reset()
+    return torch.compile(model)
+
+
+class CompileWatch(logging.Handler):
+    """Whether `trainer.compile` really compiled, for summary.json. Past its recompile limit
+    Dynamo runs a function uncompiled (eager) for the rest of the process and says so only in
+    one warning ("torch._dynamo hit config.recompile_limit (8)"); this handler catches it."""
+
+    LOGGER = "torch._dynamo"
+
+    def __init__(self, enabled: bool):
+        super().__init__(logging.WARNING)
+        self.enabled, self.fallbacks = enabled, []
+
+    def __enter__(self) -> CompileWatch:
+        if self.enabled:
+            logging.getLogger(self.LOGGER).addHandler(self)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger(self.LOGGER).removeHandler(self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        lines = record.getMessage().splitlines()
+        if lines and "hit config." in lines[0]:  # the limit, then "function: 'forward' (file:line)"
+            self.fallbacks.append(" ".join(line.strip() for line in lines[:2]))
+
+    @property
+    def status(self) -> str | None:
+        """None (not compiled), "compiled", or "eager fallback: <Dynamo's words>"."""
+        if not self.enabled:
+            return None
+        if not self.fallbacks:
+            return "compiled"
+        more = f" (and {len(self.fallbacks) - 1} more)" if len(self.fallbacks) > 1 else ""
+        return f"eager fallback: {self.fallbacks[0]}{more}"
 
 
 def batch_plan(cfg: DictConfig, train_batches) -> tuple[BatchSizes | None, int]:
@@ -152,10 +204,10 @@ def test_once(trainer: Trainer, fit, test_batches, tta: str) -> dict[str, float 
 def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
     """Build everything from the config, train (resuming from a checkpoint if there is one),
     test once with the chosen weights. `config` is the resolved config with secrets redacted."""
-    seed_everything(cfg.seed)
     t = cfg.trainer
     device = resolve_device(t.device, job.num)
     configure_backends(t, device)
+    seed_everything(cfg.seed)
     channels_last = use_channels_last(t, device)
     splits = load_splits(cfg.data)
     log.info("data %s: %d train / %d val / %d test images, %d classes", cfg.data.name,
@@ -171,14 +223,17 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
     checkpoint = job.output_dir / CHECKPOINT_FILE
     payload = load_checkpoint(checkpoint, config) if t.resume and checkpoint.exists() else None
     generators = [train_batches.generator]
-    state = restore(payload, trainer, generators) if payload else None
+    state, resume_note = restore(payload, trainer, generators) if payload else (None, None)
     resumed_from = state.epoch if state else None
     if state is not None:
         log.info("resuming %s after epoch %d of %d", job.output_dir, state.epoch, t.epochs)
+    if resume_note:
+        log.warning("%s", resume_note)
     OmegaConf.save(config, job.output_dir / "config.yaml")  # resolved: every number of this job
-    with Tracker(cfg.logger, job.output_dir, run_name=job.name, group=job.group, config=config,
-                 resumed_after=resumed_from, history=state.history if state else [],
-                 wandb_id=payload and payload.get("wandb_id")) as tracker:
+    with (Tracker(cfg.logger, job.output_dir, run_name=job.name, group=job.group, config=config,
+                  resumed_after=resumed_from, history=state.history if state else [],
+                  wandb_id=payload and payload.get("wandb_id")) as tracker,
+          CompileWatch(t.compile) as compiled):
 
         def after_epoch(fit_state, metrics):  # log first: a kill in between redoes one epoch
             log_epoch(tracker, fit_state.epoch, t.epochs, metrics)
@@ -191,9 +246,13 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
             select=Monitor(t.monitor, t.monitor_mode),
             stopper=Monitor(es.monitor, es.mode, es.min_delta, es.patience) if es.patience else None)
         test = test_once(trainer, fit, test_batches, t.tta)
+        if compiled.fallbacks:
+            log.warning("trainer.compile: part of this job ran uncompiled: %s", compiled.status)
         summary = completed_summary(job, fit, test, {
-            "device": str(device), "seed": cfg.seed, "fingerprint": fingerprint(config),
-            "resumed_from_epoch": resumed_from, "wandb_id": tracker.wandb_id})
+            "device": str(device), "precision": precision_name(trainer.amp_dtype),
+            "seed": cfg.seed, "fingerprint": fingerprint(config),
+            "resumed_from_epoch": resumed_from, "resume_note": resume_note,
+            "compile": compiled.status, "wandb_id": tracker.wandb_id})
         tracker.log_results({"choices": job.choices, **config}, {
             k: summary[k] for k in ("test_acc", "test_acc_final", "test_tta_acc", "best_val_acc",
                                     "epochs_completed")})

@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from experiments.errors import ConfigError
 from experiments.schedules import Schedule
 
 log = logging.getLogger(__name__)
@@ -23,27 +24,45 @@ PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 def resolve_device(name: str, job_num: int = 0) -> torch.device:
     """auto: CUDA if available, else CPU. With several GPUs visible, jobs take them round robin
-    by job number, so parallel launchers (joblib) spread a sweep over the GPUs."""
-    if name != "auto":
-        return torch.device(name)
-    if not torch.cuda.is_available():
-        return torch.device("cpu")
-    return torch.device("cuda", job_num % torch.cuda.device_count())
+    by job number, so parallel launchers (joblib) spread a sweep over the GPUs. A bare `cuda` is
+    GPU 0: always an index, so that the job can make it the process's current device."""
+    if name == "auto":
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", job_num % torch.cuda.device_count())
+    device = torch.device(name)
+    return torch.device("cuda", 0) if device.type == "cuda" and device.index is None else device
+
+
+def has_native_bf16(device: torch.device) -> bool:
+    """Ampere (compute capability 8.0) and later run bf16 in hardware. Older GPUs (V100, T4)
+    only emulate it, slowly and without cuDNN bf16 convolutions, yet
+    `torch.cuda.is_bf16_supported()` says yes there (it counts emulation), and it reads the
+    current device rather than this job's: hence the capability of `device` itself."""
+    return torch.cuda.get_device_capability(device) >= (8, 0)
 
 
 def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. auto: bf16 if the GPU has it, else fp16; fp32 on CPU."""
+    """The autocast dtype, or None for plain fp32. auto: bf16 on GPUs with native bf16, fp16
+    (with GradScaler) on older ones, fp32 on CPU."""
     if name == "auto":
         if device.type != "cuda":
             return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    assert name in PRECISIONS, f"unknown precision {name!r}; known: auto, {', '.join(PRECISIONS)}"
+        return torch.bfloat16 if has_native_bf16(device) else torch.float16
+    if name not in PRECISIONS:
+        raise ConfigError(f"trainer.precision must be one of auto, {', '.join(PRECISIONS)}; "
+                          f"got {name!r}")
     return PRECISIONS[name]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
     """The module itself under a torch.compile wrapper (which shares its parameters)."""
     return getattr(model, "_orig_mod", model)
+
+
+def precision_name(amp_dtype: torch.dtype | None) -> str:
+    """bf16, fp16 or fp32: what `resolve_precision` chose, as the config spells it."""
+    return next(k for k, v in PRECISIONS.items() if v == amp_dtype)
 
 
 def synchronize(device: torch.device) -> None:
