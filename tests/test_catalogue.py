@@ -3,6 +3,7 @@ steps on tiny data; SAM, mixing and the batch-size schedule do what they claim; 
 are refused."""
 
 import csv
+import os
 
 import numpy as np
 import pytest
@@ -184,6 +185,19 @@ def test_folder_dataset_reports_a_corrupt_image(tmp_path, compose_cfg):
     (root / "train" / "dog" / "broken.png").write_bytes(b"\x89PNG not really")
     with pytest.raises(DataError, match="broken.png is not a readable image"):
         load_splits(compose_cfg(["data=folder", f"data.root={root}"]).data)
+
+
+def test_folder_cache_follows_an_image_moved_to_another_class(tmp_path, compose_cfg):
+    """Same file count, total size and newest mtime: only the paths say that a label changed."""
+    root = tmp_path / "pets"
+    write_png_tree(root)
+    cfg = compose_cfg(["data=folder", f"data.root={root}", "data.val_size=0"]).data
+    assert load_splits(cfg).test.labels.bincount().tolist() == [6, 6, 6]  # cache written
+    src, dst = root / "test" / "cat" / "0.png", root / "test" / "dog" / "moved.png"
+    before = src.stat()
+    os.replace(src, dst)
+    os.utime(dst, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert load_splits(cfg).test.labels.bincount().tolist() == [5, 7, 6]
 
 
 def test_mnist_reads_the_official_idx_files(tmp_path, compose_cfg, run_job):
