@@ -12,6 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.errors import ConfigError
+from experiments.groups import NAMED_GROUPS
 
 VAL_METRICS = ("val/acc", "val/loss")
 
@@ -134,9 +135,6 @@ def redact_secrets(config: Any) -> Any:
         return node
 
     return clean(config)
-
-
-NAMED_GROUPS = ("model", "optim", "aug")  # always in a job directory's name
 
 
 def swept_keys(argv: list[str]) -> set[str]:

@@ -29,6 +29,7 @@ from experiments.checkpoint import (CHECKPOINT_FILE, CheckpointError, fingerprin
 from experiments.config import check_config, redact_secrets, register_resolvers
 from experiments.data import load_splits
 from experiments.errors import JobFailed, UserError
+from experiments.groups import CONFIG_GROUPS
 from experiments.loader import make_loaders
 from experiments.schedules import BatchSizes
 from experiments.summary import (SUMMARY_FILE, completed_summary, failed_summary, read_summary,
@@ -39,8 +40,6 @@ from experiments.trainer import DivergedError, Monitor, Trainer, resolve_device
 log = logging.getLogger(__name__)
 register_resolvers()
 
-CHOICE_GROUPS = ("model", "optim", "aug", "sched", "data", "loader", "trainer", "logger", "experiment")
-
 
 @dataclass
 class JobInfo:
@@ -49,7 +48,7 @@ class JobInfo:
     output_dir: Path
     name: str
     group: str | None  # the sweep's name in a multirun: all its jobs share one W&B group
-    choices: dict[str, str]
+    choices: dict[str, str | None]  # every config group's option (None: the group is unset)
     overrides: list[str]
     multirun: bool
     num: int  # the job's number in its sweep (0 for a single run)
@@ -64,7 +63,7 @@ class JobInfo:
             output_dir=output_dir,
             name=output_dir.name if multirun else f"{output_dir.parent.name}_{output_dir.name}",
             group=f"{sweep.parent.name}/{sweep.name}" if multirun else None,
-            choices={k: v for k, v in hc.runtime.choices.items() if k in CHOICE_GROUPS and v},
+            choices={k: hc.runtime.choices.get(k) for k in CONFIG_GROUPS},
             overrides=list(hc.overrides.task),
             multirun=multirun,
             num=int(hc.job.get("num", 0) or 0) if multirun else 0,
