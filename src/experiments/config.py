@@ -67,6 +67,7 @@ def check_config(cfg: DictConfig) -> None:
 
 
 METRIC_MODES = {"val/acc": "max", "val/loss": "min"}
+SCHEDULE_KEYS = {"epochs", "sizes", "scale_lr"}  # trainer.batch_schedule
 
 
 def check_combinations(cfg: DictConfig) -> None:
@@ -91,16 +92,30 @@ def check_combinations(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.tta=flip mirrors data={cfg.data.name} images, which "
                               "changes their class: use trainer.tta=none")
     one_of(cfg, "trainer.tta", ("none", "flip"))
-    if cfg.mix.get("_target_") and cfg.trainer.batch_size % 2:
-        raise ConfigError(f"mixing (mix={cfg.mix.get('_target_', '').split('.')[-1]}) pairs images "
-                          f"within a batch: trainer.batch_size must be even, got {cfg.trainer.batch_size}")
     plan = cfg.trainer.batch_schedule
     if plan:
         epochs, sizes = list(plan.get("epochs") or []), list(plan.get("sizes") or [])
         if len(epochs) != len(sizes) or not epochs or not all(
-                _is_int(v) and v > 0 for v in epochs + sizes):
+                _is_int(v) and v > 0 for v in epochs + sizes) or set(plan) - SCHEDULE_KEYS:
             raise ConfigError("trainer.batch_schedule needs epochs: [e1, ...] and sizes: [b1, ...] "
-                              f"of positive integers and equal length, got {OmegaConf.to_container(plan)}")
+                              "of positive integers and equal length (and optionally scale_lr: "
+                              f"true|false), got {OmegaConf.to_container(plan)}")
+    if cfg.mix.get("_target_"):
+        # timm's Mixup pairs image i with image n-1-i: an odd batch fails mid-run, at the epoch
+        # where the schedule reaches that size
+        for key, size in train_batch_sizes(cfg).items():
+            if size % 2:
+                raise ConfigError(f"mixing (mix={cfg.mix.get('_target_', '').split('.')[-1]}) pairs "
+                                  f"images within a batch: {key} must be even, got {size}")
+
+
+def train_batch_sizes(cfg: DictConfig) -> dict[str, int]:
+    """Every training batch size the job will use, by the key that sets it."""
+    sizes = {"trainer.batch_size": cfg.trainer.batch_size}
+    plan = cfg.trainer.batch_schedule
+    for i, size in enumerate(plan.sizes if plan else ()):
+        sizes[f"trainer.batch_schedule.sizes[{i}]"] = size
+    return sizes
 
 
 def check_validation_users(cfg: DictConfig) -> None:
