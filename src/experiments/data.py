@@ -286,7 +286,8 @@ def split_validation(train: Split, val_size: int | float, seed: int) -> tuple[Sp
 
 def load_splits(cfg) -> Splits:
     known = loaders()
-    assert cfg.name in known, f"unknown dataset {cfg.name!r}; known: {sorted(known)}"
+    if cfg.name not in known:
+        raise ConfigError(f"data.name={cfg.name!r} is not a dataset here; known: {sorted(known)}")
     data = known[cfg.name](cfg)
     train, val = split_validation(data.train, cfg.val_size, cfg.split_seed)
     return Splits(train, val, data.test, data.classes)

@@ -15,7 +15,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from experiments.augment import BatchAugment
+from experiments.config import check_train_batch_sizes
 from experiments.data import Split, Splits
+from experiments.errors import ConfigError
 
 
 class Normalize:
@@ -224,8 +226,7 @@ def make_loaders(cfg: DictConfig, splits: Splits, device: torch.device, channels
             return DeviceLoader(split, batch_size, normalize, augment=aug, shuffle=train,
                                 drop_last=train, seed=cfg.seed, device=device,
                                 channels_last=channels_last)
-    else:
-        assert cfg.loader.name == "dataloader", f"unknown loader {cfg.loader.name!r}"
+    elif cfg.loader.name == "dataloader":
         lc = cfg.loader
         workers = available_cores() if lc.workers == "auto" else int(lc.workers)
 
@@ -236,7 +237,10 @@ def make_loaders(cfg: DictConfig, splits: Splits, device: torch.device, channels
                                 channels_last=channels_last, pin_memory=lc.pin_memory,
                                 prefetch_factor=lc.prefetch_factor,
                                 persistent_workers=lc.persistent_workers)
+    else:
+        raise ConfigError(f"loader.name must be device or dataloader, got {cfg.loader.name!r}")
 
+    check_train_batch_sizes(cfg, len(splits.train))
     t = cfg.trainer
     return (make(splits.train, t.batch_size, augment, train=True),
             None if splits.val is None else make(splits.val, t.eval_batch_size),

@@ -28,7 +28,7 @@ from experiments.checkpoint import (CHECKPOINT_FILE, CheckpointError, fingerprin
                                    restore, save_checkpoint)
 from experiments.config import check_config, redact_secrets, register_resolvers
 from experiments.data import load_splits
-from experiments.errors import JobFailed, UserError
+from experiments.errors import JobFailed, UserError, user_error_in
 from experiments.groups import CONFIG_GROUPS
 from experiments.loader import make_loaders
 from experiments.schedules import BatchSizes
@@ -255,14 +255,15 @@ def run(cfg: DictConfig) -> float:
             check_config(cfg)
             summary = train(cfg, job, config)
             write_json(job.output_dir / SUMMARY_FILE, summary)
-    except Exception as err:
+    except Exception as raised:
+        err = user_error_in(raised)  # e.g. a ConfigError that Hydra's instantiate wrapped
         message = explain(err, cfg)
         write_json(job.output_dir / SUMMARY_FILE, failed_summary(job, message))
         if isinstance(err, EXPECTED_FAILURES):
             log.error("%s", message)
         else:
             log.exception("job failed")  # the full traceback, in the job's log
-        release(err)
+        release(raised)
         if not job.multirun:
             sys.exit(2 if isinstance(err, UserError) else 1)  # the message, not a traceback
         raise JobFailed(message) from None  # fail this job; the sweep's other jobs still run
