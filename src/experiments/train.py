@@ -186,7 +186,8 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
 
         fit = trainer.fit(
             train_batches, val_batches, t.epochs, state=state, after_epoch=after_epoch,
-            batch_sizes=batch_sizes, scale_lr=bool(t.batch_schedule and t.batch_schedule.get("scale_lr")),
+            batch_sizes=batch_sizes,
+            scale_lr=bool(t.batch_schedule and t.batch_schedule.get("scale_lr")),
             select=Monitor(t.monitor, t.monitor_mode),
             stopper=Monitor(es.monitor, es.mode, es.min_delta, es.patience) if es.patience else None)
         test = test_once(trainer, fit, test_batches, t.tta)
