@@ -66,6 +66,27 @@ def test_killed_job_resumes_and_matches_an_uninterrupted_run(tmp_path):
     assert not (killed / "checkpoint.pt").exists() and (killed / "model.pt").exists()
 
 
+def test_killed_dataloader_job_with_persistent_workers_resumes_bit_identically(tmp_path):
+    """Persistent workers restart with fresh RNGs after a resume, so each image's augmentation
+    must come from the loader's (checkpointed) generator, not from the workers' RNGs."""
+    args = ["experiment=smoke", "trainer.epochs=2", "logger=none", "model=preact", "model.width=4",
+            "data.train_size=224", "data.val_size=32", "data.test_size=32", "trainer.batch_size=32",
+            "loader=dataloader", "loader.workers=2", "loader.persistent_workers=true", "aug=advanced"]
+    killed, clean = tmp_path / "killed", tmp_path / "clean"
+    reference = start_train(*args, f"hydra.run.dir={clean}", cwd=tmp_path)
+    victim = start_train(*args, f"hydra.run.dir={killed}", cwd=tmp_path)
+    kill_after_checkpoint(victim, killed / "checkpoint.pt")
+    proc = run_train(*args, f"hydra.run.dir={killed}", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert reference.wait() == 0
+    assert summary(killed)["resumed_from_epoch"] == 1
+    for key in ("test_acc", "test_loss", "best_val_acc", "best_epoch"):
+        assert summary(killed)[key] == summary(clean)[key], key
+    losses = [[r["train/loss"] for r in csv.DictReader(open(out / "metrics.csv"))]
+              for out in (killed, clean)]
+    assert losses[0] == losses[1]
+
+
 def test_killed_sweep_resumes_unfinished_and_skips_finished_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     args = ["-m", *SMOKE, "model=resnet18,preact", f"hydra.sweep.dir={sweep}"]

@@ -45,6 +45,20 @@ def test_dataloader_path_applies_the_same_augmentation_semantics():
     assert abs(black_share[0] - black_share[1]) < 0.03
 
 
+def test_dataloader_augmentations_do_not_depend_on_the_workers():
+    """Each image's transform is seeded from the loader's generator and its index: the same
+    batches in the main process and in two persistent workers, and new views every pass."""
+    split = Split(torch.randint(0, 256, (48, 3, 32, 32), dtype=torch.uint8), torch.arange(48))
+    transform = torchvision_transform(BatchAugment(4, True, 15.0, 0.5), MEAN, STD, 32)
+    passes = []
+    for workers in (0, 2):
+        loader = WorkerLoader(split, 16, transform, device="cpu", workers=workers, shuffle=True,
+                              drop_last=True, seed=3)
+        passes.append([torch.cat([x for x, _ in loader]) for _ in range(2)])
+    assert torch.equal(passes[0][0], passes[1][0]) and torch.equal(passes[0][1], passes[1][1])
+    assert not torch.equal(passes[0][0], passes[0][1])
+
+
 def test_both_paths_train_a_smoke_job_to_a_finite_loss(tmp_path):
     for loader in ("device", "dataloader"):
         out = tmp_path / loader

@@ -17,9 +17,13 @@ How it stays cheap:
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from numbers import Real
 
 import torch
 import torch.nn.functional as F
+
+from experiments.errors import ConfigError
 
 
 def crop_flip_at(stored: torch.Tensor, index: torch.Tensor, padding: int,
@@ -48,7 +52,8 @@ def crop_flip_at(stored: torch.Tensor, index: torch.Tensor, padding: int,
 def rotate_by(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
     """Rotate each float image counter-clockwise by its angle, about its centre; nearest, fill 0."""
     n, _, h, w = images.shape
-    assert h == w, "rotation assumes square images"  # so normalized coords scale alike
+    if h != w:  # normalized coordinates scale alike only on a square
+        raise ValueError(f"rotate_by needs square images, got {h}x{w}")
     radians = degrees.float().mul(math.pi / 180).view(n, 1, 1)
     cos, sin = radians.cos(), radians.sin()
     # pixel centres in grid_sample's normalized coordinates (align_corners=False)
@@ -89,13 +94,39 @@ def uniform(n: int, low: float, high: float, gen: torch.Generator, device) -> to
     return torch.rand(n, generator=gen, device=device).mul_(high - low).add_(low)
 
 
+def check_aug(crop_padding, flip, rotate_degrees, erase_p, erase_scale, erase_ratio) -> None:
+    """The `aug` group's values, refused with the key to change (the ranges torchvision takes)."""
+    def number(x) -> bool:
+        return isinstance(x, Real) and not isinstance(x, bool)
+
+    def pair(x) -> bool:  # [min, max]
+        return (isinstance(x, Sequence) and not isinstance(x, str) and len(x) == 2
+                and all(number(v) for v in x) and x[0] <= x[1])
+
+    for key, value, ok, expected in (
+        ("crop_padding", crop_padding, isinstance(crop_padding, int) and number(crop_padding)
+         and crop_padding >= 0, "an integer >= 0 (pixels of zero padding)"),
+        ("flip", flip, isinstance(flip, bool), "true or false"),
+        ("rotate_degrees", rotate_degrees, number(rotate_degrees) and 0 <= rotate_degrees <= 180,
+         "a number of degrees in [0, 180] (angles are drawn from [-d, d])"),
+        ("erase_p", erase_p, number(erase_p) and 0 <= erase_p <= 1, "a probability in [0, 1]"),
+        ("erase_scale", erase_scale, pair(erase_scale) and 0 < erase_scale[0] and erase_scale[1] <= 1,
+         "[min, max] shares of the image area, 0 < min <= max <= 1"),
+        ("erase_ratio", erase_ratio, pair(erase_ratio) and 0 < erase_ratio[0],
+         "[min, max] aspect ratios, 0 < min <= max"),
+    ):
+        if not ok:
+            shown = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+            raise ConfigError(f"aug.{key} must be {expected}, got {shown!r}")
+
+
 class BatchAugment:
     """The `aug` config group. The loader calls, per batch: `select` (uint8 crop+flip),
     `rotate` (float, before normalization: the fill is black), `erase` (after normalization)."""
 
     def __init__(self, crop_padding: int = 0, flip: bool = False, rotate_degrees: float = 0.0,
                  erase_p: float = 0.0, erase_scale=(0.02, 0.33), erase_ratio=(0.3, 3.3)):
-        assert crop_padding >= 0 and rotate_degrees >= 0 and 0 <= erase_p <= 1, "bad aug settings"
+        check_aug(crop_padding, flip, rotate_degrees, erase_p, erase_scale, erase_ratio)
         self.crop_padding, self.flip, self.rotate_degrees = crop_padding, flip, rotate_degrees
         self.erase_p, self.erase_scale, self.erase_ratio = erase_p, tuple(erase_scale), tuple(erase_ratio)
 

@@ -128,12 +128,15 @@ def load_checkpoint(path: Path, config: dict) -> dict:
     """The checkpoint at `path`, refused with a clear message when unreadable or from another config."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-        if payload["format"] != FORMAT:
-            raise ValueError(f"format {payload['format']}, expected {FORMAT}")
+        version = payload["format"]
     except Exception as err:
         raise CheckpointError(
             f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err)[:200]}): it is "
             "truncated or corrupt. Delete it to start this job over.") from None
+    if version != FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} has format {version!r}, this code reads format {FORMAT}: resume it "
+            "with the code that wrote it, or delete it to start this job over.")
     if payload["fingerprint"] != fingerprint(config):
         changed = "; ".join(differences(payload["config"], semantic_config(config))[:8])
         raise CheckpointError(

@@ -12,6 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.errors import ConfigError
+from experiments.groups import NAMED_GROUPS
 
 VAL_METRICS = ("val/acc", "val/loss")
 
@@ -44,6 +45,67 @@ def one_of(cfg: DictConfig, key: str, allowed) -> None:
         raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
 
 
+def _in(low, high, *, open_low=False, open_high=False, optional=False):
+    """A test that a value is a number in [low, high] (or (low, high] ..., or null if optional)."""
+    def test(value) -> bool:
+        if value is None:
+            return optional
+        return _is_number(value) and (low < value if open_low else low <= value) and (
+            value < high if open_high else value <= high)
+    return test
+
+
+INF = float("inf")
+# key: (test, what it must be). Checked where the composed config has the key (sched.pct_start
+# only with sched=onecycle, ...): values torch would refuse with a traceback, mid-run for some
+# (StepLR's step_size=0 divides by zero at the first epoch's end), or, worse, accept and train
+# silently wrong (label smoothing or EMA decay above 1, a negative warm-up).
+RANGES = {
+    "optim.momentum": (_in(0, INF), "a number >= 0"),
+    "optim.weight_decay": (_in(0, INF), "a number >= 0"),
+    "optim.rho": (_in(0, INF, open_low=True), "a number > 0 (SAM's neighbourhood size)"),
+    "sched.warmup_epochs": (_in(0, INF), "a number of epochs >= 0"),
+    "sched.min_lr_ratio": (_in(0, 1), "a fraction of optim.lr in [0, 1]"),
+    "sched.step_size": (lambda v: _is_int(v) and v >= 1, "a positive integer (epochs)"),
+    "sched.gamma": (_in(0, 1, open_low=True), "a factor in (0, 1]"),
+    "sched.factor": (_in(0, 1, open_low=True, open_high=True), "a factor in (0, 1)"),
+    "sched.patience": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (epochs)"),
+    "sched.pct_start": (_in(0, 1, open_low=True, open_high=True), "a fraction in (0, 1)"),
+    "sched.div_factor": (_in(0, INF, open_low=True), "a number > 0"),
+    "sched.final_div_factor": (_in(0, INF, open_low=True), "a number > 0"),
+    "mix.prob": (_in(0, 1), "a probability in [0, 1]"),
+    "mix.switch_prob": (_in(0, 1), "a probability in [0, 1]"),
+    "mix.mixup_alpha": (_in(0, INF), "a number >= 0 (0: no MixUp)"),
+    "mix.cutmix_alpha": (_in(0, INF), "a number >= 0 (0: no CutMix)"),
+    "trainer.label_smoothing": (_in(0, 1, open_high=True), "a number in [0, 1)"),
+    "trainer.ema_decay": (_in(0, 1, open_low=True, open_high=True, optional=True),
+                          "null or a decay in (0, 1), e.g. 0.9998"),
+    "trainer.early_stopping.patience": (lambda v: v is None or (_is_int(v) and v >= 1),
+                                        "null (off) or a positive number of epochs"),
+    "trainer.nonfinite_tolerance": (lambda v: _is_int(v) and v >= 0, "an integer >= 0"),
+    "trainer.channels_last": (lambda v: v in ("auto", True, False), "auto, true or false"),
+    "loader.workers": (lambda v: v == "auto" or (_is_int(v) and v >= 0),
+                       "auto or a number of worker processes >= 0 (0: load in the main process)"),
+    "data.image_size": (lambda v: _is_int(v) and v >= 1, "a positive integer (pixels)"),
+    "data.num_classes": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "data.noise": (_in(0, 1), "a weight in [0, 1]"),
+}
+ABSENT = object()
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """RANGES, and a mixing option that would mix nothing (timm's Mixup asserts on it)."""
+    for key, (test, expected) in RANGES.items():
+        value = OmegaConf.select(cfg, key, default=ABSENT)
+        if value is not ABSENT and not test(value):
+            raise ConfigError(f"{key} must be {expected}, got {value!r}")
+    mix = cfg.mix
+    if mix.get("_target_") and not (mix.get("mixup_alpha") or mix.get("cutmix_alpha")
+                                    or mix.get("cutmix_minmax")):
+        raise ConfigError("mixing needs mix.mixup_alpha > 0 or mix.cutmix_alpha > 0; for no "
+                          "mixing use mix=none")
+
+
 def check_config(cfg: DictConfig) -> None:
     """Reject values that would fail late or, worse, train silently wrong."""
     for key in ("trainer.epochs", "trainer.batch_size", "trainer.eval_batch_size",
@@ -61,11 +123,13 @@ def check_config(cfg: DictConfig) -> None:
     one_of(cfg, "logger.wandb.mode", ("offline", "online", "disabled"))
     if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", str(cfg.trainer.device)):
         raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N, got {cfg.trainer.device!r}")
+    check_ranges(cfg)
     check_validation_users(cfg)
     check_combinations(cfg)
 
 
 METRIC_MODES = {"val/acc": "max", "val/loss": "min"}
+SCHEDULE_KEYS = {"epochs", "sizes", "scale_lr"}  # trainer.batch_schedule
 
 
 def check_combinations(cfg: DictConfig) -> None:
@@ -79,6 +143,8 @@ def check_combinations(cfg: DictConfig) -> None:
                           ("trainer.early_stopping.monitor", "trainer.early_stopping.mode"),
                           ("sched.monitor", "sched.mode")):
         metric, mode = OmegaConf.select(cfg, key), OmegaConf.select(cfg, mode_key)
+        if mode is not None:
+            one_of(cfg, mode_key, ("min", "max"))
         if metric in METRIC_MODES and mode is not None and mode != METRIC_MODES[metric]:
             raise ConfigError(f"{mode_key}={mode} would treat a worse {metric} as better: "
                               f"{metric} needs mode {METRIC_MODES[metric]}")
@@ -90,16 +156,42 @@ def check_combinations(cfg: DictConfig) -> None:
             raise ConfigError(f"trainer.tta=flip mirrors data={cfg.data.name} images, which "
                               "changes their class: use trainer.tta=none")
     one_of(cfg, "trainer.tta", ("none", "flip"))
-    if cfg.mix.get("_target_") and cfg.trainer.batch_size % 2:
-        raise ConfigError(f"mixing (mix={cfg.mix.get('_target_', '').split('.')[-1]}) pairs images "
-                          f"within a batch: trainer.batch_size must be even, got {cfg.trainer.batch_size}")
     plan = cfg.trainer.batch_schedule
     if plan:
         epochs, sizes = list(plan.get("epochs") or []), list(plan.get("sizes") or [])
         if len(epochs) != len(sizes) or not epochs or not all(
-                _is_int(v) and v > 0 for v in epochs + sizes):
+                _is_int(v) and v > 0 for v in epochs + sizes) or set(plan) - SCHEDULE_KEYS:
             raise ConfigError("trainer.batch_schedule needs epochs: [e1, ...] and sizes: [b1, ...] "
-                              f"of positive integers and equal length, got {OmegaConf.to_container(plan)}")
+                              "of positive integers and equal length (and optionally scale_lr: "
+                              f"true|false), got {OmegaConf.to_container(plan)}")
+    if cfg.mix.get("_target_"):
+        # timm's Mixup pairs image i with image n-1-i: an odd batch fails mid-run, at the epoch
+        # where the schedule reaches that size
+        for key, size in train_batch_sizes(cfg).items():
+            if size % 2:
+                raise ConfigError(f"mixing (mix={cfg.mix.get('_target_', '').split('.')[-1]}) pairs "
+                                  f"images within a batch: {key} must be even, got {size}")
+
+
+def check_train_batch_sizes(cfg: DictConfig, n_train: int) -> None:
+    """Every training batch must fit in the training set. Refused rather than served as one short
+    batch of the whole set: that would be another experiment (another batch size, learning-rate
+    ratio and BatchNorm statistics) than the one asked for, and is almost always a mistake."""
+    for key, size in train_batch_sizes(cfg).items():
+        if size > n_train:
+            held_out = (f" after holding out data.val_size={cfg.data.val_size} for validation"
+                        if cfg.data.val_size else "")
+            raise ConfigError(f"{key}={size} is larger than the training set ({n_train} images"
+                              f"{held_out}): use {key} <= {n_train}")
+
+
+def train_batch_sizes(cfg: DictConfig) -> dict[str, int]:
+    """Every training batch size the job will use, by the key that sets it."""
+    sizes = {"trainer.batch_size": cfg.trainer.batch_size}
+    plan = cfg.trainer.batch_schedule
+    for i, size in enumerate(plan.sizes if plan else ()):
+        sizes[f"trainer.batch_schedule.sizes[{i}]"] = size
+    return sizes
 
 
 def check_validation_users(cfg: DictConfig) -> None:
@@ -134,9 +226,6 @@ def redact_secrets(config: Any) -> Any:
         return node
 
     return clean(config)
-
-
-NAMED_GROUPS = ("model", "optim", "aug")  # always in a job directory's name
 
 
 def swept_keys(argv: list[str]) -> set[str]:

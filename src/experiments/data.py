@@ -163,7 +163,7 @@ def fetch(cfg, url: str, md5: str | None) -> Path:
 
 # --- the decode-once cache --------------------------------------------------------------------
 
-def save_cache(path: Path, data: ImageData, stamp: list | None = None) -> None:
+def save_cache(path: Path, data: ImageData, stamp: str | None = None) -> None:
     """Written atomically: a killed or concurrent writer never leaves half a cache."""
     payload = {"version": CACHE_VERSION, "classes": data.classes, "stamp": stamp,
                "train_images": data.train.images, "train_labels": data.train.labels,
@@ -173,11 +173,11 @@ def save_cache(path: Path, data: ImageData, stamp: list | None = None) -> None:
 
 
 def load_cache(path: Path, channels: int, size: int, num_classes: int | None,
-               stamp: list | None = None) -> ImageData | None:
+               stamp: str | None = None) -> ImageData | None:
     """The cached dataset, or None (with a warning) when it is absent, stale or corrupt.
 
     Checked: format version, dtypes, image shapes, image and label counts, label range, class
-    count, and the source's `stamp` (e.g. an image folder's file count, size and newest mtime).
+    count, and the source's `stamp` (e.g. a digest of an image folder's paths, sizes and mtimes).
     A truncated file fails to load at all (the zip directory is at its end).
     """
     if not path.exists():
@@ -225,7 +225,7 @@ def exclusive(lock_path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def cached(cache: Path, cfg, build: Callable[[], ImageData], stamp: list | None = None) -> ImageData:
+def cached(cache: Path, cfg, build: Callable[[], ImageData], stamp: str | None = None) -> ImageData:
     """The dataset from its uint8 cache, or built once by `build` and cached (one builder at a
     time: parallel jobs wait for it, then load what it wrote)."""
     data = load_cache(cache, cfg.channels, cfg.image_size, cfg.num_classes, stamp)
@@ -298,7 +298,8 @@ def split_validation(train: Split, val_size: int | float, seed: int) -> tuple[Sp
 
 def load_splits(cfg) -> Splits:
     known = loaders()
-    assert cfg.name in known, f"unknown dataset {cfg.name!r}; known: {sorted(known)}"
+    if cfg.name not in known:
+        raise ConfigError(f"data.name={cfg.name!r} is not a dataset here; known: {sorted(known)}")
     data = known[cfg.name](cfg)
     train, val = split_validation(data.train, cfg.val_size, cfg.split_seed)
     return Splits(train, val, data.test, data.classes)

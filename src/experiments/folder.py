@@ -1,11 +1,13 @@
 """Any small image dataset laid out as ROOT/train/<class>/*.png|jpg and ROOT/test/<class>/*.
 
 Images are decoded once (resized to data.image_size, converted to data.channels) into the same
-uint8 cache as CIFAR; the cache is rebuilt when files are added, removed or changed.
+uint8 cache as CIFAR; the cache is rebuilt when files are added, removed, changed or moved
+between class folders, or when the classes change.
 """
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -58,10 +60,17 @@ def decode_split(files: list[tuple[Path, int]], size: int, channels: int) -> Spl
     return Split(torch.from_numpy(images), torch.tensor([label for _, label in files], dtype=torch.int64))
 
 
-def stamp(files: list[tuple[Path, int]]) -> list:
-    """Changes when a file is added, removed or rewritten: the cache is then rebuilt."""
-    stats = [p.stat() for p, _ in files]
-    return [len(files), sum(s.st_size for s in stats), max((s.st_mtime_ns for s in stats), default=0)]
+def stamp(root: Path, files: list[tuple[Path, int]], classes: list[str]) -> str:
+    """A digest of every file's path (relative to ROOT), label, size and mtime, and of the class
+    names: the cache is rebuilt when any of them changes. Counts and totals are not enough: an
+    image moved to another class folder keeps the file count, the total size and the newest mtime.
+    """
+    digest = hashlib.sha256("\0".join(classes).encode())
+    for path, label in files:
+        st = path.stat()
+        digest.update(f"\n{path.relative_to(root).as_posix()}\0{label}\0{st.st_size}\0"
+                      f"{st.st_mtime_ns}".encode())
+    return digest.hexdigest()
 
 
 def load_folder(cfg) -> ImageData:
@@ -76,4 +85,4 @@ def load_folder(cfg) -> ImageData:
                          decode_split(test, cfg.image_size, cfg.channels), classes)
 
     cache = cache_dir(cfg) / f".cache-{cfg.image_size}px-{cfg.channels}ch.uint8.pt"
-    return cached(cache, cfg, build, stamp(train + test))
+    return cached(cache, cfg, build, stamp(root, train + test, classes))

@@ -15,8 +15,9 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from experiments.augment import BatchAugment
+from experiments.config import check_train_batch_sizes
 from experiments.data import Split, Splits
-from experiments.errors import UserError
+from experiments.errors import ConfigError, UserError
 
 
 class Normalize:
@@ -123,15 +124,47 @@ def torchvision_transform(augment: BatchAugment | None, mean, std, size: int):
     return v2.Compose(ops)
 
 
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields (seed, index) pairs. Each pass draws, in the main process, from `generator` alone:
+    its order (when shuffling) and one seed, from which every image's augmentation is seeded.
+
+    So an epoch's batches are a function of the generator's state at its start, which the
+    checkpoint saves: a resumed job sees the same images and the same augmentations as an
+    uninterrupted one, although its (persistent) workers are new processes with new RNGs.
+    """
+
+    def __init__(self, n: int, shuffle: bool, generator: torch.Generator):
+        self.n, self.shuffle, self.generator = n, shuffle, generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        seed = int(torch.randint(2**62, (), generator=self.generator))
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else range(self.n)
+        return ((seed, int(i)) for i in order)
+
+
 class TransformedSplit(torch.utils.data.Dataset):
+    """Image i, transformed with torch's global RNG (what torchvision's v2 transforms draw from)
+    seeded by seed + i: the same augmentation in whichever worker, or the main process, runs it."""
+
     def __init__(self, split: Split, transform):
         self.images, self.labels, self.transform = split.images, split.labels, transform
 
     def __len__(self) -> int:
         return len(self.labels)
 
-    def __getitem__(self, i: int):
-        return self.transform(self.images[i]), self.labels[i]
+    def __getitem__(self, key: tuple[int, int]):
+        seed, i = key
+        rng = torch.default_generator  # torch.manual_seed costs ~100 us (it seeds every device)
+        outside = rng.get_state()  # with workers=0 this is the main process's RNG: left as it was
+        rng.manual_seed(seed + i)
+        try:
+            image = self.transform(self.images[i])
+        finally:
+            rng.set_state(outside)
+        return image, self.labels[i]
 
 
 class WorkerLoader:
@@ -146,15 +179,18 @@ class WorkerLoader:
                  persistent_workers: bool = True):
         self.device, self.channels_last = torch.device(device), channels_last
         self.dataset, self.want_drop_last = TransformedSplit(split, transform), drop_last
-        self.options = dict(shuffle=shuffle, num_workers=workers,
+        self.sampler = EpochSampler(len(self.dataset), shuffle, torch.Generator().manual_seed(seed))
+        self.options = dict(sampler=self.sampler, num_workers=workers,
                             pin_memory=pin_memory and self.device.type == "cuda",
                             prefetch_factor=prefetch_factor if workers else None,
                             persistent_workers=persistent_workers and workers > 0,
+                            # for the workers' base seed only (unused: every image is seeded),
+                            # so that starting workers never draws from torch's global RNG
                             generator=torch.Generator().manual_seed(seed))
         self.set_batch_size(batch_size)
 
     def set_batch_size(self, batch_size: int) -> None:
-        """A new DataLoader (and workers) for the new size; the shuffling generator carries on."""
+        """A new DataLoader (and workers) for the new size; the sampler's generator carries on."""
         self.batch_size = batch_size
         self.loader = torch.utils.data.DataLoader(
             self.dataset, batch_size=batch_size,
@@ -170,8 +206,8 @@ class WorkerLoader:
 
     @property
     def generator(self) -> torch.Generator:
-        """Draws the shuffling order and the workers' seeds (saved in checkpoints)."""
-        return self.loader.generator
+        """Draws each epoch's order and augmentation seed (saved in checkpoints)."""
+        return self.sampler.generator
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -197,8 +233,7 @@ def make_loaders(cfg: DictConfig, splits: Splits, device: torch.device, channels
             return DeviceLoader(split, batch_size, normalize, augment=aug, shuffle=train,
                                 drop_last=train, seed=cfg.seed, device=device,
                                 channels_last=channels_last)
-    else:
-        assert cfg.loader.name == "dataloader", f"unknown loader {cfg.loader.name!r}"
+    elif cfg.loader.name == "dataloader":
         lc = cfg.loader
         workers = available_cores() if lc.workers == "auto" else int(lc.workers)
 
@@ -209,7 +244,10 @@ def make_loaders(cfg: DictConfig, splits: Splits, device: torch.device, channels
                                 channels_last=channels_last, pin_memory=lc.pin_memory,
                                 prefetch_factor=lc.prefetch_factor,
                                 persistent_workers=lc.persistent_workers)
+    else:
+        raise ConfigError(f"loader.name must be device or dataloader, got {cfg.loader.name!r}")
 
+    check_train_batch_sizes(cfg, len(splits.train))
     t = cfg.trainer
     return (make(splits.train, t.batch_size, augment, train=True),
             None if splits.val is None else make(splits.val, t.eval_batch_size),

@@ -19,9 +19,10 @@ from typing import Any
 import yaml
 
 from experiments.atomic import atomic_write
+from experiments.groups import CONFIG_GROUPS
 from experiments.summary import SUMMARY_FILE
 
-CHOICE_COLUMNS = ("model", "optim", "aug", "sched", "data")
+CHOICE_COLUMNS = CONFIG_GROUPS  # every job's option of each group, swept or not
 RESULT_COLUMNS = ("status", "best_val_acc", "test_acc", "test_acc_final", "test_tta_acc",
                   "epochs_completed", "early_stopped", "train_time_s", "images_per_s", "error")
 BEST_MARK = "*"
@@ -195,12 +196,25 @@ def markdown(table: list[dict[str, Any]], columns: list[str] | None = None) -> s
 
 
 def constant_columns(table: list[dict[str, Any]], keep=("status", "best")) -> dict[str, Any]:
-    """Config columns with one value in every row (shown once above a terminal table)."""
+    """Config columns with one value in every row (shown once above a table)."""
     if len(table) < 2:
         return {}
     return {c: table[0][c] for c in table[0]
             if c not in keep and c not in RESULT_COLUMNS and c != "job"
             and len({str(r.get(c)) for r in table}) == 1}
+
+
+def shared_and_shown(table: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
+    """The values every job shares (listed once, above the table) and the columns that vary
+    (the table's). summary.csv keeps every column, for programs."""
+    same = constant_columns(table)
+    shown = [c for c in table[0] if c not in same and c != "error"
+             and any(r.get(c) not in (None, "") for r in table)]
+    return same, shown
+
+
+def shared_line(same: dict[str, Any]) -> str:
+    return "all jobs: " + " ".join(f"{k}={fmt(k, v)}" for k, v in same.items() if v not in (None, ""))
 
 
 def mean_pm_std(agg: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -241,17 +255,18 @@ def write_tables(roots: list[Path], out_dir: Path,
     agg = aggregate_seeds(table)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_csv(out_dir / "summary.csv", table)
+    same, shown = shared_and_shown(table) if table else ({}, [])
     text = ["# Sweep summary", "", f"Sweeps: {', '.join(str(r) for r in roots)}", "",
             f"Sorted by test accuracy (%). `{BEST_MARK}` marks the best validation accuracy: the "
             "configuration to pick. Test accuracy is for reporting, never for choosing.", "",
-            markdown(table, [c for c in table[0] if c != "error"]) if table else "(no jobs)\n"]
+            *([shared_line(same), ""] if same else []), markdown(table, shown)]
     failed = [r for r in table if r["status"] == "failed"]
     if failed:
         text += ["## Failed jobs", ""] + [f"- `{r['job']}`: {r['error']}" for r in failed] + [""]
     if has_seed_repeats(agg):
         write_csv(out_dir / "summary_by_config.csv", agg)
         text += ["## Per configuration, over seeds (mean +- std, n seeds)", "",
-                 markdown(mean_pm_std(agg))]
+                 markdown(mean_pm_std(agg), [c for c in mean_pm_std(agg)[0] if c not in same])]
     write_text(out_dir / "summary.md", "\n".join(text))
     return table, agg
 
@@ -260,10 +275,8 @@ def terminal_table(table: list[dict], agg: list[dict]) -> str:
     """The table for a terminal: columns that never vary are listed once above it."""
     if not table:
         return "(no jobs)"
-    same = constant_columns(table)
-    shown = [c for c in table[0] if c not in same and c != "error"
-             and any(r.get(c) not in (None, "") for r in table)]
-    text = ("all jobs: " + " ".join(f"{k}={v}" for k, v in same.items()) + "\n\n" if same else "")
+    same, shown = shared_and_shown(table)
+    text = shared_line(same) + "\n\n" if same else ""
     text += markdown(table, shown)
     failed = [f"  {r['job']}: {r['error']}" for r in table if r["status"] == "failed"]
     if failed:

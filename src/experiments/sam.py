@@ -52,7 +52,9 @@ class SAM(torch.optim.Optimizer):
     @torch.no_grad()
     def step(self, closure=None):
         """The base optimizer's step at w (the trainer ran perturb, 2nd pass, restore)."""
-        assert closure is None, "SAM steps are driven by the trainer (perturb, 2nd pass, restore)"
+        if closure is not None:
+            raise TypeError("SAM.step takes no closure: the trainer drives the two passes "
+                            "(perturb, second pass, restore)")
         return self.base_optimizer.step()
 
     def zero_grad(self, set_to_none: bool = True) -> None:

@@ -28,7 +28,8 @@ from experiments.checkpoint import (CHECKPOINT_FILE, CheckpointError, fingerprin
                                    restore, save_checkpoint)
 from experiments.config import check_config, redact_secrets, register_resolvers
 from experiments.data import load_splits
-from experiments.errors import JobFailed, UserError
+from experiments.errors import JobFailed, UserError, user_error_in
+from experiments.groups import CONFIG_GROUPS
 from experiments.loader import make_loaders
 from experiments.schedules import BatchSizes
 from experiments.summary import (SUMMARY_FILE, completed_summary, failed_summary, read_summary,
@@ -39,8 +40,6 @@ from experiments.trainer import DivergedError, Monitor, Trainer, precision_name,
 log = logging.getLogger(__name__)
 register_resolvers()
 
-CHOICE_GROUPS = ("model", "optim", "aug", "sched", "data", "loader", "trainer", "logger", "experiment")
-
 
 @dataclass
 class JobInfo:
@@ -49,7 +48,7 @@ class JobInfo:
     output_dir: Path
     name: str
     group: str | None  # the sweep's name in a multirun: all its jobs share one W&B group
-    choices: dict[str, str]
+    choices: dict[str, str | None]  # every config group's option (None: the group is unset)
     overrides: list[str]
     multirun: bool
     num: int  # the job's number in its sweep (0 for a single run)
@@ -64,7 +63,7 @@ class JobInfo:
             output_dir=output_dir,
             name=output_dir.name if multirun else f"{output_dir.parent.name}_{output_dir.name}",
             group=f"{sweep.parent.name}/{sweep.name}" if multirun else None,
-            choices={k: v for k, v in hc.runtime.choices.items() if k in CHOICE_GROUPS and v},
+            choices={k: hc.runtime.choices.get(k) for k in CONFIG_GROUPS},
             overrides=list(hc.overrides.task),
             multirun=multirun,
             num=int(hc.job.get("num", 0) or 0) if multirun else 0,
@@ -242,7 +241,8 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
 
         fit = trainer.fit(
             train_batches, val_batches, t.epochs, state=state, after_epoch=after_epoch,
-            batch_sizes=batch_sizes, scale_lr=bool(t.batch_schedule and t.batch_schedule.scale_lr),
+            batch_sizes=batch_sizes,
+            scale_lr=bool(t.batch_schedule and t.batch_schedule.get("scale_lr")),
             select=Monitor(t.monitor, t.monitor_mode),
             stopper=Monitor(es.monitor, es.mode, es.min_delta, es.patience) if es.patience else None)
         test = test_once(trainer, fit, test_batches, t.tta)
@@ -315,14 +315,15 @@ def run(cfg: DictConfig) -> float:
             check_config(cfg)
             summary = train(cfg, job, config)
             write_json(job.output_dir / SUMMARY_FILE, summary)
-    except Exception as err:
+    except Exception as raised:
+        err = user_error_in(raised)  # e.g. a ConfigError that Hydra's instantiate wrapped
         message = explain(err, cfg)
         write_json(job.output_dir / SUMMARY_FILE, failed_summary(job, message))
         if isinstance(err, EXPECTED_FAILURES):
             log.error("%s", message)
         else:
             log.exception("job failed")  # the full traceback, in the job's log
-        release(err)
+        release(raised)
         if not job.multirun:
             sys.exit(2 if isinstance(err, UserError) else 1)  # the message, not a traceback
         raise JobFailed(message) from None  # fail this job; the sweep's other jobs still run

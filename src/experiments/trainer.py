@@ -74,7 +74,8 @@ class Monitor:
     """Tracks the best value of one metric; `improved` says whether the newest value beats it."""
 
     def __init__(self, key: str, mode: str, min_delta: float = 0.0, patience: int | None = None):
-        assert mode in ("min", "max"), f"mode must be min or max, not {mode!r}"
+        if mode not in ("min", "max"):
+            raise ConfigError(f"the mode for {key} must be min or max, got {mode!r}")
         self.key, self.mode, self.min_delta, self.patience = key, mode, min_delta, patience
         self.best: float | None = None
         self.epochs_since_best = 0

@@ -4,6 +4,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from experiments.models.checks import check_width
+
 
 class PreActBlock(nn.Module):
     """BN-ReLU before each conv; the shortcut is an identity unless the shape changes."""
@@ -29,6 +31,7 @@ class PreActBlock(nn.Module):
 
 class PreActResNet18(nn.Module):
     def __init__(self, num_classes: int, width: int = 64, in_chans: int = 3):
+        check_width(width)
         super().__init__()
         self.conv1 = nn.Conv2d(in_chans, width, 3, stride=1, padding=1, bias=False)
         stages, in_planes = [], width

@@ -8,6 +8,8 @@ stride-1 conv and no pooling, so the first stage sees all 32x32 positions.
 import timm
 import torch.nn as nn
 
+from experiments.models.checks import check_timm_name, check_width
+
 
 def _conv(in_chans: int, out_chans: int, kernel: int, stride: int) -> nn.Conv2d:
     conv = nn.Conv2d(in_chans, out_chans, kernel, stride=stride, padding=kernel // 2, bias=False)
@@ -18,6 +20,7 @@ def _conv(in_chans: int, out_chans: int, kernel: int, stride: int) -> nn.Conv2d:
 def timm_resnet18(num_classes: int, width: int = 64, cifar_stem: bool = True,
                   in_chans: int = 3, **timm_kwargs) -> nn.Module:
     """`width` is the first stage's channels (64 = the standard model); later stages double it."""
+    check_width(width)
     model = timm.create_model(
         "resnet18", pretrained=False, num_classes=num_classes, in_chans=in_chans,
         channels=tuple(width * m for m in (1, 2, 4, 8)), **timm_kwargs)
@@ -42,8 +45,7 @@ def timm_model(name: str, num_classes: int, in_chans: int = 3, image_size: int =
     stride-1 conv without max-pool, an EfficientNet/MobileNet-style stride-2 `conv_stem` gets
     stride 1; models that are built for one input size (ViT-style) are told the real one.
     """
-    if not timm.is_model(name):
-        raise ValueError(f"timm has no model {name!r} (see timm.list_models())")
+    check_timm_name(name)
     kwargs = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, **timm_kwargs)
     try:
         model = timm.create_model(name, img_size=image_size, **kwargs)

@@ -1,0 +1,123 @@
+"""Bad input, tried as a new user would: one clear message, a non-zero exit, no traceback; and
+checks that are errors, not `assert`s (`python -O` drops those)."""
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from conftest import ROOT
+from experiments.checkpoint import FORMAT, CheckpointError, load_checkpoint
+from experiments.config import check_config, check_train_batch_sizes
+from experiments.data import load_splits
+from experiments.errors import ConfigError
+from experiments.loader import make_loaders
+from experiments.sam import SAM
+from experiments.trainer import Monitor
+
+BASE = ["experiment=smoke", "logger=none", "trainer.epochs=1", "trainer.progress=false"]
+# name: (python flags, overrides, what the message must say); the smoke training set has 768 images
+CASES = {
+    "unknown timm model": ([], ["model=timm", "model.name=nosuchnet"],
+                           ["model.name='nosuchnet': timm has no such model",
+                            "python -c \"import timm; print(timm.list_models('*resnet*'))\""]),
+    "missing image folder": ([], ["data=folder", "data.root={tmp}/nothere"],
+                             ["nothere/train does not exist: data=folder needs data.root=PATH"]),
+    "image folder not given": ([], ["data=folder"], ["data.root is required"]),
+    "erasing probability above 1": ([], ["aug.erase_p=1.5"],
+                                    ["aug.erase_p must be a probability in [0, 1], got 1.5"]),
+    "... also under python -O": (["-O"], ["aug.erase_p=1.5"], ["aug.erase_p must be a probability"]),
+    "zero width": ([], ["model.width=0"], ["model.width must be a positive integer"]),
+    "batch larger than the training set": (
+        [], ["trainer.batch_size=1024"],
+        ["trainer.batch_size=1024 is larger than the training set (768 images after holding out "
+         "data.val_size=256 for validation): use trainer.batch_size <= 768"]),
+}
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory):
+    """Every case's (exit code, console output), all started at once: most of each is start-up."""
+    tmp = tmp_path_factory.mktemp("bad")
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    procs = {}
+    for i, (name, (flags, overrides, _)) in enumerate(CASES.items()):
+        args = [o.format(tmp=tmp) for o in overrides]
+        out = open(tmp / f"{i}.txt", "w+")
+        procs[name] = (out, subprocess.Popen(
+            [sys.executable, *flags, str(ROOT / "train.py"), *BASE, *args,
+             f"hydra.run.dir={tmp / str(i)}"], cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT))
+    results = {}
+    for name, (out, proc) in procs.items():
+        code = proc.wait(timeout=300)
+        out.seek(0)
+        results[name] = code, out.read()
+    return results
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_bad_input_gives_one_message_and_exit_code_2(outcomes, name):
+    code, text = outcomes[name]
+    assert code == 2, text[-3000:]
+    assert "Traceback" not in text and "InstantiationException" not in text, text[-3000:]
+    for message in CASES[name][2]:
+        assert message in text, text[-3000:]
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["sched=step", "sched.step_size=0"], "sched.step_size must be a positive integer"),
+    (["sched=onecycle", "sched.pct_start=1.5"], "sched.pct_start must be a fraction in (0, 1)"),
+    (["sched=plateau", "sched.factor=2"], "sched.factor must be a factor in (0, 1)"),
+    (["sched.warmup_epochs=-1"], "sched.warmup_epochs must be a number of epochs >= 0"),
+    (["optim.momentum=-0.9"], "optim.momentum must be a number >= 0"),
+    (["optim.weight_decay=-1"], "optim.weight_decay must be a number >= 0"),
+    (["optim=sam", "optim.rho=0"], "optim.rho must be a number > 0"),
+    (["trainer.label_smoothing=1.5"], "trainer.label_smoothing must be a number in [0, 1)"),
+    (["trainer.ema_decay=1.5"], "trainer.ema_decay must be null or a decay in (0, 1)"),
+    (["trainer.early_stopping.patience=-1"], "trainer.early_stopping.patience must be null"),
+    (["trainer.channels_last=maybe"], "trainer.channels_last must be auto, true or false"),
+    (["trainer.monitor_mode=maximum"], "trainer.monitor_mode must be one of ['min', 'max']"),
+    (["loader=dataloader", "loader.workers=-1"], "loader.workers must be auto or a number"),
+    (["data.image_size=0"], "data.image_size must be a positive integer"),
+    (["mix=mixup", "mix.mixup_alpha=0"], "mixing needs mix.mixup_alpha > 0 or mix.cutmix_alpha > 0"),
+    (["mix=mixup", "mix.prob=2"], "mix.prob must be a probability in [0, 1]"),
+])
+def test_out_of_range_values_are_refused_before_training(compose_cfg, overrides, message):
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        check_config(compose_cfg(["experiment=smoke", *overrides]))
+
+
+def test_every_scheduled_batch_must_fit_in_the_training_set(compose_cfg):
+    cfg = compose_cfg(["experiment=smoke", "trainer.batch_schedule={epochs:[2],sizes:[1024]}"])
+    check_train_batch_sizes(cfg, 1024)
+    with pytest.raises(ConfigError, match=r"trainer.batch_schedule.sizes\[0\]=1024 is larger than "
+                                          r"the training set \(768 images"):
+        check_train_batch_sizes(cfg, 768)
+
+
+def test_unknown_dataset_and_loader_names_are_config_errors(compose_cfg):
+    cfg = compose_cfg(["experiment=smoke", "data.name=imagenet"])
+    with pytest.raises(ConfigError, match="data.name='imagenet' is not a dataset here"):
+        load_splits(cfg.data)
+    cfg = compose_cfg(["experiment=smoke", "data.train_size=64", "data.val_size=0",
+                       "data.test_size=16", "loader.name=dali"])
+    with pytest.raises(ConfigError, match="loader.name must be device or dataloader"):
+        make_loaders(cfg, load_splits(cfg.data), torch.device("cpu"), False)
+
+
+def test_a_checkpoint_of_another_format_is_refused(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"format": 99}, path)
+    with pytest.raises(CheckpointError, match=f"has format 99, this code reads format {FORMAT}"):
+        load_checkpoint(path, {})
+
+
+def test_control_flow_checks_are_errors_not_asserts():
+    with pytest.raises(ConfigError, match="the mode for val/acc must be min or max"):
+        Monitor("val/acc", "maximum")
+    sam = SAM([torch.nn.Parameter(torch.zeros(1))], torch.optim.SGD, lr=0.1)
+    with pytest.raises(TypeError, match="SAM.step takes no closure"):
+        sam.step(lambda: 0.0)
