@@ -39,7 +39,8 @@ from experiments.trainer import DivergedError, Monitor, Trainer, resolve_device
 log = logging.getLogger(__name__)
 register_resolvers()
 
-CHOICE_GROUPS = ("model", "optim", "aug", "sched", "data", "loader", "trainer", "logger", "experiment")
+CHOICE_GROUPS = ("model", "optim", "aug", "sched", "data", "loader", "trainer", "logger", "experiment",
+                 "size")
 
 
 @dataclass
