@@ -88,7 +88,7 @@ def test_mixing_gives_soft_targets_that_sum_to_one(compose_cfg):
         mix = instantiate(compose_cfg([f"mix={option}", "data=synthetic", "trainer.label_smoothing=0.1"]).mix)
         images, labels = torch.rand(8, 3, 32, 32), torch.arange(8)
         mixed, targets = mix(images, labels)
-        assert targets.shape == (8, 100) and mixed.shape == images.shape
+        assert targets.shape == (8, mix.num_classes) and mixed.shape == images.shape
         assert torch.allclose(targets.sum(dim=1), torch.ones(8))
         assert (targets >= 0).all() and (targets.max(dim=1).values < 1).all()  # soft, not one-hot
 

@@ -23,7 +23,7 @@ def test_groups_hold_the_documented_options():
     assert set(SCHEDS) == {"cosine", "plateau", "step", "onecycle", "none"}
 
 
-SMALL = {"resnet18": ["model.width=8"], "preact": ["model.width=8"], "mlp": ["model.hidden=[32]"],
+SMALL = {"resnet18": ["model.width=8"], "preact": ["model.width=8"], "mlp": ["model.width=32"],
          "timm": ["model.name=mobilenetv3_small_050"], "lenet": []}  # CPU-sized versions
 
 
@@ -118,12 +118,55 @@ def test_width_narrows_every_stage_including_the_stem(compose_cfg, model):
     assert 10e6 < sum(p.numel() for p in full.parameters()) < 12e6  # a real ResNet-18
 
 
+def n_params(net: torch.nn.Module) -> int:
+    return sum(p.numel() for p in net.parameters())
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_width_is_every_models_size_knob(compose_cfg, model):
+    """`model.width` exists for every model (size=smoke sets it) and grows the model."""
+    small, large = (instantiate(compose_cfg(["data=synthetic", f"model={model}", f"model.width={w}"]).model)
+                    for w in (4, 8))
+    assert n_params(small) < n_params(large)
+
+
+def test_small_models_default_to_the_standard_ones(compose_cfg):
+    def layers(net, kind, attr):
+        return [getattr(m, attr) for m in net.modules() if isinstance(m, kind)]
+
+    mlp = instantiate(compose_cfg(["model=mlp"]).model)
+    assert layers(mlp, torch.nn.Linear, "out_features") == [512, 256, 100]
+    lenet = instantiate(compose_cfg(["model=lenet"]).model)
+    assert layers(lenet, torch.nn.Conv2d, "out_channels") == [6, 16]
+    assert layers(lenet, torch.nn.Linear, "out_features") == [120, 84, 100]
+    timm_net = instantiate(compose_cfg(["model=timm"]).model)  # width null: timm's own
+    assert n_params(timm_net) == n_params(instantiate(compose_cfg(["model=resnet18"]).model))
+
+
+def test_timm_width_needs_a_resnet_and_says_what_to_type():
+    from experiments.errors import ConfigError
+    from experiments.models import timm_model
+
+    narrow = timm_model("resnet50", num_classes=10, width=8)
+    assert narrow.layer1[0].conv1.out_channels == 8 and narrow.fc.in_features == 8 * 8 * 4
+    with pytest.raises(ConfigError, match="model.width=null"):
+        timm_model("mobilenetv3_small_050", num_classes=10, width=8)
+
+
 def test_unknown_option_lists_the_valid_ones(compose_cfg):
     with pytest.raises(ConfigCompositionException, match="preact"):
         compose_cfg(["model=resnet50x"])
 
 
-def test_smoke_experiment_preset(compose_cfg):
-    cfg = compose_cfg(["experiment=smoke"])
-    assert cfg.data.name == "synthetic" and cfg.data.num_classes == 100
-    assert cfg.trainer.epochs <= 2 and cfg.model.width < 64
+def test_smoke_experiment_is_the_default_job_at_smoke_size(compose_cfg):
+    smoke = compose_cfg(["experiment=smoke"])
+    assert OmegaConf.to_container(smoke) == OmegaConf.to_container(compose_cfg(["size=smoke"]))
+    assert smoke.data.name == "synthetic" and smoke.trainer.epochs <= 3 and smoke.model.width < 64
+
+
+def test_size_smoke_shrinks_a_preset_and_keeps_its_recipe(compose_cfg):
+    best, small = compose_cfg(["experiment=best"]), compose_cfg(["experiment=best", "size=smoke"])
+    assert (small.trainer.epochs, small.data.name, small.model.width) == (3, "synthetic", 8)
+    for key in ("optim", "sched", "mix", "aug"):
+        assert OmegaConf.to_container(small[key]) == OmegaConf.to_container(best[key]), key
+    assert (small.trainer.ema_decay, small.trainer.tta) == (best.trainer.ema_decay, "flip")

@@ -129,4 +129,13 @@ def test_synthetic_data_is_deterministic_and_cifar_shaped(compose_cfg):
     a, b = load_splits(cfg), load_splits(cfg)
     assert a.train.images.shape[1:] == (3, 32, 32) and a.train.images.dtype == torch.uint8
     assert torch.equal(a.train.images, b.train.images)
-    assert int(a.train.labels.max()) < 100 and len(a.classes) == 100
+    assert int(a.train.labels.max()) < cfg.num_classes and len(a.classes) == cfg.num_classes
+
+
+def test_synthetic_classes_are_mirror_symmetric(compose_cfg):
+    """`hflip_ok: true` lets aug=basic flip synthetic images: a mirrored image must still be
+    its class, so with no noise every image equals its mirror image."""
+    cfg = compose_cfg(["data=synthetic", "data.noise=0.0", "data.train_size=64", "data.val_size=0"]).data
+    train = load_splits(cfg).train
+    assert cfg.hflip_ok and torch.equal(train.images, train.images.flip(3))
+    assert len(train.images.unique(dim=0)) == len(train.labels.unique())  # one template a class

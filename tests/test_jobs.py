@@ -24,7 +24,7 @@ def test_smoke_job_writes_a_completed_summary(smoke_job):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["error"] is None
     assert 0.0 <= summary["test_acc"] <= 1.0 and 0.0 <= summary["best_val_acc"] <= 1.0
-    assert summary["epochs_completed"] == 2 and summary["early_stopped"] is False
+    assert summary["epochs_completed"] == 3 and summary["early_stopped"] is False
     assert summary["train_time_s"] > 0 and summary["images_per_s"] > 0
     assert summary["choices"].items() >= {"model": "resnet18", "optim": "sgd", "aug": "basic",
                                           "sched": "cosine", "data": "synthetic"}.items()
@@ -36,7 +36,7 @@ def test_smoke_job_tensorboard_events_have_every_tag_and_hparams_in_one_run(smok
     acc.Reload()
     scalars = set(acc.Tags()["scalars"])
     assert TAGS <= scalars
-    assert [e.step for e in acc.Scalars("val/acc")] == [1, 2]
+    assert [e.step for e in acc.Scalars("val/acc")] == [1, 2, 3]
     assert "hparam/test_acc" in scalars
     assert "_hparams_/session_start_info" in acc.summary_metadata  # hparams plugin, same dir
     assert not [p for p in (out / "tb").iterdir() if p.is_dir()]  # no second run directory
@@ -49,14 +49,14 @@ def test_smoke_job_has_one_offline_wandb_run_and_per_epoch_metrics(smoke_job):
     record = next(runs[0].glob("*.wandb")).read_bytes()
     assert b"val/acc" in record and b"test_acc" in record
     rows = list(csv.DictReader(open(out / "metrics.csv")))
-    assert [int(r["epoch"]) for r in rows] == [1, 2] and TAGS <= set(rows[0])
+    assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and TAGS <= set(rows[0])
     assert (out / ".hydra" / "config.yaml").exists() and (out / "train.log").exists()
-    assert "epoch 2/2" in (out / "train.log").read_text()
+    assert "epoch 3/3" in (out / "train.log").read_text()
 
 
 def test_progress_bar_shows_epochs_with_eta(smoke_job):
     _, proc = smoke_job
-    assert "2/2" in proc.stderr and ("epoch/s" in proc.stderr or "s/epoch" in proc.stderr)
+    assert "3/3" in proc.stderr and ("epoch/s" in proc.stderr or "s/epoch" in proc.stderr)
 
 
 @pytest.mark.parametrize("overrides,message", [

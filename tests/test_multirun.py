@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import run_train
@@ -35,6 +36,15 @@ def test_grid_writes_eight_named_job_directories(sweep):
         assert (summary["choices"]["model"], summary["choices"]["optim"], summary["choices"]["aug"]) == (model, optim, aug)
 
 
+def test_every_smoke_job_learns(sweep):
+    """The demo must show learning, not noise: every job at least 3x chance, the mean 5x."""
+    sweep_dir, _ = sweep
+    chance = 1 / yaml.safe_load((sweep_dir / NAMES[0] / "config.yaml").read_text())["data"]["num_classes"]
+    accs = {name: json.loads((sweep_dir / name / "summary.json").read_text())["test_acc"] for name in NAMES}
+    assert min(accs.values()) >= 3 * chance, accs
+    assert sum(accs.values()) / len(accs) >= 5 * chance, accs
+
+
 def test_every_job_has_its_own_wandb_run_in_one_group(sweep):
     sweep_dir, _ = sweep
     run_ids = set()
@@ -54,7 +64,7 @@ def test_every_job_has_its_own_tensorboard_events(sweep):
     for name in NAMES:
         acc = EventAccumulator(str(sweep_dir / name / "tb"))
         acc.Reload()
-        assert [e.step for e in acc.Scalars("train/loss")] == [1, 2]
+        assert [e.step for e in acc.Scalars("train/loss")] == [1, 2, 3]
 
 
 def test_sweep_summary_tables_and_plots(sweep):

@@ -254,11 +254,15 @@ def load_cifar(cfg) -> ImageData:
 # --- synthetic CIFAR-shaped data, for smoke runs and tests -----------------------------------
 
 def make_synthetic(cfg) -> ImageData:
-    """Learnable noise: each class has a blocky colour template; images mix it with pixel noise."""
+    """Learnable noise: each class has a blocky colour template; images mix it with pixel noise.
+
+    Templates are mirror-symmetric (a 4x2 grid of colour blocks and its mirror image), so a
+    flipped image is still its class, as `hflip_ok: true` promises to the flip augmentation."""
     gen = torch.Generator().manual_seed(cfg.seed)
     shape = (cfg.channels, cfg.image_size, cfg.image_size)
-    templates = torch.randint(0, 256, (cfg.num_classes, cfg.channels, 4, 4), generator=gen)
-    templates = F.interpolate(templates.float(), size=shape[1:], mode="nearest")
+    half = torch.randint(0, 256, (cfg.num_classes, cfg.channels, 4, 2), generator=gen)
+    templates = torch.cat([half, half.flip(3)], dim=3).float()
+    templates = F.interpolate(templates, size=shape[1:], mode="nearest")
 
     def draw(n: int) -> Split:
         labels = torch.randint(0, cfg.num_classes, (n,), generator=gen)

@@ -7,7 +7,7 @@ column for each, so two jobs that differ only in a group nobody swept (`mix`, `l
 
 # in the order of the table's columns; Hydra's own groups (hydra/*) are not the job's choices
 CONFIG_GROUPS = ("model", "optim", "aug", "mix", "sched", "data", "loader", "trainer", "logger",
-                 "experiment", "hparams_search", "paths")
+                 "experiment", "size", "hparams_search", "paths")
 
 # always in a job directory's name (conf/hydra/default.yaml's sweep.subdir)
 NAMED_GROUPS = ("model", "optim", "aug")

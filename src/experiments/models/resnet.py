@@ -8,6 +8,7 @@ stride-1 conv and no pooling, so the first stage sees all 32x32 positions.
 import timm
 import torch.nn as nn
 
+from experiments.errors import ConfigError
 from experiments.models.checks import check_timm_name, check_width
 
 
@@ -38,15 +39,26 @@ def timm_resnet18(num_classes: int, width: int = 64, cifar_stem: bool = True,
 
 
 def timm_model(name: str, num_classes: int, in_chans: int = 3, image_size: int = 32,
-               cifar_stem: bool = True, **timm_kwargs) -> nn.Module:
+               cifar_stem: bool = True, width: int | None = None, **timm_kwargs) -> nn.Module:
     """Any timm model by name, from scratch (`model=timm model.name=resnet50`).
 
     For small images (<= 64 px) with cifar_stem: a ResNet-style 7x7 stride-2 stem becomes a 3x3
     stride-1 conv without max-pool, an EfficientNet/MobileNet-style stride-2 `conv_stem` gets
     stride 1; models that are built for one input size (ViT-style) are told the real one.
+    `width` (None: the model as timm defines it) is the first stage's channels of a model of
+    timm's ResNet family, passed as timm's `channels` (its single-conv stem stays 64 wide);
+    other architectures have no such knob in timm, only their named size variants.
     """
     check_timm_name(name)
     kwargs = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, **timm_kwargs)
+    if width is not None:
+        check_width(width)
+        if not timm.models.is_model_in_modules(name, ["resnet"]):
+            raise ConfigError(
+                f"model.width={width}: timm's {name} has no width setting (only timm's ResNet "
+                "family has one here). Use model.width=null for its standard size, or a smaller "
+                "variant by name (e.g. model.name=mobilenetv3_small_050).")
+        kwargs["channels"] = tuple(width * m for m in (1, 2, 4, 8))
     try:
         model = timm.create_model(name, img_size=image_size, **kwargs)
     except TypeError:  # this architecture takes any input size

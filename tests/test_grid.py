@@ -1,0 +1,50 @@
+"""Every model option runs under every preset at smoke size: composed as `python train.py` does,
+wired by train.py's own functions (data, loaders, model, optimizer, schedule, mixing, EMA, SAM),
+one optimizer step, then validation (schedule included) and the test pass (TTA included).
+
+Options are read from conf/, so a new model or preset is in the grid without editing this file.
+"""
+
+import pytest
+import torch
+
+from conftest import CONF
+from experiments.config import check_config
+from experiments.data import load_splits
+from experiments.loader import PreMadeBatches
+from experiments.train import batch_plan, build_model, build_trainer, make_loaders
+
+MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
+PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+CPU = torch.device("cpu")
+TINY = ["data.train_size=96", "data.val_size=32", "data.test_size=32"]  # one step needs one batch
+
+
+def test_the_grid_covers_every_documented_option():
+    assert {"resnet18", "preact", "timm", "mlp", "lenet"} <= set(MODELS)
+    assert {"smoke", "best", "seed_report"} <= set(PRESETS)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("model", MODELS)
+def test_model_runs_under_preset_at_smoke_size(compose_cfg, model, preset):
+    cfg = compose_cfg([f"experiment={preset}", "size=smoke", f"model={model}", *TINY])
+    assert cfg.data.name == "synthetic" and cfg.trainer.epochs <= 3  # smoke size won
+    check_config(cfg)
+    splits = load_splits(cfg.data)
+    train_batches, val_batches, test_batches = make_loaders(cfg, splits, CPU, channels_last=False)
+    _, total_steps = batch_plan(cfg, train_batches)
+    model_ = build_model(cfg, CPU, channels_last=False)
+    trainer = build_trainer(cfg, model_, CPU, train_batches, total_steps)
+    trainer.progress = False
+    before = [p.detach().clone() for p in model_.parameters()]
+
+    one_batch = PreMadeBatches([next(iter(train_batches))])
+    metrics = trainer.run_epoch(one_batch, val_batches)  # one step, validation, schedule
+    test = trainer.evaluate(test_batches, tta_flip=cfg.trainer.tta == "flip")
+
+    assert trainer.steps == 1
+    assert any(not torch.equal(a, b) for a, b in zip(before, model_.parameters()))
+    assert torch.isfinite(torch.tensor([metrics["train/loss"], metrics["val/loss"], test["loss"]])).all()
+    assert 0 <= test["acc"] <= 1
+    assert model_(one_batch[0][0][:2]).shape == (2, cfg.data.num_classes)
