@@ -95,7 +95,7 @@ def interval(diffs: pd.Series, n_seeds: int) -> tuple[float | None, float | None
     if n_seeds < 2 or n < 2:
         return None, None
     half = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * diffs.std(ddof=1) / math.sqrt(n)
-    return diffs.mean() - half, diffs.mean() + half
+    return float(diffs.mean() - half), float(diffs.mean() + half)
 
 
 def compare(diffs: pd.Series, factor: str, level: str, vs: str, metric: str) -> Comparison:
@@ -103,7 +103,7 @@ def compare(diffs: pd.Series, factor: str, level: str, vs: str, metric: str) -> 
     n_seeds = diffs.index.get_level_values(SEED).nunique() if len(diffs) else 0
     low, high = interval(diffs, n_seeds)
     return Comparison(factor, level, vs, metric, len(diffs), n_seeds, int((diffs > 0).sum()),
-                      int((diffs < 0).sum()), diffs.mean() if len(diffs) else None, low, high)
+                      int((diffs < 0).sum()), float(diffs.mean()) if len(diffs) else None, low, high)
 
 
 def cells(df: pd.DataFrame, factors: list[str]) -> pd.DataFrame:
@@ -119,11 +119,12 @@ def paired(table: pd.DataFrame, factor: str, level: str, vs: str, metric: str) -
     return (wide[level] - wide[vs]).dropna()
 
 
-def paired_differences(df: pd.DataFrame, factor: str, factors: list[str] | None = None) -> list[Comparison]:
-    """Every pair of levels of `factor` (in sweep order), on every metric. `factors` are the
-    columns that must match within a pair (default: every swept configuration column)."""
-    factors = factors or swept(df, df.attrs["config_columns"])
-    table = cells(df, factors)
+def paired_differences(df: pd.DataFrame, factor: str, factors: list[str] | None = None,
+                       table: pd.DataFrame | None = None) -> list[Comparison]:
+    """Every pair of levels of `factor` (in sweep order), on every metric. `factors` must match
+    within a pair (default: every swept configuration column); `table`: their cells, if known."""
+    if table is None:
+        table = cells(df, factors or swept(df, df.attrs["config_columns"]))
     return [compare(paired(table, factor, a, b, m), factor, a, b, m)
             for a, b in itertools.combinations(levels(df, factor), 2) for m in table.columns]
 
@@ -194,8 +195,7 @@ def analyse(df: pd.DataFrame, columns: list[str]) -> Analysis:
         return result
     table = cells(df, all_swept)
     result.levels = pd.concat([level_means(df, f) for f in factors], ignore_index=True)
-    result.comparisons = [compare(paired(table, f, a, b, m), f, a, b, m) for f in factors
-                          for a, b in itertools.combinations(levels(df, f), 2) for m in table.columns]
+    result.comparisons = [c for f in factors for c in paired_differences(df, f, table=table)]
     two_level = [f for f in factors if len(levels(df, f)) == 2]
     result.interactions = [interaction(table, df, a, b) for a, b in itertools.combinations(two_level, 2)]
     result.sentences = [sentence(f, [c for c in result.comparisons if c.factor == f

@@ -168,30 +168,32 @@ def job_list(names: pd.Series, limit: int = 6) -> str:
 
 
 def provenance_section(df: pd.DataFrame) -> list[str]:
-    """Each provenance field once when every job agrees; each value with its jobs when not."""
+    """Each provenance field once when every completed job agrees; each value with its jobs
+    when not. Running and failed jobs may not have recorded theirs yet."""
     columns = [c for c in df.columns if c.startswith(PROVENANCE)]
-    if not columns:
-        return ["## Provenance", "", "No job recorded its provenance.", ""]
-    recorded = df[columns].notna().any(axis=1)
-    values = df.loc[recorded, columns].astype(object).where(df.loc[recorded, columns].notna(), None)
-    same = [f"- {c.removeprefix(PROVENANCE)}: `{values[c].iloc[0]}`" for c in columns
-            if values[c].astype(str).nunique() == 1]
-    differ = [f"- **{c.removeprefix(PROVENANCE)} differs between jobs**: " + "; ".join(
-              f"`{value}` ({job_list(df.loc[values.index[values[c].astype(str) == value], 'job'])})"
-              for value in pd.unique(values[c].astype(str))) for c in columns
-              if values[c].astype(str).nunique() > 1]
+    done = completed(df)
+    recorded = done[columns].notna().any(axis=1) if columns else pd.Series(False, index=done.index)
+    if not recorded.any():
+        return ["## Provenance", "", "No completed job recorded its provenance.", ""]
+    values = done.loc[recorded, columns].map(lambda v: "(none)" if missing(v) else str(v))
+    values = values.loc[:, (values != "(none)").any()]  # fields no job has (no data cache)
+    name = {c: c.removeprefix(PROVENANCE) for c in columns}
+    same = [f"- {name[c]}: `{values[c].iloc[0]}`" for c in values if values[c].nunique() == 1]
+    differ = [f"- **{name[c]} differs between jobs**: " + "; ".join(
+              f"`{value}` ({job_list(done.loc[values.index[values[c] == value], 'job'])})"
+              for value in pd.unique(values[c])) for c in values if values[c].nunique() > 1]
     text = ["## Provenance", ""]
     if differ:
         text += ["**Not every job ran the same code, libraries, device, data or command:**", "",
                  *differ, ""]
-    text += ["Same for every job that recorded it:" if differ else "Every job:", "", *same, ""]
+    everyone = "Every completed job:" if recorded.all() else "Every completed job that recorded it:"
+    text += ["The others are the same for every completed job:" if differ else everyone, "", *same, ""]
     changed = [c for c in df.columns if c.startswith("code_changed_on_resume.")]
     flagged = df[df[changed].notna().any(axis=1)] if changed else df[:0]
     if not flagged.empty:
         text += [f"**Resumed with different code** (epochs from two versions of the code): "
                  f"{job_list(flagged['job'])}. See `code_changed_on_resume` in their summary.json.", ""]
     if not recorded.all():
-        text += [f"No provenance recorded (failed before training, or written by an older "
-                 f"version): {job_list(df.loc[~recorded, 'job'])}.", ""]
+        text += [f"No provenance recorded (written by an older version): "
+                 f"{job_list(done.loc[~recorded, 'job'])}.", ""]
     return text
-
