@@ -162,8 +162,8 @@ def test_confounded_factors_have_no_pairs_and_no_claim(tmp_path):
     result = report.write_tables([sweep], sweep)
     assert [c.n_pairs for c in result.analysis.comparisons] == [0, 0, 0, 0]
     assert result.analysis.sentences[0] == (
-        "model: no two completed jobs differ only in model between resnet18 and preact, so this "
-        "difference is not separated from the other factors.")
+        "model: no two completed jobs differ only in model, so its effect is not separated from "
+        "the other factors'.")
     assert "beats" not in (sweep / "summary.md").read_text()
 
 
@@ -242,3 +242,16 @@ def test_paired_differences_from_a_notebook(tmp_path):
     # matched on the seed alone, each seed's cell averages over optim: one pair per seed
     (seed_only, _) = effects.paired_differences(df, "aug", factors=["aug"])
     assert (seed_only.n_pairs, seed_only.mean) == (2, pytest.approx(-5.0))
+
+
+def test_a_random_search_gets_no_grid_and_no_claims(tmp_path):
+    sweep = tmp_path / "s"  # like Optuna: every trial its own lr and weight decay
+    for num, (lr, wd) in enumerate((("0.01", "1e-4"), ("0.05", "3e-4"), ("0.2", "1e-3"))):
+        job_dir(sweep, num, {"optim.lr": lr, "optim.weight_decay": wd}, 0, 40 + num)
+    result = report.write_tables([sweep], sweep)
+    assert result.analysis.factors == ["optim.lr", "optim.weight_decay"]
+    assert all(c.n_pairs == 0 for c in result.analysis.comparisons)
+    md = (sweep / "summary.md").read_text()
+    assert "Not shown: only 3 of the 9 combinations of optim.lr, optim.weight_decay" in md
+    assert "- optim.lr: no two completed jobs differ only in optim.lr" in md
+    assert "**optim.lr=0.2 optim.weight_decay=1e-3**: best validation accuracy 43.00" in md

@@ -25,6 +25,9 @@ METRICS = ("test_acc", "best_val_acc")  # what effects are measured on
 AGGREGATED = ("test_acc", "best_val_acc", "train_time_s")  # what is averaged per configuration
 CONFIDENCE = 0.95
 MAX_LEVELS = 12  # more levels than this: a search (Optuna), not a grid; no per-level effects
+CSV_COLUMNS = ["factor", "level", "n_jobs", "n_failed", *[f"mean_{m}" for m in METRICS], "vs",
+               "n_pairs", "n_seeds", "n_better", "n_worse",
+               *[f"diff_{m}{s}" for m in METRICS for s in ("", "_low", "_high")]]
 
 
 def completed(df: pd.DataFrame) -> pd.DataFrame:
@@ -167,7 +170,7 @@ class Analysis:
     interactions: list[Interaction] = field(default_factory=list)
     sentences: list[str] = field(default_factory=list)
     balanced: bool = True
-    csv: pd.DataFrame = field(default_factory=pd.DataFrame)
+    csv: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=CSV_COLUMNS))
 
 
 def level_means(df: pd.DataFrame, factor: str) -> pd.DataFrame:
@@ -222,10 +225,7 @@ def effects_csv(level_table: pd.DataFrame, comparisons: list[Comparison]) -> pd.
                 out.update({f"diff_{metric}": neg(c.mean), f"diff_{metric}_low": neg(c.high),
                             f"diff_{metric}_high": neg(c.low)})
         rows.append(out)
-    columns = ["factor", "level", "n_jobs", "n_failed", *[f"mean_{m}" for m in METRICS], "vs",
-               "n_pairs", "n_seeds", "n_better", "n_worse",
-               *[f"diff_{m}{s}" for m in METRICS for s in ("", "_low", "_high")]]
-    out = pd.DataFrame(rows).reindex(columns=columns)
+    out = pd.DataFrame(rows).reindex(columns=CSV_COLUMNS)
     counts = ["n_pairs", "n_seeds", "n_better", "n_worse"]
     out[counts] = out[counts].astype("Int64")  # empty on the first level's row, not 3.0
     return out.round(4)
@@ -260,4 +260,7 @@ def clause(c: Comparison) -> str:
 
 
 def sentence(factor: str, comparisons: list[Comparison]) -> str:
+    if all(c.n_pairs == 0 for c in comparisons):
+        return (f"{factor}: no two completed jobs differ only in {factor}, so its effect is not "
+                "separated from the other factors'.")
     return f"{factor}: " + "; ".join(clause(c) for c in comparisons) + "."

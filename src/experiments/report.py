@@ -22,6 +22,7 @@ import yaml
 from experiments import effects
 from experiments.atomic import atomic_write
 from experiments.groups import CONFIG_GROUPS
+from experiments.report_md import report_markdown
 from experiments.summary import SUMMARY_FILE
 from experiments.tables import RESULT_COLUMNS, by_config_shown, markdown, shared_and_shown, shared_line
 
@@ -213,8 +214,6 @@ def write_tables(roots: list[Path], out_dir: Path, jobs: list[Job] | None = None
     """summary.csv, effects.csv, summary.md (and summary_by_config.csv when seeds repeat a
     configuration), and with `plots` the PNGs in out_dir/plots, drawn first so that summary.md
     embeds them. From `jobs` when the caller already read them."""
-    from experiments.report_md import report_markdown
-
     jobs = load_sweeps(roots) if jobs is None else jobs
     out_dir.mkdir(parents=True, exist_ok=True)
     if not jobs:
@@ -222,7 +221,7 @@ def write_tables(roots: list[Path], out_dir: Path, jobs: list[Job] | None = None
         return None
     result = analyse(jobs)
     if plots:
-        from experiments.plots import write_plots  # matplotlib: only when plots are asked for
+        from experiments.plots import write_plots  # it imports this module (Job)
 
         write_plots(jobs, result.df, result.configs, out_dir / "plots")
     write_csv(out_dir / "summary.csv", result.table)

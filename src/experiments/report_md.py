@@ -4,6 +4,7 @@ factor did, the plots, what failed, what produced the numbers, and every job."""
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,6 +64,10 @@ def grid_section(result: SweepReport) -> list[str]:
     if not factors or done.empty:
         return []
     stats = done.groupby(factors)["test_acc"].agg(["mean", "std", "count"])
+    cells_in_grid = math.prod(len(levels(df, f)) for f in factors)
+    if len(stats) < cells_in_grid / 2:  # e.g. a random search: the job table says more
+        return ["## Grid: test accuracy (%)", "", f"Not shown: only {len(stats)} of the "
+                f"{cells_in_grid} combinations of {', '.join(factors)} have a completed job.", ""]
     balanced = result.analysis.balanced
     cells = pd.Series([mean_pm_std("test_acc", m, s) + ("" if balanced else f" (n={n})")
                        for m, s, n in zip(stats["mean"], stats["std"], stats["count"])], index=stats.index)
@@ -97,6 +102,8 @@ def effects_section(analysis: effects.Analysis) -> list[str]:
         searched = (f" ({', '.join(analysis.searched)} take more than {effects.MAX_LEVELS} values:"
                     " a search, not a grid)") if analysis.searched else ""
         return ["## Effects", "", f"No factor to analyse{searched}.", ""] if searched else []
+    if analysis.levels.empty:
+        return ["## Effects", "", "No completed job yet: nothing to compare.", ""]
     text = ["## Effects", "",
             "Each factor's effect on test accuracy, in points, from *pairs* of completed jobs that "
             "differ only in that factor (same other choices, same seed); the 95% interval of the "
@@ -106,7 +113,7 @@ def effects_section(analysis: effects.Analysis) -> list[str]:
         text += ["The grid is unbalanced (a failed, missing or extra job): the per-level means "
                  "below mix in the other factors; the paired differences do not.", ""]
     levels_table = analysis.levels.rename(columns={
-        "n_jobs": "completed", "n_failed": "failed", "mean_test_acc": "test acc (%)",
+        "n_jobs": "completed jobs", "n_failed": "failed", "mean_test_acc": "test acc (%)",
         "mean_best_val_acc": "best val acc (%)"})
     for column in ("test acc (%)", "best val acc (%)"):
         levels_table[column] = levels_table[column].map(lambda x: "" if missing(x) else f"{x:.2f}")
@@ -141,8 +148,8 @@ def plots_section(out_dir: Path) -> list[str]:
 
     drawn = [(name, title) for name, title in PLOTS.items() if (out_dir / "plots" / name).exists()]
     if not drawn:
-        return ["## Plots", "", "Not drawn yet: they are drawn when the sweep ends, or by "
-                "`python -m experiments.summarize DIR`.", ""]
+        return ["## Plots", "", "None yet: they are drawn from the jobs' metrics.csv when the "
+                "sweep ends, or by `python -m experiments.summarize DIR`.", ""]
     return ["## Plots", "", *[line for name, title in drawn
                               for line in (f"### {title}", "", f"![{title}](plots/{name})", "")]]
 

@@ -53,12 +53,12 @@ def markdown(table: pd.DataFrame, columns: list[str] | None = None) -> str:
 
 
 def constant_columns(table: pd.DataFrame, keep=("status", "best")) -> dict[str, Any]:
-    """Config columns with one value in every row (shown once above a table)."""
+    """Config columns with one (non-empty) value in every row (shown once above a table)."""
     if len(table) < 2:
         return {}
     return {c: table[c].iloc[0] for c in table.columns
             if c not in keep and c not in RESULT_COLUMNS and c != "job"
-            and table[c].astype(str).nunique() == 1}
+            and table[c].astype(str).nunique() == 1 and fmt(c, table[c].iloc[0])}
 
 
 def shared_and_shown(table: pd.DataFrame) -> tuple[dict[str, Any], list[str]]:
@@ -71,7 +71,7 @@ def shared_and_shown(table: pd.DataFrame) -> tuple[dict[str, Any], list[str]]:
 
 
 def shared_line(same: dict[str, Any]) -> str:
-    return "all jobs: " + " ".join(f"{k}={fmt(k, v)}" for k, v in same.items() if fmt(k, v))
+    return "all jobs: " + " ".join(f"{k}={fmt(k, v)}" for k, v in same.items())
 
 
 def by_config_shown(configs: pd.DataFrame, same: dict[str, Any], metrics: tuple[str, ...]) -> pd.DataFrame:
