@@ -255,3 +255,14 @@ def test_a_random_search_gets_no_grid_and_no_claims(tmp_path):
     assert "Not shown: only 3 of the 9 combinations of optim.lr, optim.weight_decay" in md
     assert "- optim.lr: no two completed jobs differ only in optim.lr" in md
     assert "**optim.lr=0.2 optim.weight_decay=1e-3**: best validation accuracy 43.00" in md
+
+
+def test_agreement_counts_the_pairs_on_the_side_of_the_mean(tmp_path):
+    diffs = [-1, -1, 3]  # sgd - adamw: the mean favours sgd, but 2 of 3 pairs favour adamw
+    grid = {}
+    for seed, d in enumerate(diffs):
+        grid[("sgd", "basic", seed)], grid[("adamw", "basic", seed)] = 50 + d, 50
+    result = fabricate(tmp_path / "s", grid)
+    assert "sgd is 0.3 points ahead on average (1 of 3 pairs)" in result.analysis.sentences[0]
+    md = (tmp_path / "s" / "summary.md").read_text()
+    assert "| optim | sgd − adamw | 3 | 3 | 1/3 |" in md

@@ -54,6 +54,24 @@ def job_label(job_name: str, sweep: str, several_sweeps: bool) -> str:
     return f"{sweep}/{label(job_name)}" if several_sweeps else label(job_name)
 
 
+SEED_STYLES = ("-", "--", ":", "-.")
+
+
+def line_styles(jobs: list[Job]) -> dict[Path, dict]:
+    """One colour per configuration, one line style per seed: a configuration's seeds read as
+    one family of lines."""
+    def config(job: Job) -> tuple:
+        return job.sweep, tuple(sorted((k, v) for k, v in job.overrides.items() if k != "seed"))
+
+    def seed(job: Job) -> str:
+        return str(job.overrides.get("seed", job.summary.get("seed")))
+
+    configs, seeds = list(dict.fromkeys(map(config, jobs))), list(dict.fromkeys(map(seed, jobs)))
+    colors = pyplot().get_cmap("tab10" if len(configs) <= 10 else "tab20")
+    return {j.path: {"color": colors(configs.index(config(j)) % colors.N),
+                     "linestyle": SEED_STYLES[seeds.index(seed(j)) % len(SEED_STYLES)]} for j in jobs}
+
+
 def curve_plot(jobs: list[Job], column: str, ylabel: str, title: str, path: Path) -> bool:
     from matplotlib.ticker import MaxNLocator
 
@@ -62,11 +80,11 @@ def curve_plot(jobs: list[Job], column: str, ylabel: str, title: str, path: Path
         return False
     fig, ax = pyplot().subplots(figsize=(8, 5))
     scale = 100.0 if column.endswith("acc") else 1.0
-    several = len({j.sweep for j in jobs}) > 1
+    several, style = len({j.sweep for j in jobs}) > 1, line_styles(drawn)
     for job in drawn:
         points = [(m["epoch"], m[column] * scale) for m in job.metrics if column in m]
         ax.plot(*zip(*points), marker="o" if len(points) < 15 else None, markersize=3,
-                label=job_label(job.name, job.sweep, several))
+                label=job_label(job.name, job.sweep, several), **style[job.path])
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     values = [m[column] for j in drawn for m in j.metrics if column in m]

@@ -97,6 +97,11 @@ def with_interval(c: Comparison) -> str:
     return points(c.mean) + ("" if c.low is None else f" [{c.low:+.2f}, {c.high:+.2f}]")
 
 
+def agreeing(c: Comparison) -> int:
+    """Pairs on the side of the mean difference (as the sentences count them)."""
+    return c.n_better if c.mean >= 0 else c.n_worse
+
+
 def effects_section(analysis: effects.Analysis) -> list[str]:
     if not analysis.factors:
         searched = (f" ({', '.join(analysis.searched)} take more than {effects.MAX_LEVELS} values:"
@@ -120,7 +125,7 @@ def effects_section(analysis: effects.Analysis) -> list[str]:
     text += ["### Per level (mean over completed jobs)", "", markdown(levels_table)]
     pairs = pd.DataFrame([{
         "factor": c.factor, "difference": f"{c.level} − {c.vs}", "pairs": c.n_pairs,
-        "seeds": c.n_seeds, "agree": f"{max(c.n_better, c.n_worse)}/{c.n_pairs}" if c.n_pairs else "",
+        "seeds": c.n_seeds, "agree": f"{agreeing(c)}/{c.n_pairs}" if c.n_pairs else "",
         "test acc [95%]": with_interval(c),
         "best val acc [95%]": with_interval(v)}
         for c, v in zip(*[[c for c in analysis.comparisons if c.metric == m] for m in effects.METRICS])])

@@ -76,8 +76,8 @@ def shared_line(same: dict[str, Any]) -> str:
 
 def by_config_shown(configs: pd.DataFrame, same: dict[str, Any], metrics: tuple[str, ...]) -> pd.DataFrame:
     """Per-configuration rows with `mean +- std` strings, without the columns in `same`."""
-    shown = configs[[c for c in configs.columns
-                     if c not in same and not c.endswith(("_mean", "_std"))]].copy()
+    shown = configs[[c for c in configs.columns if c not in same and not c.endswith(("_mean", "_std"))
+                     and configs[c].map(lambda v: fmt(c, v) != "").any()]].copy()
     for metric in metrics:
         if f"{metric}_mean" in configs:
             shown[metric] = [mean_pm_std(metric, m, s) for m, s in
