@@ -1,6 +1,8 @@
-"""Reading sweeps back: failures in the table, seed aggregation, partial sweeps, Optuna, launchers."""
+"""Reading sweeps back: failures in the table, seed aggregation, partial sweeps, the report of a
+real grid, plots, provenance, Optuna, launchers."""
 
 import csv
+import importlib.metadata
 import json
 import os
 import statistics
@@ -34,7 +36,7 @@ def test_a_sweep_with_a_failed_job_still_gets_its_table(tmp_path):
     assert rows["0.05"]["status"] == "completed" and rows["-1"]["status"] == "failed"
     assert "optim.lr must be a number > 0" in rows["-1"]["error"]
     md = (sweep / "summary.md").read_text()
-    assert "## Failed jobs" in md and "optim.lr must be a number > 0" in md
+    assert "## Failed and interrupted jobs" in md and "optim.lr must be a number > 0" in md
     assert "| failed |" in proc.stdout and "| completed |" in proc.stdout  # ... and prints the table
 
 
@@ -44,14 +46,14 @@ def test_seed_aggregation_math(tmp_path):
     for i, ((optim, seed), acc) in enumerate(accs.items()):
         fake_job(sweep, f"{i}-preact-{optim}-basic-seed={seed}", [f"optim={optim}", f"seed={seed}"],
                  test_acc=acc, best_val_acc=acc + 0.01, train_time_s=10.0 + seed)
-    table, agg = report.write_tables([sweep], sweep)
-    by_optim = {a["optim"]: a for a in agg}
-    assert by_optim["sgd"]["n"] == 3 and by_optim["adamw"]["n"] == 2
-    assert by_optim["sgd"]["test_acc_mean"] == pytest.approx(0.72)
-    assert by_optim["sgd"]["test_acc_std"] == pytest.approx(statistics.stdev([0.70, 0.72, 0.74]))
-    assert by_optim["adamw"]["test_acc_std"] == pytest.approx(statistics.stdev([0.60, 0.66]))
-    assert by_optim["sgd"]["seeds"] == "0 1 2"
-    assert [a["optim"] for a in agg] == ["sgd", "adamw"]
+    configs = report.write_tables([sweep], sweep).configs
+    by_optim = configs.set_index("optim")
+    assert by_optim.loc["sgd", "n"] == 3 and by_optim.loc["adamw", "n"] == 2
+    assert by_optim.loc["sgd", "test_acc_mean"] == pytest.approx(0.72)
+    assert by_optim.loc["sgd", "test_acc_std"] == pytest.approx(statistics.stdev([0.70, 0.72, 0.74]))
+    assert by_optim.loc["adamw", "test_acc_std"] == pytest.approx(statistics.stdev([0.60, 0.66]))
+    assert by_optim.loc["sgd", "seeds"] == "0 1 2"
+    assert list(configs["optim"]) == ["sgd", "adamw"]
     assert (sweep / "summary_by_config.csv").exists()
     assert "72.00 +- 2.00" in (sweep / "summary.md").read_text()
 
@@ -66,8 +68,8 @@ def test_partial_sweeps_show_running_and_interrupted_jobs(tmp_path):
     (live / "metrics.csv").write_text("epoch,val/acc\n1,0.25\n2,0.375\n")
     fake_job(sweep, "2-preact-sgd-basic", ["optim=sgd"], status="running", pid=2**22 + 12345,
              host=socket.gethostname())
-    table, _ = report.write_tables([sweep], sweep)
-    status = {r["job"]: r for r in table}
+    table = report.write_tables([sweep], sweep).table
+    status = {r["job"]: r for r in table.to_dict("records")}
     assert status["1-preact-sgd-basic"]["status"] == "running"
     assert status["1-preact-sgd-basic"]["epochs_completed"] == 2
     assert status["1-preact-sgd-basic"]["best_val_acc"] == 0.375
@@ -130,3 +132,110 @@ def test_jobs_take_gpus_round_robin(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert [resolve_device("auto", n) for n in range(4)] == [torch.device("cuda", i) for i in (0, 1, 0, 1)]
     assert resolve_device("cuda:1", 0) == torch.device("cuda", 1)
+
+
+TINY = [*SMOKE, "data.train_size=128", "data.val_size=64", "data.test_size=64"]
+PLOT_FILES = ("val_acc.png", "val_loss.png", "train_acc.png", "train_loss.png", "lr.png",
+              "best_val_acc.png", "epochs.png", "test_acc.png")
+
+
+def test_report_of_a_real_grid_over_two_seeds(tmp_path):
+    from PIL import Image
+
+    sweep = tmp_path / "grid"
+    proc = run_train("-m", *TINY, "model=resnet18,preact", "seed=0,1", f"hydra.sweep.dir={sweep}",
+                     cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    md = (sweep / "summary.md").read_text()
+    for section in ("## Pick", "## Grid: test accuracy (%)", "## Effects", "## Plots",
+                    "## Provenance", "## All jobs", "## Per configuration, over seeds"):
+        assert section in md, section
+    assert "4 jobs: 4 completed." in md and "(mean +- std over 2 seeds)" in md
+    (sentence,) = [line for line in md.splitlines() if line.startswith("- model: ")]
+    assert "of 2 pairs" in sentence and "95% interval [" in sentence  # two seeds: an interval
+    effects = list(csv.DictReader(open(sweep / "effects.csv")))
+    assert [(r["factor"], r["level"], r["vs"]) for r in effects] == [
+        ("model", "resnet18", ""), ("model", "preact", "resnet18")]
+    assert (effects[1]["n_pairs"], effects[1]["n_seeds"]) == ("2", "2")
+    assert effects[1]["diff_test_acc_low"] and effects[1]["n_jobs"] == "2"
+    for png in PLOT_FILES:
+        assert f"](plots/{png})" in md, png
+        with Image.open(sweep / "plots" / png) as img:
+            assert img.format == "PNG" and img.size[0] > 300 and img.size[1] > 150, png
+    provenance = md.split("## Provenance")[1].split("## All jobs")[0]
+    assert "Every completed job:" in provenance and "differs" not in provenance  # stated once
+    summary = json.loads(next(sweep.glob("0-*/summary.json")).read_text())
+    assert f"- code.commit: `{summary['provenance']['code']['commit']}`" in provenance
+    assert "- data.source: `generated`" in provenance and "- versions.torch: `" in provenance
+    assert "model=resnet18,preact" in summary["provenance"]["command"]
+
+
+def test_provenance_in_summary_and_resume_with_changed_code_warns(tmp_path):
+    run = tmp_path / "run"
+    args = [*TINY, "trainer.keep_checkpoint=true", f"hydra.run.dir={run}"]
+    proc = run_train(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first = json.loads((run / "summary.json").read_text())
+    prov = first["provenance"]
+    assert set(prov) == {"code", "versions", "device_name", "data", "command"}
+    assert set(prov["versions"]) == {"python", "torch", "torchvision", "timm", "hydra-core", "cuda", "cudnn"}
+    assert prov["versions"]["torch"] == importlib.metadata.version("torch")
+    assert len(prov["code"]["commit"]) == 40 and isinstance(prov["code"]["dirty"], bool)
+    assert prov["device_name"].startswith("cpu") and first["code_changed_on_resume"] is None
+    # the job was killed after its epoch by other code: another commit in its checkpoint
+    payload = torch.load(run / "checkpoint.pt", weights_only=True)
+    payload["code"] = {"commit": "0" * 40, "dirty": False, "diff_sha256": None}
+    torch.save(payload, run / "checkpoint.pt")
+    write_json(run / "summary.json", {**first, "status": "running"})
+    proc = run_train(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    log = (run / "train.log").read_text()
+    assert "RESUMING WITH DIFFERENT CODE" in log and "0" * 40 in log
+    resumed = json.loads((run / "summary.json").read_text())
+    assert resumed["resumed_from_epoch"] == 1
+    assert resumed["code_changed_on_resume"]["checkpoint"]["commit"] == "0" * 40
+    assert resumed["code_changed_on_resume"]["now"] == prov["code"]
+    report.write_tables([run], tmp_path / "report")
+    assert "**Resumed with different code**" in (tmp_path / "report" / "summary.md").read_text()
+
+
+def test_provenance_goes_to_tensorboard_and_wandb(tmp_path, monkeypatch):
+    import wandb
+    from omegaconf import OmegaConf
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from experiments.tracking import Tracker
+
+    seen = {}
+    monkeypatch.setattr(wandb, "init", lambda **kw: seen.update(kw) or None)
+    cfg = OmegaConf.create({"tensorboard": {"enabled": True}, "wandb": {
+        "enabled": True, "project": "p", "entity": None, "group": None, "tags": [],
+        "mode": "offline", "system_stats": False}})
+    prov = {"code": {"commit": "c0ffee", "dirty": False, "diff_sha256": None}}
+    with Tracker(cfg, tmp_path, run_name="r", group=None, config={"seed": 0}, provenance=prov):
+        pass
+    assert seen["config"] == {"seed": 0, "provenance": prov}
+    acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})
+    acc.Reload()
+    (event,) = acc.Tensors("provenance/text_summary")
+    assert "c0ffee" in event.tensor_proto.string_val[0].decode()
+
+
+def test_data_provenance_identifies_the_cache_without_reading_it(tmp_path):
+    from omegaconf import OmegaConf
+
+    from experiments.provenance import data_source
+
+    url = "https://example.org/cifar-10-python.tar.gz"
+    cfg = OmegaConf.create({"name": "cifar10", "root": str(tmp_path), "url": url})
+    assert data_source(cfg) == {"name": "cifar10", "source": url, "cache": None, "cache_id": None}
+    cache = tmp_path / "cifar10.uint8.pt"  # where data.py decodes CIFAR-10 to
+    cache.write_bytes(b"x" * 10)
+    first = data_source(cfg)
+    assert first["cache"] == str(cache.resolve()) and len(first["cache_id"]) == 16
+    assert data_source(cfg) == first
+    os.utime(cache, ns=(0, cache.stat().st_mtime_ns + 10**9))  # rewritten: same size, new mtime
+    assert data_source(cfg)["cache_id"] != first["cache_id"]
+    synthetic = OmegaConf.create({"name": "synthetic"})
+    assert data_source(synthetic) == {"name": "synthetic", "source": "generated", "cache": None,
+                                      "cache_id": None}

@@ -1,9 +1,10 @@
 """Hydra callbacks: a sweep's summary kept current, and an output directory checked up front.
 
-After every job (completed or failed) the sweep's tables are rebuilt from disk, so they are
-complete even when a job fails: Hydra then skips `on_multirun_end`. The final tables, plots and
-the printed table come from an exit hook registered when the multirun starts, which runs
-whichever way the sweep ends.
+After every job (completed or failed) the sweep's report (summary.md, summary.csv, effects.csv)
+is rebuilt from disk, so it is complete even when a job fails: Hydra then skips
+`on_multirun_end`. The plots (matplotlib takes seconds: drawn once), the final report and the
+printed table come from an exit hook registered when the multirun starts, which runs whichever
+way the sweep ends.
 """
 
 from __future__ import annotations

@@ -246,8 +246,17 @@ def cached(cache: Path, cfg, build: Callable[[], ImageData], stamp: str | None =
     return data
 
 
+def cache_path(cfg) -> Path | None:
+    """Where the dataset of `cfg` is decoded to once (None: synthetic data is never cached)."""
+    if cfg.name == "synthetic":
+        return None
+    if cfg.name == "folder":
+        return cache_dir(cfg) / f".cache-{cfg.image_size}px-{cfg.channels}ch.uint8.pt"
+    return cache_dir(cfg) / f"{cfg.name}.uint8.pt"
+
+
 def load_cifar(cfg) -> ImageData:
-    return cached(cache_dir(cfg) / f"{cfg.name}.uint8.pt", cfg,
+    return cached(cache_path(cfg), cfg,
                   lambda: read_cifar_archive(fetch(cfg, cfg.url, cfg.md5), CIFAR_FORMATS[cfg.name]))
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from experiments.data import ImageData, Split, cache_dir, cached
+from experiments.data import ImageData, Split, cache_path, cached
 from experiments.errors import DataError
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -84,5 +84,4 @@ def load_folder(cfg) -> ImageData:
         return ImageData(decode_split(train, cfg.image_size, cfg.channels),
                          decode_split(test, cfg.image_size, cfg.channels), classes)
 
-    cache = cache_dir(cfg) / f".cache-{cfg.image_size}px-{cfg.channels}ch.uint8.pt"
-    return cached(cache, cfg, build, stamp(root, train + test, classes))
+    return cached(cache_path(cfg), cfg, build, stamp(root, train + test, classes))

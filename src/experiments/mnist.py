@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from experiments.data import ImageData, Split, cache_dir, cached, fetch
+from experiments.data import ImageData, Split, cache_path, cached, fetch
 from experiments.errors import DataError
 
 IDX_UINT8 = 0x08
@@ -47,4 +47,4 @@ def load_mnist(cfg) -> ImageData:
         return ImageData(load_split(cfg, "train_images", "train_labels"),
                          load_split(cfg, "test_images", "test_labels"), [str(d) for d in range(10)])
 
-    return cached(cache_dir(cfg) / "mnist.uint8.pt", cfg, build)
+    return cached(cache_path(cfg), cfg, build)

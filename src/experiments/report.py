@@ -1,7 +1,9 @@
-"""Reading sweeps back: one row per job, tables (CSV, Markdown, terminal) and seed aggregation.
+"""Reading sweeps back: one row per job (a pandas DataFrame), and a sweep's files: summary.csv,
+summary_by_config.csv, effects.csv and summary.md.
 
 Everything is rebuilt from the job directories on disk (their summary.json, metrics.csv and
 .hydra/overrides.yaml), so it works on any sweep: finished, partial, still running, or killed.
+In a notebook: `from experiments.report import load_sweep; df = load_sweep("multirun/...")`.
 """
 
 from __future__ import annotations
@@ -10,21 +12,25 @@ import csv
 import json
 import os
 import socket
-import statistics
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 import yaml
 
+from experiments import effects
 from experiments.atomic import atomic_write
 from experiments.groups import CONFIG_GROUPS
+from experiments.report_md import report_markdown
 from experiments.summary import SUMMARY_FILE
+from experiments.tables import RESULT_COLUMNS, by_config_shown, markdown, shared_and_shown, shared_line
 
-CHOICE_COLUMNS = CONFIG_GROUPS  # every job's option of each group, swept or not
-RESULT_COLUMNS = ("status", "best_val_acc", "test_acc", "test_acc_final", "test_tta_acc",
-                  "epochs_completed", "early_stopped", "train_time_s", "images_per_s", "error")
+SEED = effects.SEED
+INT_COLUMNS = ("epochs_completed", "best_epoch", "resumed_from_epoch")
+NUMERIC_COLUMNS = ("best_val_acc", "test_acc", "test_acc_final", "test_tta_acc", "train_time_s",
+                   "images_per_s")  # None in some jobs: still numbers, for means
+NESTED = ("provenance", "code_changed_on_resume")  # dicts in summary.json: dotted columns here
 BEST_MARK = "*"
 
 
@@ -40,11 +46,11 @@ class Job:
     def name(self) -> str:
         return self.path.name
 
-    @property
-    def label(self) -> str:
-        """A short legend label: the directory name without its job number."""
-        head, _, rest = self.name.partition("-")
-        return rest if head.isdigit() and rest else self.name
+
+def label(job_name: str) -> str:
+    """A short legend label: the directory name without its job number."""
+    head, _, rest = job_name.partition("-")
+    return rest if head.isdigit() and rest else job_name
 
 
 def find_job_dirs(root: Path) -> list[Path]:
@@ -110,131 +116,72 @@ def load_sweeps(roots: list[Path]) -> list[Job]:
     return [load_job(d, Path(root).name) for root in roots for d in find_job_dirs(Path(root))]
 
 
+# --- one row per job -------------------------------------------------------------------------
+
 def override_columns(jobs: list[Job]) -> list[str]:
-    """Every key some job overrides, except those the choice columns already show."""
-    keys = {k for job in jobs for k in job.overrides if k not in CHOICE_COLUMNS}
+    """Every key some job overrides, except those the choice columns and `seed` already show."""
+    keys = {k for job in jobs for k in job.overrides if k not in CONFIG_GROUPS and k != SEED}
     return sorted(keys)
 
 
-def rows(jobs: list[Job], with_sweep: bool = False) -> list[dict[str, Any]]:
-    """One dict per job, sorted by test accuracy; BEST_MARK on the best *validation* accuracy."""
-    extra = override_columns(jobs)
-    table = []
-    for job in jobs:
-        s, choices = job.summary, job.summary.get("choices") or {}
-        row = {"sweep": job.sweep} if with_sweep else {}
-        row["job"] = job.name
-        row.update({c: job.overrides.get(c, choices.get(c, "")) for c in CHOICE_COLUMNS})
-        row.update({k: job.overrides.get(k, "") for k in extra})
-        row.update({c: s.get(c) for c in RESULT_COLUMNS})
-        row["best"] = ""
-        table.append(row)
-    done = [r for r in table if r["status"] == "completed" and r["best_val_acc"] is not None]
-    if done:
-        max(done, key=lambda r: r["best_val_acc"])["best"] = BEST_MARK
-    return sorted(table, key=lambda r: (r["test_acc"] is None, -(r["test_acc"] or 0.0)))
+def job_record(job: Job, overridden: list[str]) -> dict[str, Any]:
+    s, choices = job.summary, job.summary.get("choices") or {}
+    record = {"sweep": job.sweep, "job": job.name}
+    record.update({g: job.overrides.get(g, choices.get(g)) or "" for g in CONFIG_GROUPS})
+    record.update({k: job.overrides.get(k, "") for k in overridden})
+    seed = job.overrides.get(SEED, s.get(SEED))
+    record[SEED] = "" if seed is None else str(seed)
+    record.update({c: s.get(c) for c in RESULT_COLUMNS})
+    record.update({k: v for k, v in s.items() if k not in record and k not in ("choices", "overrides")
+                   and not (k in NESTED and v is None)})
+    record["overrides"] = " ".join(s.get("overrides") or [f"{k}={v}" for k, v in job.overrides.items()])
+    return record
 
 
-def config_key(row: dict[str, Any], columns: list[str]) -> tuple:
-    return tuple(row[c] for c in columns)
+def jobs_frame(jobs: list[Job]) -> pd.DataFrame:
+    """One row per job: sweep, job, every config group's option, every overridden key, seed,
+    status, every number of summary.json (accuracies as fractions, as there), and its
+    provenance as dotted columns (`provenance.code.commit`, ...). df.attrs["config_columns"]
+    names the columns that define a configuration (groups and overridden keys)."""
+    overridden = override_columns(jobs)
+    df = pd.json_normalize([job_record(j, overridden) for j in jobs], sep=".")
+    for column in NUMERIC_COLUMNS:
+        df[column] = pd.to_numeric(df[column])
+    for column in INT_COLUMNS:
+        if column in df:
+            df[column] = pd.to_numeric(df[column]).round().astype("Int64")
+    df.attrs["config_columns"] = [*CONFIG_GROUPS, *overridden]
+    return df
 
 
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    if not values:
-        return None, None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+def load_sweep(*roots: str | Path) -> pd.DataFrame:
+    """The jobs of one or more sweep (or single-run) directories, one row per job."""
+    return jobs_frame(load_sweeps([Path(r) for r in roots]))
 
 
-def aggregate_seeds(table: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Completed rows grouped by configuration (every column but the job, its seed and results):
-    mean and sample standard deviation over seeds, with the count. Sorted by mean test accuracy."""
-    skip = {"job", "seed", "best", *RESULT_COLUMNS}
-    columns = [c for c in (table[0] if table else {}) if c not in skip]
-    groups: dict[tuple, list[dict]] = defaultdict(list)
-    for row in table:
-        if row["status"] == "completed":
-            groups[config_key(row, columns)].append(row)
-    out = []
-    for key, members in groups.items():
-        agg = dict(zip(columns, key))
-        agg["n"] = len(members)
-        seeds = sorted(str(r.get("seed", "")) for r in members)
-        agg["seeds"] = " ".join(sorted(seeds, key=lambda x: (len(x), x))).strip()
-        for metric in ("test_acc", "best_val_acc", "train_time_s"):
-            values = [r[metric] for r in members if r[metric] is not None]
-            agg[f"{metric}_mean"], agg[f"{metric}_std"] = mean_std(values)
-        out.append(agg)
-    return sorted(out, key=lambda r: -(r["test_acc_mean"] or 0.0))
+def table_columns(df: pd.DataFrame) -> list[str]:
+    """summary.csv's columns: the sweep (when several), the job, its configuration and seed,
+    and the results."""
+    sweep = ["sweep"] if df["sweep"].nunique() > 1 else []
+    return [*sweep, "job", *df.attrs["config_columns"], SEED, *RESULT_COLUMNS, "best"]
 
 
-# --- formatting ------------------------------------------------------------------------------
-
-def fmt(column: str, value: Any) -> str:
-    if isinstance(value, str) and len(value) > 8:
-        try:  # a long sampled number (Optuna): 4 significant digits are enough to read
-            return f"{float(value):.4g}"
-        except ValueError:
-            return value
-    if value is None or isinstance(value, (str, bool)):
-        return "" if value is None else str(value)
-    if "acc" in column.split("_"):  # accuracies are fractions: shown in %
-        return f"{100 * value:.2f}"
-    if isinstance(value, float):
-        return f"{value:.1f}" if abs(value) >= 10 else f"{value:.3g}"
-    return str(value)
+def job_table(df: pd.DataFrame, pick: dict | None) -> pd.DataFrame:
+    """Sorted by test accuracy; BEST_MARK on the jobs of the configuration picked on validation."""
+    table = df.copy()
+    picked = pd.Series(True, index=df.index)
+    for column, value in (pick or {}).get("config", {}).items():
+        picked &= df[column] == value
+    table["best"] = picked.map({True: BEST_MARK, False: ""}) if pick else ""
+    table = table.sort_values("test_acc", ascending=False, na_position="last", kind="stable")
+    return table[[c for c in table_columns(df) if c in table]]
 
 
-def markdown(table: list[dict[str, Any]], columns: list[str] | None = None) -> str:
-    if not table:
-        return "(no jobs)\n"
-    columns = columns or list(table[0])
-    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    for row in table:
-        cells = [fmt(c, row.get(c)).replace("|", "\\|").replace("\n", " ") for c in columns]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+# --- files -----------------------------------------------------------------------------------
 
-
-def constant_columns(table: list[dict[str, Any]], keep=("status", "best")) -> dict[str, Any]:
-    """Config columns with one value in every row (shown once above a table)."""
-    if len(table) < 2:
-        return {}
-    return {c: table[0][c] for c in table[0]
-            if c not in keep and c not in RESULT_COLUMNS and c != "job"
-            and len({str(r.get(c)) for r in table}) == 1}
-
-
-def shared_and_shown(table: list[dict[str, Any]]) -> tuple[dict[str, Any], list[str]]:
-    """The values every job shares (listed once, above the table) and the columns that vary
-    (the table's). summary.csv keeps every column, for programs."""
-    same = constant_columns(table)
-    shown = [c for c in table[0] if c not in same and c != "error"
-             and any(r.get(c) not in (None, "") for r in table)]
-    return same, shown
-
-
-def shared_line(same: dict[str, Any]) -> str:
-    return "all jobs: " + " ".join(f"{k}={fmt(k, v)}" for k, v in same.items() if v not in (None, ""))
-
-
-def mean_pm_std(agg: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Aggregated rows with `mean +- std` strings, for Markdown."""
-    shown = []
-    for row in agg:
-        out = {k: v for k, v in row.items() if not k.endswith(("_mean", "_std"))}
-        for metric in ("test_acc", "best_val_acc", "train_time_s"):
-            mean, std = row[f"{metric}_mean"], row[f"{metric}_std"]
-            out[metric] = "" if mean is None else f"{fmt(metric, mean)} +- {fmt(metric, std)}"
-        shown.append(out)
-    return shown
-
-
-def write_csv(path: Path, table: list[dict[str, Any]]) -> None:
-    with atomic_write(path) as tmp, open(tmp, "w", newline="") as f:
-        if table:
-            writer = csv.DictWriter(f, list(table[0]))
-            writer.writeheader()
-            writer.writerows(table)
+def write_csv(path: Path, table: pd.DataFrame) -> None:
+    with atomic_write(path) as tmp:
+        table.to_csv(tmp, index=False)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -242,48 +189,64 @@ def write_text(path: Path, text: str) -> None:
         tmp.write_text(text)
 
 
-def has_seed_repeats(agg: list[dict[str, Any]]) -> bool:
-    return any(row["n"] > 1 for row in agg)
+@dataclass
+class SweepReport:
+    """What one pass over a sweep computed: its jobs, their table, the per-configuration
+    aggregate, the pick and the effects."""
+
+    df: pd.DataFrame
+    table: pd.DataFrame
+    configs: pd.DataFrame
+    pick: dict | None
+    analysis: effects.Analysis
 
 
-def write_tables(roots: list[Path], out_dir: Path,
-                 jobs: list[Job] | None = None) -> tuple[list[dict], list[dict]]:
-    """summary.csv, summary.md (and summary_by_config.csv when seeds repeat a configuration),
-    from `jobs` when the caller already read them."""
+def analyse(jobs: list[Job]) -> SweepReport:
+    df = jobs_frame(jobs)
+    configs = effects.by_config(df, df.attrs["config_columns"])
+    pick = effects.pick(configs, df.attrs["config_columns"])
+    return SweepReport(df, job_table(df, pick), configs, pick,
+                       effects.analyse(df, df.attrs["config_columns"]))
+
+
+def write_tables(roots: list[Path], out_dir: Path, jobs: list[Job] | None = None,
+                 plots: bool = False) -> SweepReport | None:
+    """summary.csv, effects.csv, summary.md (and summary_by_config.csv when seeds repeat a
+    configuration), and with `plots` the PNGs in out_dir/plots, drawn first so that summary.md
+    embeds them. From `jobs` when the caller already read them."""
     jobs = load_sweeps(roots) if jobs is None else jobs
-    table = rows(jobs, with_sweep=len(roots) > 1)
-    agg = aggregate_seeds(table)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_csv(out_dir / "summary.csv", table)
-    same, shown = shared_and_shown(table) if table else ({}, [])
-    text = ["# Sweep summary", "", f"Sweeps: {', '.join(str(r) for r in roots)}", "",
-            f"Sorted by test accuracy (%). `{BEST_MARK}` marks the best validation accuracy: the "
-            "configuration to pick. Test accuracy is for reporting, never for choosing.", "",
-            *([shared_line(same), ""] if same else []), markdown(table, shown)]
-    failed = [r for r in table if r["status"] == "failed"]
-    if failed:
-        text += ["## Failed jobs", ""] + [f"- `{r['job']}`: {r['error']}" for r in failed] + [""]
-    if has_seed_repeats(agg):
-        write_csv(out_dir / "summary_by_config.csv", agg)
-        text += ["## Per configuration, over seeds (mean +- std, n seeds)", "",
-                 markdown(mean_pm_std(agg), [c for c in mean_pm_std(agg)[0] if c not in same])]
-    write_text(out_dir / "summary.md", "\n".join(text))
-    return table, agg
+    if not jobs:
+        write_text(out_dir / "summary.md", "# Sweep report\n\n(no jobs)\n")
+        return None
+    result = analyse(jobs)
+    if plots:
+        from experiments.plots import write_plots  # it imports this module (Job)
+
+        write_plots(jobs, result.df, result.configs, out_dir / "plots")
+    write_csv(out_dir / "summary.csv", result.table)
+    write_csv(out_dir / "effects.csv", result.analysis.csv)
+    if (result.configs["n"] > 1).any():
+        write_csv(out_dir / "summary_by_config.csv", result.configs)
+    write_text(out_dir / "summary.md", report_markdown(roots, result, out_dir))
+    return result
 
 
-def terminal_table(table: list[dict], agg: list[dict]) -> str:
-    """The table for a terminal: columns that never vary are listed once above it."""
-    if not table:
+def terminal_table(result: SweepReport | None) -> str:
+    """The table for a terminal: columns that never vary are listed once above it, then the
+    per-configuration means and the effects in a sentence each."""
+    if result is None:
         return "(no jobs)"
-    same, shown = shared_and_shown(table)
+    same, shown = shared_and_shown(result.table)
     text = shared_line(same) + "\n\n" if same else ""
-    text += markdown(table, shown)
-    failed = [f"  {r['job']}: {r['error']}" for r in table if r["status"] == "failed"]
+    text += markdown(result.table, shown)
+    failed = [f"  {r.job}: {r.error}" for r in result.table.itertuples() if r.status == "failed"]
     if failed:
         text += "\nfailed:\n" + "\n".join(failed) + "\n"
-    if has_seed_repeats(agg):
-        agg_shown = [c for c in mean_pm_std(agg)[0] if c not in same]
+    if (result.configs["n"] > 1).any():
         text += "\nper configuration, over seeds (accuracy in %, mean +- std):\n"
-        text += markdown(mean_pm_std(agg), agg_shown)
+        text += markdown(by_config_shown(result.configs, same, effects.AGGREGATED))
+    if result.analysis.sentences:
+        text += "\neffects (test accuracy, paired over jobs that differ only in that factor):\n"
+        text += "\n".join(f"  {s}" for s in result.analysis.sentences) + "\n"
     return text
-

@@ -3,8 +3,8 @@
     python -m experiments.summarize multirun/2026-11-29/10-00-00
     experiments-summarize multirun/2026-11-29/10-00-00 multirun/2026-11-30/09-00-00 --out both/
 
-One directory: summary.csv, summary.md (+ summary_by_config.csv with repeated seeds) and
-plots/*.png are written into it. Several: one combined table, written to --out.
+One directory: summary.md (the report), summary.csv, effects.csv (+ summary_by_config.csv with
+repeated seeds) and plots/*.png are written into it. Several: one combined report, to --out.
 """
 
 from __future__ import annotations
@@ -13,17 +13,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from experiments.report import load_sweeps, terminal_table, write_tables
+from experiments.report import terminal_table, write_tables
 
 
 def summarize(roots: list[Path], out_dir: Path, plots: bool = True) -> str:
-    jobs = load_sweeps(roots)  # read once, for the tables and the plots
-    table, agg = write_tables(roots, out_dir, jobs)
-    if plots and table:
-        from experiments.plots import write_plots  # matplotlib: only when plots are asked for
-
-        write_plots(jobs, agg, out_dir / "plots")
-    return terminal_table(table, agg)
+    return terminal_table(write_tables(roots, out_dir, plots=plots))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("several sweeps give one combined table: say where with --out DIR")
     out_dir = args.out or args.sweeps[0]
     print(summarize(args.sweeps, out_dir, plots=not args.no_plots))
-    print(f"written to {out_dir}/summary.md, summary.csv" + ("" if args.no_plots else ", plots/"))
+    print(f"written to {out_dir}/summary.md, summary.csv, effects.csv"
+          + ("" if args.no_plots else ", plots/"))
     return 0
 
 

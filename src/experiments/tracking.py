@@ -7,8 +7,9 @@ multirun process an unfinished `wandb.init` run would be returned again to the n
 from __future__ import annotations
 
 import csv
-import uuid
+import json
 import logging
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -48,13 +49,15 @@ class MetricsCSV:
 
 class Tracker:
     """`resumed_after` (an epoch) continues an interrupted job's runs: TensorBoard drops what
-    the killed job logged after that epoch, W&B resumes the run with id `wandb_id`."""
+    the killed job logged after that epoch, W&B resumes the run with id `wandb_id`.
+    `provenance` (experiments.provenance) goes into the W&B config and a TensorBoard text."""
 
     def __init__(self, cfg, out_dir: Path, *, run_name: str, group: str | None, config: dict,
                  resumed_after: int | None = None, history: list[dict] = (),
-                 wandb_id: str | None = None):
+                 wandb_id: str | None = None, provenance: dict | None = None):
         self.cfg, self.out_dir = cfg, out_dir
         self.run_name, self.group, self.config = run_name, group, config
+        self.provenance = provenance or {}
         self.resumed_after, self.wandb_id = resumed_after, wandb_id
         self.csv = MetricsCSV(out_dir / "metrics.csv", history)
         self.tb = None
@@ -66,6 +69,9 @@ class Tracker:
 
             purge = self.resumed_after + 1 if self.resumed_after is not None else None
             self.tb = SummaryWriter(log_dir=str(self.out_dir / "tb"), purge_step=purge)
+            if self.provenance:  # TensorBoard renders text as Markdown: indented = verbatim
+                text = json.dumps(self.provenance, indent=2, default=str)
+                self.tb.add_text("provenance", "    " + text.replace("\n", "\n    "), 0)
         if self.cfg.wandb.enabled:
             self.wandb_run = self._start_wandb()
         return self
@@ -77,7 +83,8 @@ class Tracker:
         self.wandb_id = self.wandb_id or uuid.uuid4().hex[:12]  # ours, so a resume can reuse it
         return wandb.init(
             project=w.project, entity=w.entity, group=w.group or self.group, name=self.run_name,
-            tags=list(w.tags), mode=w.mode, dir=str(self.out_dir), config=self.config,
+            tags=list(w.tags), mode=w.mode, dir=str(self.out_dir),
+            config={**self.config, "provenance": self.provenance},
             job_type="train", reinit="finish_previous", id=self.wandb_id, resume="allow",
             settings=wandb.Settings(console="off", silent=True, x_disable_stats=not w.system_stats))
 

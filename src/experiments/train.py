@@ -31,6 +31,7 @@ from experiments.data import load_splits
 from experiments.errors import JobFailed, UserError, user_error_in
 from experiments.groups import CONFIG_GROUPS
 from experiments.loader import make_loaders
+from experiments.provenance import collect as collect_provenance, resumed_code_change
 from experiments.schedules import BatchSizes
 from experiments.summary import (SUMMARY_FILE, completed_summary, failed_summary, read_summary,
                                  running_summary, write_json)
@@ -211,6 +212,7 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
     splits = load_splits(cfg.data)
     log.info("data %s: %d train / %d val / %d test images, %d classes", cfg.data.name,
              len(splits.train), len(splits.val or ()), len(splits.test), len(splits.classes))
+    provenance = collect_provenance(cfg, device)  # after the data: its cache now exists
     train_batches, val_batches, test_batches = make_loaders(cfg, splits, device, channels_last)
     batch_sizes, total_steps = batch_plan(cfg, train_batches)
     model = build_model(cfg, device, channels_last)
@@ -228,16 +230,18 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
         log.info("resuming %s after epoch %d of %d", job.output_dir, state.epoch, t.epochs)
     if resume_note:
         log.warning("%s", resume_note)
+    code_changed = resumed_code_change(payload, provenance["code"]) if payload else None
     OmegaConf.save(config, job.output_dir / "config.yaml")  # resolved: every number of this job
     with (Tracker(cfg.logger, job.output_dir, run_name=job.name, group=job.group, config=config,
                   resumed_after=resumed_from, history=state.history if state else [],
-                  wandb_id=payload and payload.get("wandb_id")) as tracker,
+                  wandb_id=payload and payload.get("wandb_id"), provenance=provenance) as tracker,
           CompileWatch(t.compile) as compiled):
 
         def after_epoch(fit_state, metrics):  # log first: a kill in between redoes one epoch
             log_epoch(tracker, fit_state.epoch, t.epochs, metrics)
             save_checkpoint(checkpoint, trainer, fit_state, generators, config,
-                            {"wandb_id": tracker.wandb_id})
+                            {"wandb_id": tracker.wandb_id, "code": provenance["code"],
+                             "code_changed": code_changed})
 
         fit = trainer.fit(
             train_batches, val_batches, t.epochs, state=state, after_epoch=after_epoch,
@@ -252,7 +256,8 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
             "device": str(device), "precision": precision_name(trainer.amp_dtype),
             "seed": cfg.seed, "fingerprint": fingerprint(config),
             "resumed_from_epoch": resumed_from, "resume_note": resume_note,
-            "compile": compiled.status, "wandb_id": tracker.wandb_id})
+            "compile": compiled.status, "wandb_id": tracker.wandb_id,
+            "provenance": provenance, "code_changed_on_resume": code_changed})
         tracker.log_results({"choices": job.choices, **config}, {
             k: summary[k] for k in ("test_acc", "test_acc_final", "test_tta_acc", "best_val_acc",
                                     "epochs_completed")})
