@@ -12,10 +12,10 @@ from torchvision.transforms import InterpolationMode
 
 import torch.nn.functional as F
 
-from experiments import augment as augment_mod
-from experiments.augment import BatchAugment, crop_flip_at, erasing_boxes, rotate_by
+from experiments.batches import augment as augment_mod
+from experiments.batches.augment import BatchAugment, crop_flip_at, erasing_boxes, rotate_by
 from experiments.data import Split
-from experiments.loader import DeviceLoader, Normalize
+from experiments.batches.loaders import DeviceLoader, Normalize
 
 N = 4000
 

@@ -10,13 +10,13 @@ import pytest
 import torch
 
 from conftest import ROOT
-from experiments.checkpoint import FORMAT, CheckpointError, load_checkpoint
-from experiments.config import check_config, check_train_batch_sizes
+from experiments.training.checkpoint import FORMAT, CheckpointError, load_checkpoint
+from experiments.config.checks import check_config, check_train_batch_sizes
 from experiments.data import load_splits
 from experiments.errors import ConfigError
-from experiments.loader import make_loaders
-from experiments.sam import SAM
-from experiments.trainer import Monitor
+from experiments.batches.loaders import make_loaders
+from experiments.training.sam import SAM
+from experiments.training.trainer import Monitor
 
 BASE = ["experiment=smoke", "logger=none", "trainer.epochs=1", "trainer.progress=false"]
 # name: (python flags, overrides, what the message must say); the smoke training set has 768 images

@@ -12,15 +12,15 @@ import torch
 from hydra.utils import instantiate
 from PIL import Image
 
-from experiments.config import check_config
+from experiments.config.checks import check_config
 from experiments.data import load_splits
 from experiments.errors import ConfigError, DataError
-from experiments.loader import PreMadeBatches as Batches
-from experiments.fake_archives import write_mnist_files
-from experiments.sam import SAM
-from experiments.schedules import constant
-from experiments.train import JobInfo, train
-from experiments.trainer import Trainer
+from experiments.batches.loaders import PreMadeBatches as Batches
+from support.archives import write_mnist_files
+from experiments.training.sam import SAM
+from experiments.training.schedules import constant
+from experiments.job import JobInfo, train
+from experiments.training.trainer import Trainer
 
 TINY_DATA = ["data=synthetic", "data.train_size=128", "data.val_size=32", "data.test_size=32"]
 TINY_RUN = ["trainer.epochs=1", "trainer.batch_size=32", "trainer.eval_batch_size=64",
@@ -226,7 +226,7 @@ def test_mnist_reads_the_official_idx_files(tmp_path, compose_cfg, run_job):
 
 
 def test_truncated_idx_file_is_reported(tmp_path, compose_cfg):
-    from experiments.mnist import read_idx
+    from experiments.data.mnist import read_idx
 
     write_mnist_files(tmp_path)
     path = tmp_path / "t10k-images-idx3-ubyte.gz"

@@ -1,20 +1,20 @@
 """Every config group's option is recorded and tabled, swept or not: the list of groups is defined
-once (experiments.groups) and cannot miss a directory of conf/."""
+once (experiments.config.groups) and cannot miss a directory of conf/."""
 
 import csv
 import json
 
 from conftest import CONF, run_train
-from experiments import report
-from experiments.groups import CONFIG_GROUPS, NAMED_GROUPS
-from experiments.summary import write_json
+from experiments.report import sweep as report
+from experiments.config.groups import CONFIG_GROUPS, NAMED_GROUPS
+from experiments.report.summary import write_json
 
 HYDRA_OWN = {"hydra"}  # Hydra's groups (launcher, sweeper, ...): not the job's choices
 
 
 def test_every_conf_group_is_listed_once():
     on_disk = {p.name for p in CONF.iterdir() if p.is_dir()} - HYDRA_OWN
-    assert set(CONFIG_GROUPS) == on_disk, "add the new conf/ group to experiments.groups"
+    assert set(CONFIG_GROUPS) == on_disk, "add the new conf/ group to experiments.config.groups"
     assert len(set(CONFIG_GROUPS)) == len(CONFIG_GROUPS)
     assert set(NAMED_GROUPS) <= set(CONFIG_GROUPS)
 

@@ -9,8 +9,8 @@ from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
 from conftest import CONF
-from experiments.augment import BatchAugment
-from experiments.loader import Normalize
+from experiments.batches.augment import BatchAugment
+from experiments.batches.loaders import Normalize
 
 MODELS, AUGS, OPTIMS, SCHEDS = (sorted(p.stem for p in (CONF / g).glob("*.yaml"))
                                 for g in ("model", "aug", "optim", "sched"))

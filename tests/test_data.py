@@ -13,7 +13,7 @@ import torch
 from experiments import data as data_mod
 from experiments.data import CIFAR_FORMATS, Split, load_splits, read_cifar_archive, split_validation
 from experiments.errors import ConfigError, DataError
-from experiments.fake_archives import write_cifar_archive
+from support.archives import write_cifar_archive
 
 
 def md5(path):

@@ -9,16 +9,16 @@ import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
 
-from experiments.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint
-from experiments.config import check_config
+from experiments.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint
+from experiments.config.checks import check_config
 from experiments.data import Split, load_splits
 from experiments.errors import ConfigError, DataError, UserError
-from experiments.fake_archives import write_cifar_archive, write_mnist_files
-from experiments.loader import DeviceLoader, Normalize
-from experiments.schedules import constant
-from experiments.train import (CompileWatch, JobInfo, build_optimizer, configure_backends,
+from support.archives import write_cifar_archive, write_mnist_files
+from experiments.batches.loaders import DeviceLoader, Normalize
+from experiments.training.schedules import constant
+from experiments.job import (CompileWatch, JobInfo, build_optimizer, configure_backends,
                                explain, maybe_compile, train)
-from experiments.trainer import FitState, Trainer, resolve_device, resolve_precision
+from experiments.training.trainer import FitState, Trainer, resolve_device, resolve_precision
 from test_catalogue import TINY_DATA, TINY_RUN, write_png_tree
 
 CUDA0, CUDA1 = torch.device("cuda", 0), torch.device("cuda", 1)
@@ -259,7 +259,7 @@ def test_an_unwritable_cache_dir_says_which_key_to_set(compose_cfg, tmp_path):
 
 
 def test_the_cache_dir_is_not_part_of_the_config_fingerprint(compose_cfg):
-    from experiments.checkpoint import fingerprint
+    from experiments.training.checkpoint import fingerprint
 
     a, b = (OmegaConf.to_container(compose_cfg(["data=cifar100", f"data.cache_dir={d}"]))
             for d in ("/a", "/b"))

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import CONF
-from experiments.config import check_config
+from experiments.config.checks import check_config
 from experiments.data import load_splits
-from experiments.loader import PreMadeBatches
-from experiments.train import batch_plan, build_model, build_trainer, make_loaders
+from experiments.batches.loaders import PreMadeBatches
+from experiments.job import batch_plan, build_model, build_trainer, make_loaders
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

@@ -12,9 +12,9 @@ import torch
 import yaml
 
 from conftest import run_train
-from experiments import report, summarize
-from experiments.summary import write_json
-from experiments.trainer import resolve_device
+from experiments.report import sweep as report, summarize
+from experiments.report.summary import write_json
+from experiments.training.trainer import resolve_device
 
 SMOKE = ["experiment=smoke", "logger=none", "trainer.epochs=1"]
 
@@ -204,7 +204,7 @@ def test_provenance_goes_to_tensorboard_and_wandb(tmp_path, monkeypatch):
     from omegaconf import OmegaConf
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from experiments.tracking import Tracker
+    from experiments.report.tracking import Tracker
 
     seen = {}
     monkeypatch.setattr(wandb, "init", lambda **kw: seen.update(kw) or None)
@@ -224,7 +224,7 @@ def test_provenance_goes_to_tensorboard_and_wandb(tmp_path, monkeypatch):
 def test_data_provenance_identifies_the_cache_without_reading_it(tmp_path):
     from omegaconf import OmegaConf
 
-    from experiments.provenance import data_source
+    from experiments.report.provenance import data_source
 
     url = "https://example.org/cifar-10-python.tar.gz"
     cfg = OmegaConf.create({"name": "cifar10", "root": str(tmp_path), "url": url})

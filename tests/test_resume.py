@@ -13,8 +13,8 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, run_train
 from experiments.data import load_splits
-from experiments.fake_archives import write_cifar_archive
-from experiments.train import explain
+from support.archives import write_cifar_archive
+from experiments.job import explain
 
 SMOKE = ["experiment=smoke", "trainer.epochs=4", "logger=tensorboard"]
 

@@ -8,7 +8,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from conftest import run_train
-from experiments.train import JobInfo, train
+from experiments.job import JobInfo, train
 
 
 @pytest.mark.parametrize("model", ["timm", "mlp", "lenet"])

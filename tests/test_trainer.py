@@ -5,10 +5,10 @@ import torch
 import torch.nn as nn
 
 from experiments.data import Split
-from experiments.loader import DeviceLoader, Normalize, PreMadeBatches as Batches
+from experiments.batches.loaders import DeviceLoader, Normalize, PreMadeBatches as Batches
 from experiments.models import PreActResNet18
-from experiments.schedules import constant, warmup_cosine
-from experiments.trainer import Monitor, Trainer, resolve_precision
+from experiments.training.schedules import constant, warmup_cosine
+from experiments.training.trainer import Monitor, Trainer, resolve_precision
 
 
 def separable(n: int, classes: int = 4, seed: int = 0) -> Split:
@@ -135,7 +135,7 @@ def test_warmup_cosine_shape():
 
 
 def test_nan_loss_fails_fast_without_a_loss_scaler():
-    from experiments.trainer import DivergedError
+    from experiments.training.trainer import DivergedError
 
     trainer = make_trainer(lr=1e30)
     with pytest.raises(DivergedError, match="diverged"):
@@ -146,7 +146,7 @@ def test_fp16_scaler_tolerates_a_few_skipped_steps():
     trainer = make_trainer(nonfinite_tolerance=3)
     trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)  # as fp16 training would have
     trainer.check_finite(longest_streak=3, any_nonfinite=True)  # within tolerance: fine
-    from experiments.trainer import DivergedError
+    from experiments.training.trainer import DivergedError
 
     with pytest.raises(DivergedError):
         trainer.check_finite(longest_streak=4, any_nonfinite=True)

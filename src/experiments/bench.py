@@ -4,7 +4,7 @@
     python -m experiments.bench --out bench.json --quick    # seconds; what the test suite runs
 
 1. augmentation throughput at batch 256, `basic` and `advanced`: the device path (the default,
-   experiments.loader.DeviceLoader) against a torchvision DataLoader with one worker per core;
+   experiments.batches.loaders.DeviceLoader) against a torchvision DataLoader with one worker per core;
 2. dataset load time: parsing an official-format CIFAR-100 archive against loading the cache
    (memory-mapped, every page made resident: what a job waits for; `cache_copy_s` also copies
    everything into private memory, an upper bound);
@@ -27,11 +27,11 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from experiments.data import CIFAR_FORMATS, Split, load_cache, read_cifar_archive, save_cache
-from experiments.fake_archives import write_cifar_archive
-from experiments.loader import (DeviceLoader, Normalize, PreMadeBatches, WorkerLoader, available_cores,
+from support.archives import write_cifar_archive
+from experiments.batches.loaders import (DeviceLoader, Normalize, PreMadeBatches, WorkerLoader, available_cores,
                                 torchvision_transform)
-from experiments.schedules import constant
-from experiments.trainer import Trainer, resolve_device, resolve_precision, synchronize
+from experiments.training.schedules import constant
+from experiments.training.trainer import Trainer, resolve_device, resolve_precision, synchronize
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 SIZES = {  # full: CIFAR-100-sized; quick: enough to exercise every path in seconds

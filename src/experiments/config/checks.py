@@ -12,7 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.errors import ConfigError
-from experiments.groups import NAMED_GROUPS
+from experiments.config.groups import NAMED_GROUPS
 
 VAL_METRICS = ("val/acc", "val/loss")
 
@@ -250,7 +250,7 @@ def job_suffix(task_overrides) -> str:
 
 def folder_classes(root: str) -> int:
     """`data=folder`'s class count, read from the folder names under ROOT/train."""
-    from experiments.folder import class_names
+    from experiments.data.folder import class_names
 
     return len(class_names(root))
 

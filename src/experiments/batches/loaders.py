@@ -1,7 +1,7 @@
 """Batches served from a dataset that lives on the training device (the airbench approach).
 
 The uint8 images are copied to the device once. Each batch is an index into them, augmented there
-with per-image randomness (experiments.augment), then normalized: no worker processes and no
+with per-image randomness (experiments.batches.augment), then normalized: no worker processes and no
 per-image Python in the hot path.
 """
 
@@ -14,8 +14,8 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from experiments.augment import BatchAugment
-from experiments.config import check_train_batch_sizes
+from experiments.batches.augment import BatchAugment
+from experiments.config.checks import check_train_batch_sizes
 from experiments.data import Split, Splits
 from experiments.errors import ConfigError, UserError
 

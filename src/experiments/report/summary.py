@@ -48,7 +48,7 @@ def base_summary(job, status: str, error: str | None = None) -> dict[str, Any]:
         "images_per_s": None,
         "error": error,
         "resumed_from_epoch": None,
-        "provenance": None,  # experiments.provenance: code, versions, device, data, command
+        "provenance": None,  # experiments.report.provenance: code, versions, device, data, command
         "code_changed_on_resume": None,  # set when a checkpoint from other code was resumed
         "output_dir": str(job.output_dir),
         "finished_at": now(),

@@ -50,7 +50,7 @@ class MetricsCSV:
 class Tracker:
     """`resumed_after` (an epoch) continues an interrupted job's runs: TensorBoard drops what
     the killed job logged after that epoch, W&B resumes the run with id `wandb_id`.
-    `provenance` (experiments.provenance) goes into the W&B config and a TensorBoard text."""
+    `provenance` (experiments.report.provenance) goes into the W&B config and a TensorBoard text."""
 
     def __init__(self, cfg, out_dir: Path, *, run_name: str, group: str | None, config: dict,
                  resumed_after: int | None = None, history: list[dict] = (),

@@ -284,8 +284,8 @@ def make_synthetic(cfg) -> ImageData:
 
 
 def loaders() -> dict[str, Callable]:
-    from experiments.folder import load_folder
-    from experiments.mnist import load_mnist
+    from experiments.data.folder import load_folder
+    from experiments.data.mnist import load_mnist
 
     return {"cifar10": load_cifar, "cifar100": load_cifar, "synthetic": make_synthetic,
             "mnist": load_mnist, "folder": load_folder}

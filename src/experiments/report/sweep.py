@@ -19,12 +19,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from experiments import effects
+from experiments.report import effects
 from experiments.atomic import atomic_write
-from experiments.groups import CONFIG_GROUPS
-from experiments.report_md import report_markdown
-from experiments.summary import SUMMARY_FILE
-from experiments.tables import RESULT_COLUMNS, by_config_shown, markdown, shared_and_shown, shared_line
+from experiments.config.groups import CONFIG_GROUPS
+from experiments.report.report_md import report_markdown
+from experiments.report.summary import SUMMARY_FILE
+from experiments.report.tables import RESULT_COLUMNS, by_config_shown, markdown, shared_and_shown, shared_line
 
 SEED = effects.SEED
 INT_COLUMNS = ("epochs_completed", "best_epoch", "resumed_from_epoch")
@@ -221,7 +221,7 @@ def write_tables(roots: list[Path], out_dir: Path, jobs: list[Job] | None = None
         return None
     result = analyse(jobs)
     if plots:
-        from experiments.plots import write_plots  # it imports this module (Job)
+        from experiments.report.plots import write_plots  # it imports this module (Job)
 
         write_plots(jobs, result.df, result.configs, out_dir / "plots")
     write_csv(out_dir / "summary.csv", result.table)

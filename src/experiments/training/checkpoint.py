@@ -17,7 +17,7 @@ import torch
 
 from experiments.atomic import atomic_write
 from experiments.errors import UserError
-from experiments.trainer import FitState, Trainer, precision_name
+from experiments.training.trainer import FitState, Trainer, precision_name
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 1

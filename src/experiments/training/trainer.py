@@ -15,7 +15,7 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from experiments.errors import ConfigError
-from experiments.schedules import Schedule
+from experiments.training.schedules import Schedule
 
 log = logging.getLogger(__name__)
 

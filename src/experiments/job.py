@@ -24,19 +24,19 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
 
-from experiments.checkpoint import (CHECKPOINT_FILE, CheckpointError, fingerprint, load_checkpoint,
+from experiments.training.checkpoint import (CHECKPOINT_FILE, CheckpointError, fingerprint, load_checkpoint,
                                    restore, save_checkpoint)
-from experiments.config import check_config, redact_secrets, register_resolvers
+from experiments.config.checks import check_config, redact_secrets, register_resolvers
 from experiments.data import load_splits
 from experiments.errors import JobFailed, UserError, user_error_in
-from experiments.groups import CONFIG_GROUPS
-from experiments.loader import make_loaders
-from experiments.provenance import collect as collect_provenance, resumed_code_change
-from experiments.schedules import BatchSizes
-from experiments.summary import (SUMMARY_FILE, completed_summary, failed_summary, read_summary,
+from experiments.config.groups import CONFIG_GROUPS
+from experiments.batches.loaders import make_loaders
+from experiments.report.provenance import collect as collect_provenance, resumed_code_change
+from experiments.training.schedules import BatchSizes
+from experiments.report.summary import (SUMMARY_FILE, completed_summary, failed_summary, read_summary,
                                  running_summary, write_json)
-from experiments.tracking import Tracker
-from experiments.trainer import DivergedError, Monitor, Trainer, precision_name, resolve_device
+from experiments.report.tracking import Tracker
+from experiments.training.trainer import DivergedError, Monitor, Trainer, precision_name, resolve_device
 
 log = logging.getLogger(__name__)
 register_resolvers()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.report import Job, label
+from experiments.report.sweep import Job, label
 
 CURVES = {  # file name: (metrics.csv column, y label, title)
     "val_acc.png": ("val/acc", "validation accuracy (%)", "Validation accuracy per epoch"),
