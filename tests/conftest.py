@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+import experiments.config  # noqa: F401  (registers the schemas and resolvers with Hydra)
 from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from experiments.batches import augment as augment_mod
 from experiments.batches.augment import BatchAugment, crop_flip_at, erasing_boxes, rotate_by
 from experiments.data import Split
-from experiments.batches.loaders import DeviceLoader, Normalize
+from experiments.batches.device import DeviceLoader, Normalize
 
 N = 4000
 

@@ -15,11 +15,12 @@ from PIL import Image
 from experiments.config.checks import check_config
 from experiments.data import load_splits
 from experiments.errors import ConfigError, DataError
-from experiments.batches.loaders import PreMadeBatches as Batches
+from support.batches import PreMadeBatches as Batches
 from support.archives import write_mnist_files
 from experiments.training.sam import SAM
 from experiments.training.schedules import constant
 from experiments.job import JobInfo, train
+from experiments.training.options import TrainerOptions
 from experiments.training.trainer import Trainer
 
 TINY_DATA = ["data=synthetic", "data.train_size=128", "data.val_size=32", "data.test_size=32"]
@@ -107,8 +108,8 @@ def sam_trainer(accum=1, precision="fp32"):
                                 torch.nn.Linear(32, 3))
     opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
     return Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1, total_steps=1),
-                   device=torch.device("cpu"), progress=False, grad_accum_steps=accum,
-                   precision=precision)
+                   TrainerOptions(progress=False, grad_accum_steps=accum, precision=precision),
+                   device=torch.device("cpu"))
 
 
 @pytest.mark.parametrize("accum", [1, 2])
@@ -255,7 +256,7 @@ def test_bad_combinations_are_refused(compose_cfg, overrides, message):
 
 
 def test_mlp_on_cifar_shaped_data_just_works(run_job):
-    summary, _ = run_job("model=mlp", "model.hidden=[64]")
+    summary, _ = run_job("model=mlp", "model.width=64", "model.depth=1")
     assert summary["status"] == "completed"
 
 

@@ -10,7 +10,7 @@ from omegaconf import OmegaConf, open_dict
 
 from conftest import CONF
 from experiments.batches.augment import BatchAugment
-from experiments.batches.loaders import Normalize
+from experiments.batches.device import Normalize
 
 MODELS, AUGS, OPTIMS, SCHEDS = (sorted(p.stem for p in (CONF / g).glob("*.yaml"))
                                 for g in ("model", "aug", "optim", "sched"))

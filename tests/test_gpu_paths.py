@@ -14,11 +14,13 @@ from experiments.config.checks import check_config
 from experiments.data import Split, load_splits
 from experiments.errors import ConfigError, DataError, UserError
 from support.archives import write_cifar_archive, write_mnist_files
-from experiments.batches.loaders import DeviceLoader, Normalize
+from experiments.batches.device import DeviceLoader, Normalize
 from experiments.training.schedules import constant
 from experiments.job import (CompileWatch, JobInfo, build_optimizer, configure_backends,
                                explain, maybe_compile, train)
-from experiments.training.trainer import FitState, Trainer, resolve_device, resolve_precision
+from experiments.training.backends import resolve_device, resolve_precision
+from experiments.training.options import TrainerOptions
+from experiments.training.trainer import FitState, Trainer
 from test_catalogue import TINY_DATA, TINY_RUN, write_png_tree
 
 CUDA0, CUDA1 = torch.device("cuda", 0), torch.device("cuda", 1)
@@ -154,7 +156,7 @@ def test_each_job_gets_its_own_recompile_budget(eager_compile):
 
 def test_a_fallback_to_eager_is_in_the_summary_and_the_log(eager_compile, compose_cfg, tmp_path,
                                                            caplog):
-    tiny = ["model=mlp", "model.hidden=[16]", "trainer.compile=true"]
+    tiny = ["model=mlp", "model.width=16", "model.depth=1", "trainer.compile=true"]
     summary = train(*job_for(compose_cfg, tmp_path / "ok", *tiny))
     assert summary["compile"] == "compiled"
     with torch._dynamo.config.patch(recompile_limit=1):  # training, then evaluation: 2 graphs
@@ -183,7 +185,7 @@ def as_if_written_on_two_gpus(path):
 
 def test_a_gpu_checkpoint_resumes_on_the_cpu_and_says_what_was_not_restored(compose_cfg, tmp_path,
                                                                             caplog):
-    cfg, job, config = job_for(compose_cfg, tmp_path / "job", "model=mlp", "model.hidden=[16]",
+    cfg, job, config = job_for(compose_cfg, tmp_path / "job", "model=mlp", "model.width=16", "model.depth=1",
                                "trainer.keep_checkpoint=true")
     first = train(cfg, job, config)
     as_if_written_on_two_gpus(job.output_dir / CHECKPOINT_FILE)
@@ -204,8 +206,8 @@ def test_restore_keeps_this_devices_optimizer_implementation_and_loss_scaler(tmp
         model = nn.Linear(4, 2)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
         schedule = constant(optimizer, epochs=1, steps_per_epoch=1, total_steps=1)
-        return Trainer(model, optimizer, schedule, device=torch.device("cpu"),
-                       precision=precision, progress=False)
+        return Trainer(model, optimizer, schedule, TrainerOptions(precision=precision, progress=False),
+                       device=torch.device("cpu"))
 
     generator = torch.Generator().manual_seed(0)
     path = tmp_path / CHECKPOINT_FILE

@@ -11,8 +11,8 @@ import torch
 from conftest import CONF
 from experiments.config.checks import check_config
 from experiments.data import load_splits
-from experiments.batches.loaders import PreMadeBatches
-from experiments.job import batch_plan, build_model, build_trainer, make_loaders
+from support.batches import PreMadeBatches
+from experiments.job import build_loaders, build_model, build_trainer
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -30,13 +30,11 @@ def test_the_grid_covers_every_documented_option():
 def test_model_runs_under_preset_at_smoke_size(compose_cfg, model, preset):
     cfg = compose_cfg([f"experiment={preset}", "size=smoke", f"model={model}", *TINY])
     assert cfg.data.name == "synthetic" and cfg.trainer.epochs <= 3  # smoke size won
-    check_config(cfg)
+    options = check_config(cfg)
     splits = load_splits(cfg.data)
-    train_batches, val_batches, test_batches = make_loaders(cfg, splits, CPU, channels_last=False)
-    _, total_steps = batch_plan(cfg, train_batches)
+    train_batches, val_batches, test_batches = build_loaders(cfg, options, splits, CPU, channels_last=False)
     model_ = build_model(cfg, CPU, channels_last=False)
-    trainer = build_trainer(cfg, model_, CPU, train_batches, total_steps)
-    trainer.progress = False
+    trainer = build_trainer(cfg, options, model_, CPU, len(splits.train))
     before = [p.detach().clone() for p in model_.parameters()]
 
     one_batch = PreMadeBatches([next(iter(train_batches))])

@@ -9,7 +9,8 @@ from conftest import run_train
 from experiments import bench
 from experiments.batches.augment import BatchAugment
 from experiments.data import Split
-from experiments.batches.loaders import DeviceLoader, Normalize, WorkerLoader, torchvision_transform
+from experiments.batches.device import DeviceLoader, Normalize
+from experiments.batches.workers import WorkerLoader, torchvision_transform
 
 MEAN, STD = [0.5071, 0.4865, 0.4409], [0.2673, 0.2564, 0.2762]
 

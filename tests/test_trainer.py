@@ -5,10 +5,14 @@ import torch
 import torch.nn as nn
 
 from experiments.data import Split
-from experiments.batches.loaders import DeviceLoader, Normalize, PreMadeBatches as Batches
+from experiments.batches.device import DeviceLoader, Normalize
+from support.batches import PreMadeBatches as Batches
 from experiments.models import PreActResNet18
 from experiments.training.schedules import constant, warmup_cosine
-from experiments.training.trainer import Monitor, Trainer, resolve_precision
+from experiments.training.backends import resolve_precision
+from experiments.training.options import EarlyStopping, TrainerOptions
+from experiments.training.selection import Monitor
+from experiments.training.trainer import Trainer
 
 
 def separable(n: int, classes: int = 4, seed: int = 0) -> Split:
@@ -25,20 +29,20 @@ def loader(split, batch=32, shuffle=False):
                         shuffle=shuffle, drop_last=shuffle)
 
 
-def make_trainer(lr=0.05, **kwargs):
+def make_trainer(lr=0.05, **options):
     torch.manual_seed(0)
     model = PreActResNet18(num_classes=4, width=4)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1, total_steps=1),
-                      device=torch.device("cpu"), progress=False, **kwargs)
+                      TrainerOptions(progress=False, **options), device=torch.device("cpu"))
     return trainer
 
 
 def test_it_learns_and_keeps_the_best_validation_weights():
-    trainer = make_trainer()
+    trainer = make_trainer(epochs=4)
     train, val = loader(separable(256), shuffle=True), loader(separable(128, seed=1))
     before = trainer.evaluate(val)["acc"]
-    result = trainer.fit(train, val, 4, select=Monitor("val/acc", "max"))
+    result = trainer.fit(train, val)
     trainer.use_best_weights(result)  # (a best epoch before the last: see the test below)
     after = trainer.evaluate(val)
     assert result.epoch == 4 and not result.early_stopped
@@ -48,17 +52,17 @@ def test_it_learns_and_keeps_the_best_validation_weights():
 
 
 def test_early_stopping_after_patience_epochs_without_improvement():
-    trainer = make_trainer()
-    train, val = loader(separable(64), shuffle=True), loader(separable(64, seed=1))
     # no loss can drop by 100 in an epoch: after the first epoch nothing counts as improvement
-    result = trainer.fit(train, val, 10, select=Monitor("val/acc", "max"),
-                         stopper=Monitor("val/loss", "min", min_delta=100.0, patience=2))
+    trainer = make_trainer(epochs=10, early_stopping=EarlyStopping(
+        patience=2, monitor="val/loss", mode="min", min_delta=100.0))
+    train, val = loader(separable(64), shuffle=True), loader(separable(64, seed=1))
+    result = trainer.fit(train, val)
     assert result.early_stopped and result.epoch == 3
 
 
 def test_without_validation_the_last_weights_are_kept():
-    trainer = make_trainer()
-    result = trainer.fit(loader(separable(64), shuffle=True), None, 2, select=Monitor("val/acc", "max"))
+    trainer = make_trainer(epochs=2)
+    result = trainer.fit(loader(separable(64), shuffle=True), None)
     assert result.best_epoch is None and result.best_val == {} and result.epoch == 2
 
 
@@ -85,7 +89,7 @@ def test_accumulated_gradients_equal_the_big_batch_gradient():
         model = nn.Linear(5, 3)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
         trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1, total_steps=1),
-                          device=torch.device("cpu"), grad_accum_steps=accum, progress=False)
+                          TrainerOptions(grad_accum_steps=accum, progress=False), device=torch.device("cpu"))
         seen = {}
         opt.step = lambda *a, **k: seen.setdefault("g", model.weight.grad.clone())
         trainer.train_epoch(Batches(batches))
@@ -137,9 +141,9 @@ def test_warmup_cosine_shape():
 def test_nan_loss_fails_fast_without_a_loss_scaler():
     from experiments.training.trainer import DivergedError
 
-    trainer = make_trainer(lr=1e30)
+    trainer = make_trainer(lr=1e30, epochs=3)
     with pytest.raises(DivergedError, match="diverged"):
-        trainer.fit(loader(separable(128), shuffle=True), None, 3, select=Monitor("val/acc", "max"))
+        trainer.fit(loader(separable(128), shuffle=True), None)
 
 
 def test_fp16_scaler_tolerates_a_few_skipped_steps():
@@ -160,7 +164,7 @@ def test_a_partial_last_group_gets_its_own_mean_gradient():
     model = nn.Linear(5, 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1, total_steps=1),
-                      device=torch.device("cpu"), grad_accum_steps=2, progress=False)
+                      TrainerOptions(grad_accum_steps=2, progress=False), device=torch.device("cpu"))
     seen = []
     opt.step = lambda *a, **k: seen.append(model.weight.grad.clone())
     trainer.train_epoch(Batches([(x[:8], y[:8]), (x[8:16], y[8:16]), (x[16:], y[16:])]))
@@ -178,7 +182,7 @@ def test_a_partial_last_group_gets_its_own_mean_gradient():
 def test_model_selection_tests_the_best_epoch_even_when_it_is_not_the_last():
     """After epoch 2 the weights are scrambled and frozen (lr 0): epoch 3 validates near chance,
     so epoch 2 is the best one, and `use_best_weights` must bring back exactly its weights."""
-    trainer = make_trainer()
+    trainer = make_trainer(epochs=3)
     train, val = loader(separable(256), shuffle=True), loader(separable(128, seed=1))
     snapshots = {}
 
@@ -191,7 +195,7 @@ def test_model_selection_tests_the_best_epoch_even_when_it_is_not_the_last():
             for group in trainer.optimizer.param_groups:
                 group["lr"] = 0.0
 
-    result = trainer.fit(train, val, 3, select=Monitor("val/acc", "max"), after_epoch=after_epoch)
+    result = trainer.fit(train, val, after_epoch=after_epoch)
     assert result.best_epoch == 2 and result.history[2]["val/acc"] < result.best_val["acc"]
     last = trainer.evaluate(val)
     assert last["acc"] == pytest.approx(result.history[2]["val/acc"])  # fit leaves the last epoch's
@@ -224,7 +228,7 @@ def test_under_mixing_train_acc_counts_the_mixed_targets_dominant_label():
     model = Oracle()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
     trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1, total_steps=1),
-                      device=torch.device("cpu"), progress=False, mixup=mix)
+                      TrainerOptions(progress=False), device=torch.device("cpu"), mixup=mix)
     labels = torch.arange(16) % classes
     metrics = trainer.train_epoch(Batches([(torch.zeros(16, 3), labels)]))
     assert metrics["acc"] == 1.0
@@ -233,12 +237,11 @@ def test_under_mixing_train_acc_counts_the_mixed_targets_dominant_label():
 def test_compiled_model_saves_plain_weights():
     """torch.compile wraps the model (`_orig_mod.` names): saved weights, checkpoints and the
     selected weights must still load into the plain model the config builds."""
-    trainer = make_trainer()
+    trainer = make_trainer(epochs=1)
     plain = trainer.model
     trainer.model = torch.compile(plain, backend="eager")  # as maybe_compile does
     assert any(k.startswith("_orig_mod.") for k in trainer.model.state_dict())
-    result = trainer.fit(loader(separable(64), shuffle=True), loader(separable(32, seed=1)), 1,
-                         select=Monitor("val/acc", "max"))
+    result = trainer.fit(loader(separable(64), shuffle=True), loader(separable(32, seed=1)))
     for weights in (trainer.eval_weights(), trainer.state_dict()["model"], result.best_weights):
         assert not any(k.startswith("_orig_mod.") for k in weights)
         PreActResNet18(num_classes=4, width=4).load_state_dict(weights)  # strict

@@ -26,12 +26,17 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+import experiments.config  # noqa: F401  (registers the schemas and resolvers with Hydra)
+
 from experiments.data import CIFAR_FORMATS, Split, load_cache, read_cifar_archive, save_cache
 from support.archives import write_cifar_archive
-from experiments.batches.loaders import (DeviceLoader, Normalize, PreMadeBatches, WorkerLoader, available_cores,
+from experiments.batches.device import DeviceLoader, Normalize
+from experiments.batches.workers import (WorkerLoader, available_cores,
                                 torchvision_transform)
 from experiments.training.schedules import constant
-from experiments.training.trainer import Trainer, resolve_device, resolve_precision, synchronize
+from experiments.training.backends import resolve_device, resolve_precision, synchronize
+from experiments.training.options import TrainerOptions
+from experiments.training.trainer import Trainer
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 SIZES = {  # full: CIFAR-100-sized; quick: enough to exercise every path in seconds
@@ -134,10 +139,10 @@ def bench_step(device: torch.device, size: dict, model_name: str) -> dict:
     torch.manual_seed(0)
     model = instantiate(cfg.model).to(device)
     optimizer = instantiate(cfg.optim)(model.parameters())
-    batches = PreMadeBatches((torch.randn(batch, 3, 32, 32, device=device),
+    batches = list((torch.randn(batch, 3, 32, 32, device=device),
                        torch.randint(0, 100, (batch,), device=device)) for _ in range(size["steps"]))
     trainer = Trainer(model, optimizer, constant(optimizer, epochs=1, steps_per_epoch=1, total_steps=1),
-                      device=device, progress=False)
+                      TrainerOptions(progress=False), device=device)
     framework = lambda: trainer.train_epoch(batches)  # noqa: E731  (ends in a sync: .item())
     bare = lambda: bare_epoch(model, optimizer, batches, device, trainer.amp_dtype)  # noqa: E731
     framework(), bare()  # warm-up: allocator, cuDNN autotuning

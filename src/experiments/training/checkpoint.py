@@ -1,4 +1,5 @@
-"""Per-job checkpoints, so a killed job or sweep resumes where it stopped.
+"""Per-job checkpoints, so a killed job or sweep resumes where it stopped. `Checkpoint` owns
+resuming: "resume or start" before training, "save" after every epoch.
 
 Written atomically after every epoch; loaded with `torch.load(weights_only=True)`, so a checkpoint
 holds only tensors and plain containers (RNG states included), never pickled code.
@@ -9,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,8 @@ import torch
 
 from experiments.atomic import atomic_write
 from experiments.errors import UserError
-from experiments.training.trainer import FitState, Trainer, precision_name
+from experiments.training.backends import precision_name
+from experiments.training.trainer import FitState, Trainer
 
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 1
@@ -185,3 +188,42 @@ def restore(payload: dict, trainer: Trainer,
                 + (f"; {' and '.join(fresh)} start again from the seed" if fresh else "")
                 + ". The run continues, but is not bit-identical to an uninterrupted one.")
     return FitState(**payload["fit"]), note
+
+
+@dataclass
+class Resumed:
+    """What `Checkpoint.resume_or_start` found: nothing (a fresh start), or a fit to continue."""
+
+    state: FitState | None = None
+    note: str | None = None  # resumed on another device setup: what started again from the seed
+    saved: dict[str, Any] = field(default_factory=dict)  # the job's own entries (`save(extra=)`)
+
+    @property
+    def epoch(self) -> int | None:
+        """The epochs the checkpoint had completed (None: a fresh start)."""
+        return self.state.epoch if self.state is not None else None
+
+
+class Checkpoint:
+    """One job's checkpoint file: the trainer, the fit so far, every RNG (the training loader's
+    shuffling generator included) and what the job adds (its W&B run id, its code version)."""
+
+    def __init__(self, job_dir: Path, config: dict, train_loader):
+        self.path, self.config = Path(job_dir) / CHECKPOINT_FILE, config
+        self.generators = [train_loader.generator]
+
+    def resume_or_start(self, trainer: Trainer, resume: bool = True) -> Resumed:
+        """Load the checkpoint into `trainer` when there is one (and `resume`): refused with a
+        clear message when it is unreadable or from another config."""
+        if not (resume and self.path.exists()):
+            return Resumed()
+        payload = load_checkpoint(self.path, self.config)
+        state, note = restore(payload, trainer, self.generators)
+        known = {"format", "fingerprint", "config", "trainer", "rng", "device"}
+        return Resumed(state, note, {k: v for k, v in payload.items() if k not in known})
+
+    def save(self, trainer: Trainer, state: FitState, extra: dict[str, Any]) -> None:
+        save_checkpoint(self.path, trainer, state, self.generators, self.config, extra)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

@@ -97,17 +97,3 @@ def one_cycle(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, total_
 def constant(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int,
              total_steps: int) -> Schedule:
     return Schedule(optimizer, None, "epoch")
-
-
-class BatchSizes:
-    """`trainer.batch_schedule`: the batch size grows to sizes[i] from epochs[i] on."""
-
-    def __init__(self, initial: int, epochs: list[int], sizes: list[int]):
-        self.initial, self.points = initial, sorted(zip(epochs, sizes))
-
-    def __call__(self, epoch: int) -> int:
-        size = self.initial
-        for start, new in self.points:
-            if epoch >= start:
-                size = new
-        return size

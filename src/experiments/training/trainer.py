@@ -7,99 +7,21 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
 from tqdm.auto import tqdm
 
-from experiments.errors import ConfigError
+from experiments.training import metrics as m
+from experiments.training.backends import resolve_precision, synchronize, unwrap
+from experiments.training.batch_schedule import BatchSchedule
+from experiments.training.options import TrainerOptions
 from experiments.training.schedules import Schedule
+from experiments.training.selection import Monitor
+from experiments.training.steps import optimizer_step
 
 log = logging.getLogger(__name__)
-
-PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
-
-
-def resolve_device(name: str, job_num: int = 0) -> torch.device:
-    """auto: CUDA if available, else CPU. With several GPUs visible, jobs take them round robin
-    by job number, so parallel launchers (joblib) spread a sweep over the GPUs. A bare `cuda` is
-    GPU 0: always an index, so that the job can make it the process's current device."""
-    if name == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
-        return torch.device("cuda", job_num % torch.cuda.device_count())
-    device = torch.device(name)
-    return torch.device("cuda", 0) if device.type == "cuda" and device.index is None else device
-
-
-def has_native_bf16(device: torch.device) -> bool:
-    """Ampere (compute capability 8.0) and later run bf16 in hardware. Older GPUs (V100, T4)
-    only emulate it, slowly and without cuDNN bf16 convolutions, yet
-    `torch.cuda.is_bf16_supported()` says yes there (it counts emulation), and it reads the
-    current device rather than this job's: hence the capability of `device` itself."""
-    return torch.cuda.get_device_capability(device) >= (8, 0)
-
-
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for plain fp32. auto: bf16 on GPUs with native bf16, fp16
-    (with GradScaler) on older ones, fp32 on CPU."""
-    if name == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if has_native_bf16(device) else torch.float16
-    if name not in PRECISIONS:
-        raise ConfigError(f"trainer.precision must be one of auto, {', '.join(PRECISIONS)}; "
-                          f"got {name!r}")
-    return PRECISIONS[name]
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The module itself under a torch.compile wrapper (which shares its parameters)."""
-    return getattr(model, "_orig_mod", model)
-
-
-def precision_name(amp_dtype: torch.dtype | None) -> str:
-    """bf16, fp16 or fp32: what `resolve_precision` chose, as the config spells it."""
-    return next(k for k, v in PRECISIONS.items() if v == amp_dtype)
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-class Monitor:
-    """Tracks the best value of one metric; `improved` says whether the newest value beats it."""
-
-    def __init__(self, key: str, mode: str, min_delta: float = 0.0, patience: int | None = None):
-        if mode not in ("min", "max"):
-            raise ConfigError(f"the mode for {key} must be min or max, got {mode!r}")
-        self.key, self.mode, self.min_delta, self.patience = key, mode, min_delta, patience
-        self.best: float | None = None
-        self.epochs_since_best = 0
-
-    def update(self, metrics: dict[str, float]) -> bool:
-        value = metrics[self.key]
-        gain = (value - self.best if self.mode == "max" else self.best - value) if self.best is not None else None
-        improved = gain is None or gain > self.min_delta
-        if improved:
-            self.best, self.epochs_since_best = value, 0
-        else:
-            self.epochs_since_best += 1
-        return improved
-
-    @property
-    def exhausted(self) -> bool:
-        """True once `patience` epochs in a row brought no improvement (early stopping)."""
-        return self.patience is not None and self.epochs_since_best >= self.patience
-
-    def state_dict(self) -> dict:
-        return {"best": self.best, "epochs_since_best": self.epochs_since_best}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.best, self.epochs_since_best = state["best"], state["epochs_since_best"]
 
 
 class DivergedError(RuntimeError):
@@ -126,39 +48,26 @@ class FitState:
         return self.train_images / self.train_time_s if self.train_time_s > 0 else None
 
 
-@contextmanager
-def frozen_batchnorm_stats(model: nn.Module):
-    """SAM's second pass must not count its batch twice in BatchNorm's running statistics."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = 0.0
-    try:
-        yield
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-
-
 class Trainer:
     """Optional parts: `mixup` (timm Mixup: mixed images, soft targets), `ema` (timm ModelEmaV3:
-    the averaged weights are the ones validated, selected and tested), a SAM optimizer (two
-    gradient evaluations per step), a batch-size schedule (`fit(batch_sizes=...)`)."""
+    the averaged weights are the ones validated, selected and tested), a SAM optimizer (its
+    step is chosen once: training/steps.py), a batch-size schedule (training/batch_schedule.py).
+    Everything else comes from `options`, the `trainer` config group as one typed object."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule, *,
-                 device: torch.device, precision: str = "auto", grad_accum_steps: int = 1,
-                 grad_clip: float | None = None, label_smoothing: float = 0.0,
-                 progress: bool = True, nonfinite_tolerance: int = 20, mixup=None, ema=None):
-        self.model, self.optimizer, self.schedule, self.device = model, optimizer, schedule, device
-        self.amp_dtype = resolve_precision(precision, device)
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
+                 options: TrainerOptions, *, device: torch.device, mixup=None, ema=None):
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.options, self.device, self.mixup, self.ema = options, device, mixup, ema
+        self.amp_dtype = resolve_precision(options.precision, device)
         # fp16 needs loss scaling to keep small gradients; bf16 has fp32's range and does not
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
-        self.grad_accum_steps, self.grad_clip = grad_accum_steps, grad_clip
-        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=label_smoothing)  # takes soft targets too
-        self.progress, self.nonfinite_tolerance = progress, nonfinite_tolerance
+        # with mixing, timm's Mixup smooths the labels: the loss must not do it again
+        smoothing = 0.0 if mixup is not None else options.label_smoothing
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=smoothing)  # takes soft targets too
+        self.step = optimizer_step(model, optimizer, self.scaler, options.grad_clip)
+        self.batch_schedule = BatchSchedule(options)
         self.nonfinite_streak = torch.zeros((), device=device, dtype=torch.long)
-        self.mixup, self.ema, self.steps = mixup, ema, 0
-        self.sam = hasattr(optimizer, "perturb")
+        self.steps = 0
 
     @property
     def eval_model(self) -> nn.Module:
@@ -173,7 +82,7 @@ class Trainer:
     def check_finite(self, longest_streak: int, any_nonfinite: bool) -> None:
         """fp16's GradScaler skips steps with inf gradients and lowers its scale, so a few
         non-finite losses in a row are normal there; anywhere else one means NaN weights."""
-        tolerated = self.nonfinite_tolerance if self.scaler.is_enabled() else 0
+        tolerated = self.options.nonfinite_tolerance if self.scaler.is_enabled() else 0
         if any_nonfinite and longest_streak > tolerated:
             raise DivergedError(
                 f"training diverged: the loss was NaN/inf for {longest_streak} steps in a row. "
@@ -211,35 +120,9 @@ class Trainer:
         self.scaler.scale(loss / group_size).backward()
         return logits, loss
 
-    def sam_second_pass(self, group: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Move to w + e(w) using the first pass's gradients, redo the step's micro-batches there,
-        and come back to w holding the new gradients (still scaled) for the base optimizer."""
-        norm = self.optimizer.grad_norm()
-        if self.scaler.is_enabled() and not torch.isfinite(norm):
-            # the first pass overflowed (fp16): a perturbation of inf * 0 would put NaN in the
-            # weights and, through the second forward, in BatchNorm's running statistics. Skip
-            # the second pass: scaler.step finds the inf, skips this step and lowers its scale.
-            return  # (the check syncs with the GPU once per step, and only under fp16)
-        # e(w) = rho * g / ||g|| is the same for scaled gradients: no unscale_ needed here
-        self.optimizer.perturb(norm)
-        self.optimizer.zero_grad(set_to_none=True)
-        with frozen_batchnorm_stats(self.model):
-            for images, targets in group:
-                self.backward(images, targets, len(group))
-        self.optimizer.restore()
-        # the usual unscale_ (in clipping or scaler.step) now checks THESE gradients for inf, so
-        # an overflow in the second pass also skips the step and lowers the scale
-
     def optimizer_step(self, group: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """One optimizer step from the accumulated gradients of `group` (SAM re-evaluates it)."""
-        if self.sam:
-            self.sam_second_pass(group)
-        if self.grad_clip:
-            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
-        self.scaler.step(self.optimizer)  # skipped when unscale_ found inf/NaN (fp16)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        """One optimizer step from the accumulated gradients of `group`, then the schedule and EMA."""
+        self.step(group, self.backward)
         self.schedule.step_batch()
         self.steps += 1
         if self.ema is not None:
@@ -255,15 +138,16 @@ class Trainer:
         streak = self.nonfinite_streak  # non-finite losses in a row, carried across epochs
         longest = torch.zeros_like(streak)
         seen, finite_seen, count = 0, torch.zeros_like(streak), len(batches)
+        accum = self.options.grad_accum_steps
         group = []  # this step's micro-batches (SAM evaluates them a second time)
         for i, (images, labels) in enumerate(batches):
             targets = labels
             if self.mixup is not None:  # mixed images, soft targets
                 images, targets = self.mixup(images, labels)
-            first = i - i % self.grad_accum_steps  # this group's first micro-batch
-            group_size = min(self.grad_accum_steps, count - first)
+            first = i - i % accum  # this group's first micro-batch
+            group_size = min(accum, count - first)
             logits, loss = self.backward(images, targets, group_size)
-            group.append((images, targets) if self.sam else None)  # SAM needs them again
+            group.append((images, targets) if self.step.keeps_batches else None)
             if len(group) == group_size:
                 self.optimizer_step(group)
                 group = []
@@ -307,60 +191,57 @@ class Trainer:
         train_metrics = self.train_epoch(train)
         synchronize(self.device)
         seconds = time.perf_counter() - start
-        metrics = {"train/loss": train_metrics["loss"], "train/acc": train_metrics["acc"],
-                   "train/lr": lr, "train/batch_size": train.batch_size, "time/epoch_s": seconds,
-                   "time/images_per_s": train.num_images / seconds}
+        metrics = {m.TRAIN_LOSS: train_metrics["loss"], m.TRAIN_ACC: train_metrics["acc"],
+                   m.TRAIN_LR: lr, m.TRAIN_BATCH_SIZE: train.batch_size, m.EPOCH_S: seconds,
+                   m.IMAGES_PER_S: train.num_images / seconds}
         if val is not None:
-            metrics.update({f"val/{k}": v for k, v in self.evaluate(val).items()})
+            evaluated = self.evaluate(val)
+            metrics.update({m.VAL_LOSS: evaluated["loss"], m.VAL_ACC: evaluated["acc"]})
         self.schedule.step_epoch(metrics)
         return metrics
 
-    def resize_batches(self, train, epoch: int, batch_sizes: Callable[[int], int] | None,
-                       scale_lr: bool) -> None:
-        """Apply the batch-size schedule; with scale_lr, the lr follows the batch (linear rule)."""
-        if batch_sizes is None or batch_sizes(epoch) == train.batch_size:
-            return
-        new, before = batch_sizes(epoch), batch_sizes(epoch - 1) if epoch > 1 else train.batch_size
-        if scale_lr and new != before:  # only where the schedule steps (not again on resume)
-            self.schedule.scale_lr(new / before)
-        log.info("epoch %d: batch size %d -> %d", epoch, train.batch_size, new)
-        train.set_batch_size(new)
-
-    def fit(self, train, val, epochs: int, *, select: Monitor, stopper: Monitor | None = None,
-            state: FitState | None = None, batch_sizes: Callable[[int], int] | None = None,
-            scale_lr: bool = False,
-            after_epoch: Callable[[FitState, dict[str, float]], None] = lambda s, m: None) -> FitState:
-        """Train until `epochs` are done, keeping the weights of the best validation epoch in
-        `state.best_weights` (the model keeps the last epoch's: `use_best_weights` swaps).
-
-        `state` continues an earlier, interrupted fit. `after_epoch` sees the state after every
-        epoch (to log it and checkpoint it). Early stopping fires once `stopper` is exhausted.
-        """
-        state = state or FitState()
+    def monitors(self, state: FitState) -> tuple[Monitor, Monitor | None]:
+        """Model selection and early stopping (None: off), continued from `state`."""
+        o, es = self.options, self.options.early_stopping
+        select = Monitor(o.monitor, o.monitor_mode)
+        stopper = Monitor(es.monitor, es.mode, es.min_delta, es.patience) if es.patience else None
         if state.select:
             select.load_state_dict(state.select)
         if stopper is not None and state.stopper:
             stopper.load_state_dict(state.stopper)
+        return select, stopper
+
+    def fit(self, train, val, *, state: FitState | None = None,
+            after_epoch: Callable[[FitState, dict[str, float]], None] = lambda s, m: None) -> FitState:
+        """Train until `options.epochs` are done, keeping the weights of the best validation epoch
+        in `state.best_weights` (the model keeps the last epoch's: `use_best_weights` swaps).
+
+        `state` continues an earlier, interrupted fit. `after_epoch` sees the state after every
+        epoch (to log it and checkpoint it). Early stopping fires once its monitor is exhausted.
+        """
+        state, epochs = state or FitState(), self.options.epochs
+        select, stopper = self.monitors(state)
         bar = tqdm(range(state.epoch + 1, epochs + 1), desc="epochs", unit="epoch",
-                   initial=state.epoch, total=epochs, disable=not self.progress, dynamic_ncols=True)
+                   initial=state.epoch, total=epochs, disable=not self.options.progress,
+                   dynamic_ncols=True)
         for epoch in bar if not state.early_stopped else ():
-            self.resize_batches(train, epoch, batch_sizes, scale_lr)
+            self.batch_schedule.apply(epoch, train, self.schedule)
             metrics = self.run_epoch(train, val)
             state.epoch, state.history = epoch, state.history + [{"epoch": epoch, **metrics}]
-            state.train_time_s += metrics["time/epoch_s"]
+            state.train_time_s += metrics[m.EPOCH_S]
             state.train_images += train.num_images
             if val is not None and select.update(metrics):
                 state.best_weights = {k: v.detach().clone() for k, v in self.eval_weights().items()}
                 state.best_epoch = epoch
-                state.best_val = {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}
+                state.best_val = {"loss": metrics[m.VAL_LOSS], "acc": metrics[m.VAL_ACC]}
             if stopper is not None and val is not None:
                 stopper.update(metrics)
                 state.early_stopped = stopper.exhausted
             state.select = select.state_dict()
             state.stopper = stopper.state_dict() if stopper is not None else {}
             after_epoch(state, metrics)
-            bar.set_postfix({"loss": f"{metrics['train/loss']:.3g}",
-                             **({"val_acc": f"{metrics['val/acc']:.3g}"} if "val/acc" in metrics else {})})
+            bar.set_postfix({"loss": f"{metrics[m.TRAIN_LOSS]:.3g}",
+                             **({"val_acc": f"{metrics[m.VAL_ACC]:.3g}"} if m.VAL_ACC in metrics else {})})
             if state.early_stopped:
                 log.info("early stopping at epoch %d: %s has not improved for %d epochs",
                          epoch, stopper.key, stopper.patience)
