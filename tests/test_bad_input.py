@@ -11,12 +11,14 @@ import torch
 
 from conftest import ROOT
 from experiments.training.checkpoint import FORMAT, CheckpointError, load_checkpoint
-from experiments.config.checks import check_config, check_train_batch_sizes
+from hydra.errors import ConfigCompositionException
+
+from experiments.config.checks import check_config
 from experiments.data import load_splits
 from experiments.errors import ConfigError
-from experiments.batches.loaders import make_loaders
+from experiments.training.batch_schedule import BatchSchedule
 from experiments.training.sam import SAM
-from experiments.training.trainer import Monitor
+from experiments.training.selection import Monitor
 
 BASE = ["experiment=smoke", "logger=none", "trainer.epochs=1", "trainer.progress=false"]
 # name: (python flags, overrides, what the message must say); the smoke training set has 768 images
@@ -92,20 +94,32 @@ def test_out_of_range_values_are_refused_before_training(compose_cfg, overrides,
 
 def test_every_scheduled_batch_must_fit_in_the_training_set(compose_cfg):
     cfg = compose_cfg(["experiment=smoke", "trainer.batch_schedule={epochs:[2],sizes:[1024]}"])
-    check_train_batch_sizes(cfg, 1024)
+    plan = BatchSchedule(check_config(cfg))
+    plan.check_fits(1024, 256)
     with pytest.raises(ConfigError, match=r"trainer.batch_schedule.sizes\[0\]=1024 is larger than "
                                           r"the training set \(768 images"):
-        check_train_batch_sizes(cfg, 768)
+        plan.check_fits(768, 256)
 
 
-def test_unknown_dataset_and_loader_names_are_config_errors(compose_cfg):
+def test_unknown_dataset_names_are_config_errors(compose_cfg):
     cfg = compose_cfg(["experiment=smoke", "data.name=imagenet"])
     with pytest.raises(ConfigError, match="data.name='imagenet' is not a dataset here"):
         load_splits(cfg.data)
-    cfg = compose_cfg(["experiment=smoke", "data.train_size=64", "data.val_size=0",
-                       "data.test_size=16", "loader.name=dali"])
-    with pytest.raises(ConfigError, match="loader.name must be device or dataloader"):
-        make_loaders(cfg, load_splits(cfg.data), torch.device("cpu"), False)
+
+
+@pytest.mark.parametrize("override,message", [
+    ("trainer.epochs=abc", "Value 'abc' of type 'str' could not be converted to Integer"),
+    ("trainer.grad_clip=x", "Value 'x' of type 'str' could not be converted to Float"),
+    ("trainer.no_such_key=1", "Could not override 'trainer.no_such_key'"),
+    ("trainer.batch_schedule={epochs:[2],sizes:[64],scale:true}", "Key 'scale' not in 'BatchScheduleOptions'"),
+    ("loader=no_such_loader", "Could not find 'loader/no_such_loader'"),
+])
+def test_hydra_refuses_a_wrong_type_or_an_unknown_key_while_composing(compose_cfg, override, message):
+    """The trainer group is typed by its schema (training/options.py): Hydra's own message."""
+    with pytest.raises(ConfigCompositionException) as raised:
+        compose_cfg(["experiment=smoke", override])
+    text = f"{raised.value} {raised.value.__cause__}"
+    assert message in text, text
 
 
 def test_a_checkpoint_of_another_format_is_refused(tmp_path):

@@ -41,10 +41,10 @@ class EarlyStopping:
     min_delta: float = 0.0
 
     def __post_init__(self) -> None:
-        if self.patience is not None:
-            positive_int("trainer.early_stopping.patience", self.patience)
-        one_of("trainer.early_stopping.monitor", self.monitor, VAL_METRICS)
-        one_of("trainer.early_stopping.mode", self.mode, ("min", "max"))
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError("trainer.early_stopping.patience must be null (off) or a positive "
+                              f"number of epochs, got {self.patience}")
+        # monitor and mode: checked by TrainerOptions, after the trainer's own (they default to them)
 
 
 @dataclass
@@ -107,7 +107,11 @@ class TrainerOptions:
         one_of("trainer.precision", self.precision, ("auto", *PRECISIONS))
         one_of("trainer.monitor", self.monitor, VAL_METRICS)
         one_of("trainer.monitor_mode", self.monitor_mode, ("min", "max"))
-        one_of("trainer.channels_last", self.channels_last, ("auto", True, False))
+        one_of("trainer.early_stopping.monitor", self.early_stopping.monitor, VAL_METRICS)
+        one_of("trainer.early_stopping.mode", self.early_stopping.mode, ("min", "max"))
+        if self.channels_last not in ("auto", True, False):
+            raise ConfigError(f"trainer.channels_last must be auto, true or false, "
+                              f"got {self.channels_last!r}")
         if not re.fullmatch(r"auto|cpu|cuda(:\d+)?|mps", self.device):
             raise ConfigError(f"trainer.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         for metric, mode, mode_key in ((self.monitor, self.monitor_mode, "trainer.monitor_mode"),
