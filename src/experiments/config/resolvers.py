@@ -61,7 +61,13 @@ def folder_classes(root: str) -> int:
     return len(class_names(root))
 
 
+def named_choices(choices) -> str:
+    """`model-optim-aug`: the options of NAMED_GROUPS, in a job directory's name."""
+    return "-".join(str(choices[group]) for group in NAMED_GROUPS)
+
+
 def register_resolvers() -> None:
-    for name, fn in (("job_suffix", job_suffix), ("folder_classes", folder_classes)):
+    for name, fn in (("job_suffix", job_suffix), ("folder_classes", folder_classes),
+                     ("named_choices", named_choices)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
