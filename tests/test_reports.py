@@ -13,7 +13,7 @@ import yaml
 
 from conftest import run_train
 from experiments.report import sweep as report, summarize
-from experiments.report.summary import write_json
+from experiments.report.job_summary import write_json
 from experiments.training.trainer import resolve_device
 
 SMOKE = ["experiment=smoke", "logger=none", "trainer.epochs=1"]

@@ -33,7 +33,7 @@ from experiments.config.groups import CONFIG_GROUPS
 from experiments.batches.loaders import make_loaders
 from experiments.report.provenance import collect as collect_provenance, resumed_code_change
 from experiments.training.schedules import BatchSizes
-from experiments.report.summary import (SUMMARY_FILE, completed_summary, failed_summary, read_summary,
+from experiments.report.job_summary import (SUMMARY_FILE, completed_summary, failed_summary, read_summary,
                                  running_summary, write_json)
 from experiments.report.tracking import Tracker
 from experiments.training.trainer import DivergedError, Monitor, Trainer, precision_name, resolve_device

@@ -37,7 +37,7 @@ class SweepSummary(Callback):
                 log.warning("could not update the sweep summary: %s", err)
 
     def final_report(self, sweep_dir: Path) -> None:
-        from experiments.report.summarize import summarize
+        from experiments.report.command import summarize
 
         if not sweep_dir.is_dir():
             return

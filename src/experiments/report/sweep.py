@@ -22,8 +22,8 @@ import yaml
 from experiments.report import effects
 from experiments.atomic import atomic_write
 from experiments.config.groups import CONFIG_GROUPS
-from experiments.report.report_md import report_markdown
-from experiments.report.summary import SUMMARY_FILE
+from experiments.report.markdown import report_markdown
+from experiments.report.job_summary import SUMMARY_FILE
 from experiments.report.tables import RESULT_COLUMNS, by_config_shown, markdown, shared_and_shown, shared_line
 
 SEED = effects.SEED

@@ -154,7 +154,7 @@ def plots_section(out_dir: Path) -> list[str]:
     drawn = [(name, title) for name, title in PLOTS.items() if (out_dir / "plots" / name).exists()]
     if not drawn:
         return ["## Plots", "", "None yet: they are drawn from the jobs' metrics.csv when the "
-                "sweep ends, or by `python -m experiments.report.summarize DIR`.", ""]
+                "sweep ends, or by `python -m experiments.report.command DIR`.", ""]
     return ["## Plots", "", *[line for name, title in drawn
                               for line in (f"### {title}", "", f"![{title}](plots/{name})", "")]]
 

@@ -1,6 +1,6 @@
 """Rebuild a sweep's tables and plots from its directory: finished, partial or still running.
 
-    python -m experiments.report.summarize multirun/2026-11-29/10-00-00
+    python -m experiments.report.command multirun/2026-11-29/10-00-00
     experiments-summarize multirun/2026-11-29/10-00-00 multirun/2026-11-30/09-00-00 --out both/
 
 One directory: summary.md (the report), summary.csv, effects.csv (+ summary_by_config.csv with
