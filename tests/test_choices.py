@@ -5,7 +5,7 @@ import csv
 import json
 
 from conftest import CONF, run_train
-from experiments.report import sweep as report
+from experiments.report import sweep_report as report
 from experiments.config.groups import CONFIG_GROUPS, NAMED_GROUPS
 from experiments.report.job_summary import write_json
 

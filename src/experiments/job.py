@@ -33,8 +33,8 @@ from experiments.config.groups import CONFIG_GROUPS
 from experiments.batches.loaders import make_loaders
 from experiments.report.provenance import collect as collect_provenance, resumed_code_change
 from experiments.training.schedules import BatchSizes
-from experiments.report.job_summary import (SUMMARY_FILE, completed_summary, failed_summary, read_summary,
-                                 running_summary, write_json)
+from experiments.report.job_summary import (SUMMARY_FILE, completed_summary, failed_summary,
+                                            read_summary, running_summary, write_json)
 from experiments.report.tracking import Tracker
 from experiments.training.trainer import DivergedError, Monitor, Trainer, precision_name, resolve_device
 
@@ -232,9 +232,11 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
         log.warning("%s", resume_note)
     code_changed = resumed_code_change(payload, provenance["code"]) if payload else None
     OmegaConf.save(config, job.output_dir / "config.yaml")  # resolved: every number of this job
-    with (Tracker(cfg.logger, job.output_dir, run_name=job.name, group=job.group, config=config,
-                  resumed_after=resumed_from, history=state.history if state else [],
-                  wandb_id=payload and payload.get("wandb_id"), provenance=provenance) as tracker,
+    make_tracker = instantiate(cfg.logger)  # a partial: the logger options come from the config
+    with (make_tracker(job.output_dir, run_name=job.name, group=job.group, config=config,
+                       resumed_after=resumed_from, history=state.history if state else [],
+                       wandb_id=payload and payload.get("wandb_id"),
+                       provenance=provenance) as tracker,
           CompileWatch(t.compile) as compiled):
 
         def after_epoch(fit_state, metrics):  # log first: a kill in between redoes one epoch
@@ -258,9 +260,7 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
             "resumed_from_epoch": resumed_from, "resume_note": resume_note,
             "compile": compiled.status, "wandb_id": tracker.wandb_id,
             "provenance": provenance, "code_changed_on_resume": code_changed})
-        tracker.log_results({"choices": job.choices, **config}, {
-            k: summary[k] for k in ("test_acc", "test_acc_final", "test_tta_acc", "best_val_acc",
-                                    "epochs_completed")})
+        tracker.log_results({"choices": job.choices, **config}, summary)
     torch.save(trainer.eval_weights(), job.output_dir / "model.pt")  # the tested weights
     if not t.keep_checkpoint:
         checkpoint.unlink(missing_ok=True)

@@ -1,4 +1,5 @@
-"""`python -m experiments.summarize DIR [DIR ...]`: the command lives in experiments.report.command."""
+"""`python -m experiments.summarize DIR [DIR ...]` and `experiments-summarize`: the command
+lives in experiments.report.command."""
 
 import sys
 

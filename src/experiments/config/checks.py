@@ -13,8 +13,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.errors import ConfigError
 from experiments.config.groups import NAMED_GROUPS
-
-VAL_METRICS = ("val/acc", "val/loss")
+from experiments.training.metrics import METRIC_MODES, VAL_METRICS
 
 
 def _is_int(value) -> bool:
@@ -128,7 +127,6 @@ def check_config(cfg: DictConfig) -> None:
     check_combinations(cfg)
 
 
-METRIC_MODES = {"val/acc": "max", "val/loss": "min"}
 SCHEDULE_KEYS = {"epochs", "sizes", "scale_lr"}  # trainer.batch_schedule
 
 

@@ -29,7 +29,7 @@ class SweepSummary(Callback):
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         if config.hydra.mode is not None and str(config.hydra.mode).endswith("MULTIRUN"):
-            from experiments.report.sweep import write_tables
+            from experiments.report.sweep_report import write_tables
 
             try:
                 write_tables([Path(config.hydra.sweep.dir)], Path(config.hydra.sweep.dir))
