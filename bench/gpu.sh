@@ -44,11 +44,12 @@ end=$(now)
 $PY - "$OUT" "$start" "$end" <<'PYEOF'
 import csv, json, statistics, sys
 from pathlib import Path
+from experiments.training.metrics import EPOCH_S
 out, grid_s = Path(sys.argv[1]), float(sys.argv[3]) - float(sys.argv[2])
 
 def epoch_times(job):
     rows = list(csv.DictReader(open(job / "metrics.csv")))
-    times = [float(r["time/epoch_s"]) for r in rows]
+    times = [float(r[EPOCH_S]) for r in rows]
     return times, statistics.median(times[1:] or times)  # epoch 1 pays for warm-up
 
 print("\n| job | precision | epoch 1 (s) | later epochs, median (s) | img/s | best val acc |")

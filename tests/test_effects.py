@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from experiments.report import effects, sweep as report
+from experiments.report import effects, load_sweep, sweep_report as report
 from experiments.report.provenance import resumed_code_change
-from experiments.report.summary import write_json
+from experiments.report.job_summary import write_json
 
 T_975 = {2: 4.302653, 3: 3.182446}  # t quantiles (0.975; 2 and 3 degrees of freedom), from tables
 CODE = {"commit": "c0ffee", "dirty": False, "diff_sha256": None}
@@ -184,7 +184,7 @@ def test_three_levels_compare_every_pair(tmp_path):
 
 def test_load_sweep_gives_one_row_per_job(tmp_path):
     fabricate(tmp_path / "s", GRID, failed={("adamw", "advanced", 1)})
-    df = report.load_sweep(tmp_path / "s")
+    df = load_sweep(tmp_path / "s")
     assert isinstance(df, pd.DataFrame) and len(df) == 8
     assert {"job", "model", "optim", "aug", "mix", "seed", "status", "overrides", "test_acc",
             "best_val_acc", "epochs_completed", "error", "provenance.code.commit",
@@ -236,7 +236,7 @@ def test_interval_needs_two_seeds_and_two_pairs():
 
 def test_paired_differences_from_a_notebook(tmp_path):
     fabricate(tmp_path / "s", GRID)
-    df = report.load_sweep(tmp_path / "s")
+    df = load_sweep(tmp_path / "s")
     by_metric = {c.metric: c for c in effects.paired_differences(df, "optim")}
     assert by_metric["test_acc"].mean == pytest.approx(5.5) and by_metric["test_acc"].n_pairs == 4
     # matched on the seed alone, each seed's cell averages over optim: one pair per seed

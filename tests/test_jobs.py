@@ -7,6 +7,8 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import run_train
+from experiments.report.job_summary import COMPLETED, LOGGED_RESULTS, keys_for
+from experiments.training.metrics import EPOCH, EPOCH_METRICS
 
 TAGS = {"train/loss", "train/acc", "val/loss", "val/acc", "train/lr"}
 
@@ -52,6 +54,18 @@ def test_smoke_job_has_one_offline_wandb_run_and_per_epoch_metrics(smoke_job):
     assert [int(r["epoch"]) for r in rows] == [1, 2, 3] and TAGS <= set(rows[0])
     assert (out / ".hydra" / "config.yaml").exists() and (out / "train.log").exists()
     assert "epoch 3/3" in (out / "train.log").read_text()
+
+
+def test_smoke_job_writes_the_defined_summary_keys_and_metric_names(smoke_job):
+    out, _ = smoke_job
+    summary = json.loads((out / "summary.json").read_text())
+    assert tuple(summary) == keys_for(COMPLETED)
+    header = (out / "metrics.csv").read_text().splitlines()[0]
+    assert header.split(",") == [EPOCH, *EPOCH_METRICS]
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    logged = {f"hparam/{k}" for k in LOGGED_RESULTS if summary[k] is not None}
+    assert set(acc.Tags()["scalars"]) == set(EPOCH_METRICS) | logged
 
 
 def test_progress_bar_shows_epochs_with_eta(smoke_job):

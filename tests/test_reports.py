@@ -12,8 +12,9 @@ import torch
 import yaml
 
 from conftest import run_train
-from experiments.report import sweep as report, summarize
-from experiments.report.summary import write_json
+from experiments import summarize
+from experiments.report import sweep_report as report
+from experiments.report.job_summary import write_json
 from experiments.training.backends import resolve_device
 
 SMOKE = ["experiment=smoke", "logger=none", "trainer.epochs=1"]
@@ -212,7 +213,8 @@ def test_provenance_goes_to_tensorboard_and_wandb(tmp_path, monkeypatch):
         "enabled": True, "project": "p", "entity": None, "group": None, "tags": [],
         "mode": "offline", "system_stats": False}})
     prov = {"code": {"commit": "c0ffee", "dirty": False, "diff_sha256": None}}
-    with Tracker(cfg, tmp_path, run_name="r", group=None, config={"seed": 0}, provenance=prov):
+    with Tracker(tmp_path, run_name="r", group=None, config={"seed": 0}, provenance=prov,
+                 tensorboard=cfg.tensorboard, wandb=cfg.wandb):
         pass
     assert seen["config"] == {"seed": 0, "provenance": prov}
     acc = EventAccumulator(str(tmp_path / "tb"), size_guidance={"tensors": 0})

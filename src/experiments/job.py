@@ -32,8 +32,8 @@ from experiments.config.resolvers import redact_secrets
 from experiments.data import Splits, load_splits
 from experiments.errors import JobFailed, UserError, user_error_in
 from experiments.report.provenance import collect as collect_provenance, resumed_code_change
-from experiments.report.summary import (SUMMARY_FILE, completed_summary, failed_summary, read_summary,
-                                        running_summary, write_json)
+from experiments.report.job_summary import (SUMMARY_FILE, completed_summary, failed_summary,
+                                            read_summary, running_summary, write_json)
 from experiments.report.tracking import Tracker
 from experiments.training.backends import (CompileWatch, configure_backends, maybe_compile,
                                            precision_name, resolve_device, use_channels_last)
@@ -166,9 +166,11 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
         log.warning("%s", resumed.note)
     code_changed = resumed_code_change(resumed.saved, provenance["code"]) if resumed.state else None
     OmegaConf.save(config, job.output_dir / "config.yaml")  # resolved: every number of this job
-    with (Tracker(cfg.logger, job.output_dir, run_name=job.name, group=job.group, config=config,
-                  resumed_after=resumed.epoch, history=resumed.state.history if resumed.state else [],
-                  wandb_id=resumed.saved.get("wandb_id"), provenance=provenance) as tracker,
+    make_tracker = instantiate(cfg.logger)  # a partial: the logger options come from the config
+    with (make_tracker(job.output_dir, run_name=job.name, group=job.group, config=config,
+                       resumed_after=resumed.epoch,
+                       history=resumed.state.history if resumed.state else [],
+                       wandb_id=resumed.saved.get("wandb_id"), provenance=provenance) as tracker,
           CompileWatch(options.compile) as compiled):
 
         def after_epoch(state: FitState, metrics: dict[str, float]) -> None:
@@ -186,9 +188,7 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
             "resumed_from_epoch": resumed.epoch, "resume_note": resumed.note,
             "compile": compiled.status, "wandb_id": tracker.wandb_id,
             "provenance": provenance, "code_changed_on_resume": code_changed})
-        tracker.log_results({"choices": job.choices, **config}, {
-            k: summary[k] for k in ("test_acc", "test_acc_final", "test_tta_acc", "best_val_acc",
-                                    "epochs_completed")})
+        tracker.log_results({"choices": job.choices, **config}, summary)
     torch.save(trainer.eval_weights(), job.output_dir / "model.pt")  # the tested weights
     if not options.keep_checkpoint:
         checkpoint.remove()

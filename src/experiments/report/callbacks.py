@@ -29,7 +29,7 @@ class SweepSummary(Callback):
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         if config.hydra.mode is not None and str(config.hydra.mode).endswith("MULTIRUN"):
-            from experiments.report.sweep import write_tables
+            from experiments.report.sweep_report import write_tables
 
             try:
                 write_tables([Path(config.hydra.sweep.dir)], Path(config.hydra.sweep.dir))
@@ -37,7 +37,7 @@ class SweepSummary(Callback):
                 log.warning("could not update the sweep summary: %s", err)
 
     def final_report(self, sweep_dir: Path) -> None:
-        from experiments.report.summarize import summarize
+        from experiments.report.command import summarize
 
         if not sweep_dir.is_dir():
             return

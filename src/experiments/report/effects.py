@@ -20,9 +20,11 @@ from dataclasses import dataclass, field
 import pandas as pd
 from scipy import stats
 
-SEED = "seed"
-METRICS = ("test_acc", "best_val_acc")  # what effects are measured on
-AGGREGATED = ("test_acc", "best_val_acc", "train_time_s")  # what is averaged per configuration
+from experiments.report.job_summary import chosen
+from experiments.report.sweep import SEED
+
+METRICS = chosen("test_acc", "best_val_acc")  # what effects are measured on
+AGGREGATED = chosen("test_acc", "best_val_acc", "train_time_s")  # averaged per configuration
 CONFIDENCE = 0.95
 MAX_LEVELS = 12  # more levels than this: a search (Optuna), not a grid; no per-level effects
 CSV_COLUMNS = ["factor", "level", "n_jobs", "n_failed", *[f"mean_{m}" for m in METRICS], "vs",

@@ -7,14 +7,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from experiments.report.sweep import Job, label
+from experiments.report.sweep import SEED, Job, label
+from experiments.training.metrics import (ACCURACIES, EPOCH, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC,
+                                          VAL_LOSS)
 
 CURVES = {  # file name: (metrics.csv column, y label, title)
-    "val_acc.png": ("val/acc", "validation accuracy (%)", "Validation accuracy per epoch"),
-    "val_loss.png": ("val/loss", "validation loss", "Validation loss per epoch"),
-    "train_acc.png": ("train/acc", "training accuracy (%)", "Training accuracy per epoch"),
-    "train_loss.png": ("train/loss", "training loss", "Training loss per epoch"),
-    "lr.png": ("train/lr", "learning rate", "Learning rate per epoch"),
+    "val_acc.png": (VAL_ACC, "validation accuracy (%)", "Validation accuracy per epoch"),
+    "val_loss.png": (VAL_LOSS, "validation loss", "Validation loss per epoch"),
+    "train_acc.png": (TRAIN_ACC, "training accuracy (%)", "Training accuracy per epoch"),
+    "train_loss.png": (TRAIN_LOSS, "training loss", "Training loss per epoch"),
+    "lr.png": (LR, "learning rate", "Learning rate per epoch"),
 }
 BARS = {
     "best_val_acc.png": "Best validation accuracy per job",
@@ -61,10 +63,10 @@ def line_styles(jobs: list[Job]) -> dict[Path, dict]:
     """One colour per configuration, one line style per seed: a configuration's seeds read as
     one family of lines."""
     def config(job: Job) -> tuple:
-        return job.sweep, tuple(sorted((k, v) for k, v in job.overrides.items() if k != "seed"))
+        return job.sweep, tuple(sorted((k, v) for k, v in job.overrides.items() if k != SEED))
 
     def seed(job: Job) -> str:
-        return str(job.overrides.get("seed", job.summary.get("seed")))
+        return str(job.overrides.get(SEED, job.summary.get(SEED)))
 
     configs, seeds = list(dict.fromkeys(map(config, jobs))), list(dict.fromkeys(map(seed, jobs)))
     colors = pyplot().get_cmap("tab10" if len(configs) <= 10 else "tab20")
@@ -79,16 +81,16 @@ def curve_plot(jobs: list[Job], column: str, ylabel: str, title: str, path: Path
     if not drawn:
         return False
     fig, ax = pyplot().subplots(figsize=(8, 5))
-    scale = 100.0 if column.endswith("acc") else 1.0
+    scale = 100.0 if column in ACCURACIES else 1.0
     several, style = len({j.sweep for j in jobs}) > 1, line_styles(drawn)
     for job in drawn:
-        points = [(m["epoch"], m[column] * scale) for m in job.metrics if column in m]
+        points = [(m[EPOCH], m[column] * scale) for m in job.metrics if column in m]
         ax.plot(*zip(*points), marker="o" if len(points) < 15 else None, markersize=3,
                 label=job_label(job.name, job.sweep, several), **style[job.path])
     ax.set(xlabel="epoch", ylabel=ylabel, title=title)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     values = [m[column] for j in drawn for m in j.metrics if column in m]
-    if column == "train/lr" and min(values) > 0 and max(values) / min(values) > 20:
+    if column == LR and min(values) > 0 and max(values) / min(values) > 20:
         ax.set_yscale("log")  # SGD's and AdamW's rates differ by ~100x
     ax.grid(alpha=0.3)
     legend(ax, len(drawn))

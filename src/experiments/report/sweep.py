@@ -1,7 +1,6 @@
-"""Reading sweeps back: one row per job (a pandas DataFrame), and a sweep's files: summary.csv,
-summary_by_config.csv, effects.csv and summary.md.
+"""A sweep read back: its jobs, and one row per job (a pandas DataFrame).
 
-Everything is rebuilt from the job directories on disk (their summary.json, metrics.csv and
+Everything is read from the job directories on disk (their summary.json, metrics.csv and
 .hydra/overrides.yaml), so it works on any sweep: finished, partial, still running, or killed.
 In a notebook: `from experiments.report import load_sweep; df = load_sweep("multirun/...")`.
 """
@@ -19,19 +18,12 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from experiments.report import effects
-from experiments.atomic import atomic_write
 from experiments.config.groups import CONFIG_GROUPS
-from experiments.report.report_md import report_markdown
-from experiments.report.summary import SUMMARY_FILE
-from experiments.report.tables import RESULT_COLUMNS, by_config_shown, markdown, shared_and_shown, shared_line
+from experiments.report.job_summary import COUNTS, FLOATS, NESTED, RESULT_COLUMNS, SUMMARY_FILE
+from experiments.report.tracking import METRICS_FILE
+from experiments.training.metrics import VAL_ACC
 
-SEED = effects.SEED
-INT_COLUMNS = ("epochs_completed", "best_epoch", "resumed_from_epoch")
-NUMERIC_COLUMNS = ("best_val_acc", "test_acc", "test_acc_final", "test_tta_acc", "train_time_s",
-                   "images_per_s")  # None in some jobs: still numbers, for means
-NESTED = ("provenance", "code_changed_on_resume")  # dicts in summary.json: dotted columns here
-BEST_MARK = "*"
+SEED = "seed"  # the replicate: a column of its own, never part of a configuration
 
 
 @dataclass
@@ -63,7 +55,7 @@ def find_job_dirs(root: Path) -> list[Path]:
 
 
 def read_metrics(job_dir: Path) -> list[dict[str, float]]:
-    path = job_dir / "metrics.csv"
+    path = job_dir / METRICS_FILE
     if not path.exists():
         return []
     with open(path, newline="") as f:
@@ -107,7 +99,7 @@ def load_job(job_dir: Path, sweep: str) -> Job:
     job.summary["status"] = live_status(summary)
     if job.summary["status"] in ("running", "interrupted", "unknown") and job.metrics:
         # not finished: show what the epochs so far say
-        vals = [m["val/acc"] for m in job.metrics if "val/acc" in m]
+        vals = [m[VAL_ACC] for m in job.metrics if VAL_ACC in m]
         job.summary.update(epochs_completed=len(job.metrics), best_val_acc=max(vals) if vals else None)
     return job
 
@@ -145,9 +137,9 @@ def jobs_frame(jobs: list[Job]) -> pd.DataFrame:
     names the columns that define a configuration (groups and overridden keys)."""
     overridden = override_columns(jobs)
     df = pd.json_normalize([job_record(j, overridden) for j in jobs], sep=".")
-    for column in NUMERIC_COLUMNS:
+    for column in FLOATS:
         df[column] = pd.to_numeric(df[column])
-    for column in INT_COLUMNS:
+    for column in COUNTS:
         if column in df:
             df[column] = pd.to_numeric(df[column]).round().astype("Int64")
     df.attrs["config_columns"] = [*CONFIG_GROUPS, *overridden]
@@ -157,96 +149,3 @@ def jobs_frame(jobs: list[Job]) -> pd.DataFrame:
 def load_sweep(*roots: str | Path) -> pd.DataFrame:
     """The jobs of one or more sweep (or single-run) directories, one row per job."""
     return jobs_frame(load_sweeps([Path(r) for r in roots]))
-
-
-def table_columns(df: pd.DataFrame) -> list[str]:
-    """summary.csv's columns: the sweep (when several), the job, its configuration and seed,
-    and the results."""
-    sweep = ["sweep"] if df["sweep"].nunique() > 1 else []
-    return [*sweep, "job", *df.attrs["config_columns"], SEED, *RESULT_COLUMNS, "best"]
-
-
-def job_table(df: pd.DataFrame, pick: dict | None) -> pd.DataFrame:
-    """Sorted by test accuracy; BEST_MARK on the jobs of the configuration picked on validation."""
-    table = df.copy()
-    picked = pd.Series(True, index=df.index)
-    for column, value in (pick or {}).get("config", {}).items():
-        picked &= df[column] == value
-    table["best"] = picked.map({True: BEST_MARK, False: ""}) if pick else ""
-    table = table.sort_values("test_acc", ascending=False, na_position="last", kind="stable")
-    return table[[c for c in table_columns(df) if c in table]]
-
-
-# --- files -----------------------------------------------------------------------------------
-
-def write_csv(path: Path, table: pd.DataFrame) -> None:
-    with atomic_write(path) as tmp:
-        table.to_csv(tmp, index=False)
-
-
-def write_text(path: Path, text: str) -> None:
-    with atomic_write(path) as tmp:
-        tmp.write_text(text)
-
-
-@dataclass
-class SweepReport:
-    """What one pass over a sweep computed: its jobs, their table, the per-configuration
-    aggregate, the pick and the effects."""
-
-    df: pd.DataFrame
-    table: pd.DataFrame
-    configs: pd.DataFrame
-    pick: dict | None
-    analysis: effects.Analysis
-
-
-def analyse(jobs: list[Job]) -> SweepReport:
-    df = jobs_frame(jobs)
-    configs = effects.by_config(df, df.attrs["config_columns"])
-    pick = effects.pick(configs, df.attrs["config_columns"])
-    return SweepReport(df, job_table(df, pick), configs, pick,
-                       effects.analyse(df, df.attrs["config_columns"]))
-
-
-def write_tables(roots: list[Path], out_dir: Path, jobs: list[Job] | None = None,
-                 plots: bool = False) -> SweepReport | None:
-    """summary.csv, effects.csv, summary.md (and summary_by_config.csv when seeds repeat a
-    configuration), and with `plots` the PNGs in out_dir/plots, drawn first so that summary.md
-    embeds them. From `jobs` when the caller already read them."""
-    jobs = load_sweeps(roots) if jobs is None else jobs
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not jobs:
-        write_text(out_dir / "summary.md", "# Sweep report\n\n(no jobs)\n")
-        return None
-    result = analyse(jobs)
-    if plots:
-        from experiments.report.plots import write_plots  # it imports this module (Job)
-
-        write_plots(jobs, result.df, result.configs, out_dir / "plots")
-    write_csv(out_dir / "summary.csv", result.table)
-    write_csv(out_dir / "effects.csv", result.analysis.csv)
-    if (result.configs["n"] > 1).any():
-        write_csv(out_dir / "summary_by_config.csv", result.configs)
-    write_text(out_dir / "summary.md", report_markdown(roots, result, out_dir))
-    return result
-
-
-def terminal_table(result: SweepReport | None) -> str:
-    """The table for a terminal: columns that never vary are listed once above it, then the
-    per-configuration means and the effects in a sentence each."""
-    if result is None:
-        return "(no jobs)"
-    same, shown = shared_and_shown(result.table)
-    text = shared_line(same) + "\n\n" if same else ""
-    text += markdown(result.table, shown)
-    failed = [f"  {r.job}: {r.error}" for r in result.table.itertuples() if r.status == "failed"]
-    if failed:
-        text += "\nfailed:\n" + "\n".join(failed) + "\n"
-    if (result.configs["n"] > 1).any():
-        text += "\nper configuration, over seeds (accuracy in %, mean +- std):\n"
-        text += markdown(by_config_shown(result.configs, same, effects.AGGREGATED))
-    if result.analysis.sentences:
-        text += "\neffects (test accuracy, paired over jobs that differ only in that factor):\n"
-        text += "\n".join(f"  {s}" for s in result.analysis.sentences) + "\n"
-    return text

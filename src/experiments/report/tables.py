@@ -7,9 +7,7 @@ from typing import Any
 
 import pandas as pd
 
-# the results a sweep's job table shows, after each job's configuration and seed
-RESULT_COLUMNS = ("status", "best_val_acc", "test_acc", "test_acc_final", "test_tta_acc",
-                  "epochs_completed", "early_stopped", "train_time_s", "images_per_s", "error")
+from experiments.report.job_summary import RESULT_COLUMNS
 
 
 def missing(value: Any) -> bool:

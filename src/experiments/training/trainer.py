@@ -192,7 +192,7 @@ class Trainer:
         synchronize(self.device)
         seconds = time.perf_counter() - start
         metrics = {m.TRAIN_LOSS: train_metrics["loss"], m.TRAIN_ACC: train_metrics["acc"],
-                   m.TRAIN_LR: lr, m.TRAIN_BATCH_SIZE: train.batch_size, m.EPOCH_S: seconds,
+                   m.LR: lr, m.BATCH_SIZE: train.batch_size, m.EPOCH_S: seconds,
                    m.IMAGES_PER_S: train.num_images / seconds}
         if val is not None:
             evaluated = self.evaluate(val)

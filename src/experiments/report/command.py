@@ -1,6 +1,6 @@
 """Rebuild a sweep's tables and plots from its directory: finished, partial or still running.
 
-    python -m experiments.report.summarize multirun/2026-11-29/10-00-00
+    python -m experiments.summarize multirun/2026-11-29/10-00-00
     experiments-summarize multirun/2026-11-29/10-00-00 multirun/2026-11-30/09-00-00 --out both/
 
 One directory: summary.md (the report), summary.csv, effects.csv (+ summary_by_config.csv with
@@ -10,10 +10,9 @@ repeated seeds) and plots/*.png are written into it. Several: one combined repor
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
-from experiments.report.sweep import terminal_table, write_tables
+from experiments.report.sweep_report import terminal_table, write_tables
 
 
 def summarize(roots: list[Path], out_dir: Path, plots: bool = True) -> str:
@@ -36,7 +35,3 @@ def main(argv: list[str] | None = None) -> int:
     print(f"written to {out_dir}/summary.md, summary.csv, effects.csv"
           + ("" if args.no_plots else ", plots/"))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,17 +6,15 @@ from __future__ import annotations
 import itertools
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from experiments.report import effects
+from experiments.report.analysis import SweepReport
 from experiments.report.effects import Comparison, completed, levels
-from experiments.report.tables import (by_config_shown, markdown, mean_pm_std, missing, shared_and_shown,
-                                shared_line)
-
-if TYPE_CHECKING:
-    from experiments.report.sweep import SweepReport
+from experiments.report.plots import PLOTS
+from experiments.report.tables import (by_config_shown, markdown, mean_pm_std, missing,
+                                       shared_and_shown, shared_line)
 
 MISSING_CELL = "–"
 PROVENANCE = "provenance."
@@ -149,12 +147,10 @@ def effects_section(analysis: effects.Analysis) -> list[str]:
 
 
 def plots_section(out_dir: Path) -> list[str]:
-    from experiments.report.plots import PLOTS  # names only: matplotlib is imported when drawing
-
     drawn = [(name, title) for name, title in PLOTS.items() if (out_dir / "plots" / name).exists()]
     if not drawn:
         return ["## Plots", "", "None yet: they are drawn from the jobs' metrics.csv when the "
-                "sweep ends, or by `python -m experiments.report.summarize DIR`.", ""]
+                "sweep ends, or by `python -m experiments.summarize DIR`.", ""]
     return ["## Plots", "", *[line for name, title in drawn
                               for line in (f"### {title}", "", f"![{title}](plots/{name})", "")]]
 
