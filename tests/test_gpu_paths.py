@@ -108,9 +108,10 @@ def test_deterministic_mode_is_set_per_job_not_left_on(backend_flags):
                                     "+optim.fused=false"])
 def test_fused_is_only_added_when_the_user_chose_no_implementation(compose_cfg, chosen):
     model = nn.Linear(4, 2)
-    automatic = build_optimizer(compose_cfg(["data=synthetic"]), model, CUDA0)
+    options = TrainerOptions()
+    automatic = build_optimizer(compose_cfg(["data=synthetic"]), options, model, CUDA0)
     assert automatic.defaults["fused"] is True
-    optimizer = build_optimizer(compose_cfg(["data=synthetic", chosen]), model, CUDA0)
+    optimizer = build_optimizer(compose_cfg(["data=synthetic", chosen]), options, model, CUDA0)
     key, value = chosen[len("+optim."):].split("=")
     assert optimizer.defaults[key] is (value == "true") and not optimizer.defaults["fused"]
 
