@@ -248,7 +248,6 @@ def test_truncated_idx_file_is_reported(tmp_path, compose_cfg):
     (["mix=mixup", "trainer.batch_schedule={epochs:[2,3],sizes:[64,65]}"],
      "trainer.batch_schedule.sizes[1] must be even, got 65"),
     (["trainer.batch_schedule={epochs:[2,3],sizes:[64]}"], "equal length"),
-    (["trainer.batch_schedule={epochs:[2],sizes:[64],scale_lrs:true}"], "optionally scale_lr"),
 ])
 def test_bad_combinations_are_refused(compose_cfg, overrides, message):
     with pytest.raises(ConfigError, match=re.escape(message)):
