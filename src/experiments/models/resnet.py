@@ -18,13 +18,18 @@ def _conv(in_chans: int, out_chans: int, kernel: int, stride: int) -> nn.Conv2d:
     return conv
 
 
+def resnet_channels(width: int) -> tuple[int, ...]:
+    """The four stages' channels, for timm's `channels`: `width`, then doubling."""
+    return tuple(width * m for m in (1, 2, 4, 8))
+
+
 def timm_resnet18(num_classes: int, width: int = 64, cifar_stem: bool = True,
                   in_chans: int = 3, **timm_kwargs) -> nn.Module:
     """`width` is the first stage's channels (64 = the standard model); later stages double it."""
     check_width(width)
     model = timm.create_model(
         "resnet18", pretrained=False, num_classes=num_classes, in_chans=in_chans,
-        channels=tuple(width * m for m in (1, 2, 4, 8)), **timm_kwargs)
+        channels=resnet_channels(width), **timm_kwargs)
     if cifar_stem:
         model.conv1 = _conv(in_chans, width, 3, 1)
         model.maxpool = nn.Identity()
@@ -58,7 +63,7 @@ def timm_model(name: str, num_classes: int, in_chans: int = 3, image_size: int =
                 f"model.width={width}: timm's {name} has no width setting (only timm's ResNet "
                 "family has one here). Use model.width=null for its standard size, or a smaller "
                 "variant by name (e.g. model.name=mobilenetv3_small_050).")
-        kwargs["channels"] = tuple(width * m for m in (1, 2, 4, 8))
+        kwargs["channels"] = resnet_channels(width)
     try:
         model = timm.create_model(name, img_size=image_size, **kwargs)
     except TypeError:  # this architecture takes any input size
