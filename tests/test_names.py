@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 from hydra.utils import instantiate
 
-from experiments.batches.loaders import DeviceLoader, Normalize
+from experiments.batches.device import DeviceLoader, Normalize
 from experiments.config.checks import check_config
 from experiments.data import Split
 from experiments.errors import ConfigError
@@ -22,7 +22,8 @@ from experiments.report.tracking import Tracker
 from experiments.training.metrics import (EPOCH, EPOCH_METRICS, METRIC_MODES, VAL_METRICS,
                                           VAL_PREFIX)
 from experiments.training.schedules import constant
-from experiments.training.trainer import FitState, Monitor, Trainer
+from experiments.training.options import TrainerOptions
+from experiments.training.trainer import FitState, Trainer
 
 
 def tiny_batches(n: int, seed: int) -> DeviceLoader:
@@ -37,10 +38,9 @@ def test_the_trainer_logs_exactly_the_named_metrics_in_their_order():
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=2, total_steps=2),
-                      device=torch.device("cpu"), progress=False)
+                      TrainerOptions(epochs=1, progress=False), device=torch.device("cpu"))
     logged = []
-    fit = trainer.fit(tiny_batches(16, 0), tiny_batches(8, 1), 1,
-                      select=Monitor(VAL_METRICS[0], METRIC_MODES[VAL_METRICS[0]]),
+    fit = trainer.fit(tiny_batches(16, 0), tiny_batches(8, 1),
                       after_epoch=lambda state, metrics: logged.append(metrics))
     assert list(logged[0]) == list(EPOCH_METRICS)  # metrics.csv's, TensorBoard's, W&B's keys
     assert list(fit.history[0]) == [EPOCH, *EPOCH_METRICS]  # what a checkpoint carries

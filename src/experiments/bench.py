@@ -4,7 +4,7 @@
     python -m experiments.bench --out bench.json --quick    # seconds; what the test suite runs
 
 1. augmentation throughput at batch 256, `basic` and `advanced`: the device path (the default,
-   experiments.batches.loaders.DeviceLoader) against a torchvision DataLoader with one worker per core;
+   experiments.batches.device.DeviceLoader) against a torchvision DataLoader with one worker per core;
 2. dataset load time: parsing an official-format CIFAR-100 archive against loading the cache
    (memory-mapped, every page made resident: what a job waits for; `cache_copy_s` also copies
    everything into private memory, an upper bound);
