@@ -26,8 +26,9 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from experiments.data import CIFAR_FORMATS, Split, load_cache, read_cifar_archive, save_cache
-from support.archives import write_cifar_archive
+from experiments.data import Split
+from experiments.data.cache import load_cache, save_cache
+from experiments.data.cifar import CIFAR_FORMATS, read_cifar_archive, write_cifar_archive
 from experiments.batches.loaders import (DeviceLoader, Normalize, PreMadeBatches, WorkerLoader, available_cores,
                                 torchvision_transform)
 from experiments.training.schedules import constant
@@ -135,7 +136,8 @@ def bench_step(device: torch.device, size: dict, model_name: str) -> dict:
     model = instantiate(cfg.model).to(device)
     optimizer = instantiate(cfg.optim)(model.parameters())
     batches = PreMadeBatches((torch.randn(batch, 3, 32, 32, device=device),
-                       torch.randint(0, 100, (batch,), device=device)) for _ in range(size["steps"]))
+                              torch.randint(0, cfg.data.num_classes, (batch,), device=device))
+                             for _ in range(size["steps"]))
     trainer = Trainer(model, optimizer, constant(optimizer, epochs=1, steps_per_epoch=1, total_steps=1),
                       device=device, progress=False)
     framework = lambda: trainer.train_epoch(batches)  # noqa: E731  (ends in a sync: .item())
