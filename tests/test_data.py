@@ -1,17 +1,26 @@
-"""The CIFAR loaders on small archives in the official format, the download, the cache, the splits."""
+"""The CIFAR loaders on small archives in the official format, the download, the cache, the splits,
+and the data package's shape: one source class per conf/data/*.yaml, imports only downward."""
 
+import ast
 import functools
 import hashlib
 import http.server
+import os
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from experiments import data as data_mod
-from experiments.data import CIFAR_FORMATS, Split, load_splits, read_cifar_archive, split_validation
+import experiments
+from experiments.data import Source, Split, load_splits, make_source
+from experiments.data import cifar as cifar_mod
+from experiments.data.base import split_validation
+from experiments.data.cifar import CIFAR_FORMATS, read_cifar_archive
 from experiments.errors import ConfigError, DataError
 from support.archives import write_cifar_archive
 
@@ -47,7 +56,7 @@ def test_first_load_builds_the_cache_and_later_loads_use_it(tmp_path, compose_cf
     def no_parsing(*args):
         raise AssertionError("the archive was parsed again")
 
-    monkeypatch.setattr(data_mod, "read_cifar_archive", no_parsing)
+    monkeypatch.setattr(cifar_mod, "read_cifar_archive", no_parsing)
     start = time.perf_counter()
     again = load_splits(cfg)
     assert time.perf_counter() - start < 1.0
@@ -139,3 +148,42 @@ def test_synthetic_classes_are_mirror_symmetric(compose_cfg):
     train = load_splits(cfg).train
     assert cfg.hflip_ok and torch.equal(train.images, train.images.flip(3))
     assert len(train.images.unique(dim=0)) == len(train.labels.unique())  # one template a class
+
+
+DATA_CONFIGS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "data").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", DATA_CONFIGS)
+def test_every_data_config_names_its_source(compose_cfg, tmp_path, name):
+    """`_target_` builds the source from the config's keys (each one a field of the class)."""
+    from experiments.config.checks import register_resolvers  # data=folder's num_classes
+
+    register_resolvers()
+    (tmp_path / "train" / "a").mkdir(parents=True)  # data=folder counts the class folders
+    root = [f"data.root={tmp_path}"] if name != "synthetic" else []
+    cfg = compose_cfg([f"data={name}", *root]).data
+    source = make_source(cfg)
+    assert isinstance(source, Source) and source.name == name
+    assert source.cache_path is None or source.cache_path.parent == tmp_path
+
+
+def test_the_data_package_imports_only_itself_and_lower_layers():
+    """No cycle through the package's __init__ (it imports the sources, so they must not import
+    it back) and nothing from a layer above (batches, training, report, config)."""
+    package = Path(experiments.__file__).parent / "data"
+    for path in package.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = [node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+        imported += [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                     for alias in node.names]
+        ours = [m for m in imported if m and m.split(".")[0] == "experiments"]
+        assert all(m in ("experiments.errors", "experiments.atomic") or m.startswith("experiments.data.")
+                   for m in ours), (path.name, ours)
+
+
+def test_the_benchmark_imports_from_the_package_alone(tmp_path):
+    """The benchmark's CIFAR writer ships in the package: it imports without tests/ on the path."""
+    env = {**os.environ, "PYTHONPATH": str(Path(experiments.__file__).parents[1])}
+    proc = subprocess.run([sys.executable, "-c", "import experiments.bench"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]

@@ -151,9 +151,11 @@ def test_two_processes_building_one_cache(tmp_path):
     write_cifar_archive(tmp_path / "cifar-100-python.tar.gz", n_train=2000, n_test=500)
     script = (
         "import sys; from omegaconf import OmegaConf; from experiments.data import load_splits;"
-        f"cfg = OmegaConf.create(dict(name='cifar100', root='{tmp_path}', url='x/cifar-100-python.tar.gz',"
+        "cfg = OmegaConf.create(dict(_target_='experiments.data.cifar.Cifar', name='cifar100',"
+        f"root='{tmp_path}', url='x/cifar-100-python.tar.gz',"
         "md5=None, download=False, download_timeout_s=1, num_classes=100, channels=3, image_size=32,"
-        "val_size=0, split_seed=0)); s = load_splits(cfg); print(len(s.train), int(s.train.images.sum()))")
+        "val_size=0, split_seed=0, mean=[0.5] * 3, std=[0.25] * 3, hflip_ok=True));"
+        "s = load_splits(cfg); print(len(s.train), int(s.train.images.sum()))")
     procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
              for _ in range(2)]
     outputs = [p.communicate(timeout=120)[0].strip() for p in procs]

@@ -27,12 +27,12 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import experiments.config  # noqa: F401  (registers the schemas and resolvers with Hydra)
-
-from experiments.data import CIFAR_FORMATS, Split, load_cache, read_cifar_archive, save_cache
-from support.archives import write_cifar_archive
 from experiments.batches.device import DeviceLoader, Normalize
 from experiments.batches.workers import (WorkerLoader, available_cores,
                                 torchvision_transform)
+from experiments.data import Split
+from experiments.data.cache import load_cache, save_cache
+from experiments.data.cifar import CIFAR_FORMATS, read_cifar_archive, write_cifar_archive
 from experiments.training.schedules import constant
 from experiments.training.backends import resolve_device, resolve_precision, synchronize
 from experiments.training.options import TrainerOptions
@@ -139,8 +139,9 @@ def bench_step(device: torch.device, size: dict, model_name: str) -> dict:
     torch.manual_seed(0)
     model = instantiate(cfg.model).to(device)
     optimizer = instantiate(cfg.optim)(model.parameters())
-    batches = list((torch.randn(batch, 3, 32, 32, device=device),
-                       torch.randint(0, 100, (batch,), device=device)) for _ in range(size["steps"]))
+    batches = [(torch.randn(batch, 3, 32, 32, device=device),
+                torch.randint(0, cfg.data.num_classes, (batch,), device=device))
+               for _ in range(size["steps"])]  # train_epoch needs only len() and iteration
     trainer = Trainer(model, optimizer, constant(optimizer, epochs=1, steps_per_epoch=1, total_steps=1),
                       TrainerOptions(progress=False), device=device)
     framework = lambda: trainer.train_epoch(batches)  # noqa: E731  (ends in a sync: .item())

@@ -8,13 +8,16 @@ between class folders, or when the classes change.
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from experiments.data import ImageData, Split, cache_path, cached
+from experiments.data.base import ImageData, Split
+from experiments.data.cache import CachedSource
 from experiments.errors import DataError
 
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
@@ -73,15 +76,26 @@ def stamp(root: Path, files: list[tuple[Path, int]], classes: list[str]) -> str:
     return digest.hexdigest()
 
 
-def load_folder(cfg) -> ImageData:
-    root, classes = Path(cfg.root), class_names(cfg.root)
-    train, test = (image_files(root / split, classes) for split in ("train", "test"))
-    if not train or not test:
-        raise DataError(f"{root} has no images in {'train' if not train else 'test'}/<class>/ "
-                        f"(looked for {', '.join(sorted(SUFFIXES))}).")
+@dataclass(kw_only=True)
+class Folder(CachedSource):
+    """data=folder data.root=PATH; num_classes comes from the class folders (conf/data/folder.yaml)."""
 
-    def build() -> ImageData:
-        return ImageData(decode_split(train, cfg.image_size, cfg.channels),
-                         decode_split(test, cfg.image_size, cfg.channels), classes)
+    names: ClassVar[tuple[str, ...]] = ("folder",)
 
-    return cached(cache_path(cfg), cfg, build, stamp(root, train + test, classes))
+    @property
+    def cache_name(self) -> str:
+        # hidden among ROOT's train/ and test/; one per decoded size and channel count
+        return f".cache-{self.image_size}px-{self.channels}ch.uint8.pt"
+
+    def load(self) -> ImageData:
+        root, classes = Path(self.root), class_names(self.root)
+        train, test = (image_files(root / split, classes) for split in ("train", "test"))
+        if not train or not test:
+            raise DataError(f"{root} has no images in {'train' if not train else 'test'}/<class>/ "
+                            f"(looked for {', '.join(sorted(SUFFIXES))}).")
+
+        def build() -> ImageData:
+            return ImageData(decode_split(train, self.image_size, self.channels),
+                             decode_split(test, self.image_size, self.channels), classes)
+
+        return self.cached(build, stamp(root, train + test, classes))

@@ -5,12 +5,15 @@ from __future__ import annotations
 import gzip
 import struct
 import zlib
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 
-from experiments.data import ImageData, Split, cache_path, cached, fetch
+from experiments.data.base import ImageData, Split
+from experiments.data.fetch import DownloadedSource
 from experiments.errors import DataError
 
 IDX_UINT8 = 0x08
@@ -34,17 +37,24 @@ def read_idx(path: Path) -> np.ndarray:
     return data.reshape(dims)
 
 
-def load_split(cfg, images_key: str, labels_key: str) -> Split:
-    images, labels = (read_idx(fetch(cfg, cfg.url + cfg.files[k].name, cfg.files[k].md5))
-                      for k in (images_key, labels_key))
-    if len(images) != len(labels):
-        raise DataError(f"MNIST {images_key} has {len(images)} images but {len(labels)} labels.")
-    return Split(torch.from_numpy(images.copy()).unsqueeze(1), torch.from_numpy(labels.astype(np.int64)))
+@dataclass(kw_only=True)
+class Mnist(DownloadedSource):
+    """data=mnist: `files` maps train_images, train_labels, test_images, test_labels to
+    {name, md5}; each is fetched from `url` + name."""
 
+    names: ClassVar[tuple[str, ...]] = ("mnist",)
 
-def load_mnist(cfg) -> ImageData:
-    def build() -> ImageData:
-        return ImageData(load_split(cfg, "train_images", "train_labels"),
-                         load_split(cfg, "test_images", "test_labels"), [str(d) for d in range(10)])
+    files: dict[str, dict[str, str | None]]
 
-    return cached(cache_path(cfg), cfg, build)
+    def split(self, images_key: str, labels_key: str) -> Split:
+        images, labels = (read_idx(self.fetch(self.url + self.files[k]["name"], self.files[k]["md5"]))
+                          for k in (images_key, labels_key))
+        if len(images) != len(labels):
+            raise DataError(f"MNIST {images_key} has {len(images)} images but {len(labels)} labels.")
+        return Split(torch.from_numpy(images.copy()).unsqueeze(1),
+                     torch.from_numpy(labels.astype(np.int64)))
+
+    def load(self) -> ImageData:
+        return self.cached(lambda: ImageData(self.split("train_images", "train_labels"),
+                                             self.split("test_images", "test_labels"),
+                                             [str(d) for d in range(10)]))

@@ -21,7 +21,7 @@ from typing import Any
 
 import torch
 
-from experiments.data import cache_path
+from experiments.data import make_source
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def data_source(data_cfg) -> dict[str, Any]:
     reading the file."""
     source = {"name": data_cfg.name, "source": data_cfg.get("url") or data_cfg.get("root") or "generated",
               "cache": None, "cache_id": None}
-    path = cache_path(data_cfg)
+    path = make_source(data_cfg).cache_path
     if path is not None and path.exists():
         st = path.stat()
         source.update(cache=str(path.resolve()),
