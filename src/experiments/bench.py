@@ -38,7 +38,7 @@ from experiments.training.backends import resolve_device, resolve_precision, syn
 from experiments.training.options import TrainerOptions
 from experiments.training.trainer import Trainer
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
+CONF = Path(__file__).resolve().parent / "conf"  # the package's config tree (conf/ in a checkout)
 SIZES = {  # full: CIFAR-100-sized; quick: enough to exercise every path in seconds
     "full": dict(images=50_000, batches=100, dl_batches=30, archive=(50_000, 10_000), rounds=3,
                  step_width=16, step_batch=128, steps=8),
