@@ -156,9 +156,7 @@ DATA_CONFIGS = sorted(p.stem for p in (Path(__file__).parents[1] / "conf" / "dat
 @pytest.mark.parametrize("name", DATA_CONFIGS)
 def test_every_data_config_names_its_source(compose_cfg, tmp_path, name):
     """`_target_` builds the source from the config's keys (each one a field of the class)."""
-    from experiments.config.checks import register_resolvers  # data=folder's num_classes
-
-    register_resolvers()
+    # (conftest imports experiments.config, which registers data=folder's num_classes resolver)
     (tmp_path / "train" / "a").mkdir(parents=True)  # data=folder counts the class folders
     root = [f"data.root={tmp_path}"] if name != "synthetic" else []
     cfg = compose_cfg([f"data={name}", *root]).data

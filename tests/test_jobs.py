@@ -75,7 +75,7 @@ def test_progress_bar_shows_epochs_with_eta(smoke_job):
 
 @pytest.mark.parametrize("overrides,message", [
     (["model=resnet50x"], "Available options"),
-    (["trainer.epochs=abc"], "trainer.epochs must be a positive integer"),
+    (["trainer.epochs=abc"], "could not be converted to Integer"),  # Hydra, from the schema
     (["trainer.epochs=-1"], "trainer.epochs must be a positive integer"),
     (["optim.lr=-0.1"], "optim.lr must be a number > 0"),
     (["trainer.batch_size=0"], "trainer.batch_size must be a positive integer"),

@@ -1,0 +1,163 @@
+"""Batched augmentation with per-image randomness, on whatever device the dataset lives on.
+
+torchvision's v2 transforms applied to a batch draw ONE set of parameters for the whole batch, and
+per-image transforms in a DataLoader are slow. Here every image gets its own crop offset, flip,
+rotation angle and erasing box, all drawn for the batch at once, with exactly the semantics of
+
+    RandomCrop(32, padding=p) -> RandomHorizontalFlip() -> RandomRotation(d)   (nearest, fill 0)
+    -> ToTensor -> Normalize(mean, std) -> RandomErasing(p, scale, ratio, value=0)
+
+How it stays cheap:
+- the dataset is stored zero-padded once, so a random crop is a window of it; crop and flip are
+  ONE uint8 gather with one index per output pixel, shared by the channels;
+- rotation is one sampling grid + `grid_sample` for the whole batch, on the cropped images;
+- erasing is a mask built from per-image row and column ranges, multiplied in place.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from numbers import Real
+
+import torch
+import torch.nn.functional as F
+
+from experiments.errors import ConfigError
+
+
+def crop_flip_at(stored: torch.Tensor, index: torch.Tensor, padding: int,
+                 shift: torch.Tensor | None, mirrored: torch.Tensor | None) -> torch.Tensor:
+    """Images `index` of the padded dataset `stored`, each cropped at its own offset and flipped.
+
+    `shift` is (n, 2) crop offsets in [0, 2*padding] (None: centre crop), `mirrored` (n,) bool.
+    Returns uint8 (n, C, H, W).
+    """
+    n, device = len(index), stored.device
+    c, padded_h, padded_w = stored.shape[1:]
+    h, w = padded_h - 2 * padding, padded_w - 2 * padding
+    rows = torch.arange(h, device=device).expand(n, h)
+    cols = torch.arange(w, device=device).expand(n, w)
+    if mirrored is not None:  # flip after crop: output column x reads crop column w-1-x
+        cols = torch.where(mirrored.view(n, 1), cols.flip(1), cols)
+    offsets = shift if shift is not None else torch.full((n, 2), padding, device=device)
+    rows, cols = rows + offsets[:, :1], cols + offsets[:, 1:]
+    # one flat index per output pixel, shared by the channels: a single uint8 gather
+    pixel = (rows.view(n, h, 1) * padded_w + cols.view(n, 1, w)).view(n, 1, h * w)
+    # index_select: ~25x faster than stored[index] for a uint8 batch on a CPU
+    batch = stored.index_select(0, index).view(n, c, padded_h * padded_w)
+    return batch.gather(2, pixel.expand(n, c, h * w)).view(n, c, h, w)
+
+
+def rotate_by(images: torch.Tensor, degrees: torch.Tensor) -> torch.Tensor:
+    """Rotate each float image counter-clockwise by its angle, about its centre; nearest, fill 0."""
+    n, _, h, w = images.shape
+    if h != w:  # normalized coordinates scale alike only on a square
+        raise ValueError(f"rotate_by needs square images, got {h}x{w}")
+    radians = degrees.float().mul(math.pi / 180).view(n, 1, 1)
+    cos, sin = radians.cos(), radians.sin()
+    # pixel centres in grid_sample's normalized coordinates (align_corners=False)
+    x = torch.linspace(-1 + 1 / w, 1 - 1 / w, w, device=images.device).view(1, 1, w)
+    y = torch.linspace(-1 + 1 / h, 1 - 1 / h, h, device=images.device).view(1, h, 1)
+    # where each output pixel reads from (y points down, as in torchvision's rotate); built
+    # directly, as affine_grid's batched matmul is several times slower on a CPU
+    grid = torch.stack([cos * x - sin * y, sin * x + cos * y], dim=-1)
+    return F.grid_sample(images, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+
+
+def erasing_boxes(n: int, h: int, w: int, p: float, scale: tuple[float, float],
+                  ratio: tuple[float, float], gen: torch.Generator, device,
+                  attempts: int = 10) -> torch.Tensor:
+    """A (n, 1, h, w) bool mask of one box per erased image, drawn like torchvision's RandomErasing.
+
+    torchvision tries up to 10 (area, aspect) draws and takes the first box that fits; all the
+    attempts are drawn at once here and the first fitting one is picked per image.
+    """
+    area = uniform(n * attempts, *scale, gen, device).mul_(h * w).view(n, attempts)
+    log_ratio = uniform(n * attempts, math.log(ratio[0]), math.log(ratio[1]), gen, device)
+    aspect = log_ratio.exp_().view(n, attempts)
+    box_h = (area * aspect).sqrt_().round_().long()
+    box_w = (area / aspect).sqrt_().round_().long()
+    fits = (box_h < h) & (box_w < w)
+    first = fits.int().argmax(dim=1, keepdim=True)
+    box_h, box_w = box_h.gather(1, first), box_w.gather(1, first)  # (n, 1)
+    erase = (torch.rand(n, 1, generator=gen, device=device) < p) & fits.any(dim=1, keepdim=True)
+    top = (torch.rand(n, 1, generator=gen, device=device) * (h - box_h + 1)).long()
+    left = (torch.rand(n, 1, generator=gen, device=device) * (w - box_w + 1)).long()
+    rows, cols = torch.arange(h, device=device), torch.arange(w, device=device)
+    in_rows = (rows >= top) & (rows < top + box_h) & erase  # (n, h)
+    in_cols = (cols >= left) & (cols < left + box_w)  # (n, w)
+    return in_rows.view(n, 1, h, 1) & in_cols.view(n, 1, 1, w)
+
+
+def uniform(n: int, low: float, high: float, gen: torch.Generator, device) -> torch.Tensor:
+    return torch.rand(n, generator=gen, device=device).mul_(high - low).add_(low)
+
+
+def check_aug(crop_padding, flip, rotate_degrees, erase_p, erase_scale, erase_ratio) -> None:
+    """The `aug` group's values, refused with the key to change (the ranges torchvision takes)."""
+    def number(x) -> bool:
+        return isinstance(x, Real) and not isinstance(x, bool)
+
+    def pair(x) -> bool:  # [min, max]
+        return (isinstance(x, Sequence) and not isinstance(x, str) and len(x) == 2
+                and all(number(v) for v in x) and x[0] <= x[1])
+
+    for key, value, ok, expected in (
+        ("crop_padding", crop_padding, isinstance(crop_padding, int) and number(crop_padding)
+         and crop_padding >= 0, "an integer >= 0 (pixels of zero padding)"),
+        ("flip", flip, isinstance(flip, bool), "true or false"),
+        ("rotate_degrees", rotate_degrees, number(rotate_degrees) and 0 <= rotate_degrees <= 180,
+         "a number of degrees in [0, 180] (angles are drawn from [-d, d])"),
+        ("erase_p", erase_p, number(erase_p) and 0 <= erase_p <= 1, "a probability in [0, 1]"),
+        ("erase_scale", erase_scale, pair(erase_scale) and 0 < erase_scale[0] and erase_scale[1] <= 1,
+         "[min, max] shares of the image area, 0 < min <= max <= 1"),
+        ("erase_ratio", erase_ratio, pair(erase_ratio) and 0 < erase_ratio[0],
+         "[min, max] aspect ratios, 0 < min <= max"),
+    ):
+        if not ok:
+            shown = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+            raise ConfigError(f"aug.{key} must be {expected}, got {shown!r}")
+
+
+class BatchAugment:
+    """The `aug` config group. The loader calls, per batch: `select` (uint8 crop+flip),
+    `rotate` (float, before normalization: the fill is black), `erase` (after normalization)."""
+
+    def __init__(self, crop_padding: int = 0, flip: bool = False, rotate_degrees: float = 0.0,
+                 erase_p: float = 0.0, erase_scale=(0.02, 0.33), erase_ratio=(0.3, 3.3)):
+        check_aug(crop_padding, flip, rotate_degrees, erase_p, erase_scale, erase_ratio)
+        self.crop_padding, self.flip, self.rotate_degrees = crop_padding, flip, rotate_degrees
+        self.erase_p, self.erase_scale, self.erase_ratio = erase_p, tuple(erase_scale), tuple(erase_ratio)
+
+    def store(self, images: torch.Tensor) -> torch.Tensor:
+        """The dataset as kept on the device: zero-padded once, so every crop is a window of it."""
+        p = self.crop_padding
+        return F.pad(images, (p, p, p, p)) if p else images
+
+    def select(self, stored: torch.Tensor, index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        n, device, p = len(index), stored.device, self.crop_padding
+        if not (p or self.flip):
+            return stored.index_select(0, index)
+        shift = torch.randint(0, 2 * p + 1, (n, 2), generator=gen, device=device) if p else None
+        mirrored = torch.rand(n, generator=gen, device=device) < 0.5 if self.flip else None
+        return crop_flip_at(stored, index, p, shift, mirrored)
+
+    def rotate(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        if self.rotate_degrees == 0:
+            return images
+        d = self.rotate_degrees
+        return rotate_by(images, uniform(len(images), -d, d, gen, images.device))
+
+    def erase(self, images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """Zero a random box per image, in place; on normalized images 0 is the mean colour."""
+        if self.erase_p == 0:
+            return images
+        n, _, h, w = images.shape
+        box = erasing_boxes(n, h, w, self.erase_p, self.erase_scale, self.erase_ratio, gen,
+                            images.device)
+        return images.mul_(~box)  # a broadcast multiply is ~10x faster than masked_fill_ on CPU
+
+    def __repr__(self) -> str:
+        return (f"BatchAugment(crop_padding={self.crop_padding}, flip={self.flip}, "
+                f"rotate_degrees={self.rotate_degrees}, erase_p={self.erase_p})")

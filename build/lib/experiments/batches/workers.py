@@ -1,0 +1,148 @@
+"""The reference path: per-image torchvision transforms in DataLoader worker processes, for data
+that does not fit on the device and as what the benchmark compares the device path with.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import torch
+
+from experiments.batches import Batching, Loaders
+from experiments.batches.augment import BatchAugment
+from experiments.data import Split, Splits
+
+
+def torchvision_transform(augment: BatchAugment | None, mean, std, size: int):
+    """The torchvision ops that BatchAugment reproduces, applied to one uint8 CHW image."""
+    from torchvision.transforms import v2
+
+    ops = []
+    if augment is not None and augment.crop_padding:
+        ops.append(v2.RandomCrop(size, padding=augment.crop_padding))
+    if augment is not None and augment.flip:
+        ops.append(v2.RandomHorizontalFlip())
+    if augment is not None and augment.rotate_degrees:
+        ops.append(v2.RandomRotation(augment.rotate_degrees))  # nearest, fill 0
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    if augment is not None and augment.erase_p:
+        ops.append(v2.RandomErasing(augment.erase_p, augment.erase_scale, augment.erase_ratio, value=0))
+    return v2.Compose(ops)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Yields (seed, index) pairs. Each pass draws, in the main process, from `generator` alone:
+    its order (when shuffling) and one seed, from which every image's augmentation is seeded.
+
+    So an epoch's batches are a function of the generator's state at its start, which the
+    checkpoint saves: a resumed job sees the same images and the same augmentations as an
+    uninterrupted one, although its (persistent) workers are new processes with new RNGs.
+    """
+
+    def __init__(self, n: int, shuffle: bool, generator: torch.Generator):
+        self.n, self.shuffle, self.generator = n, shuffle, generator
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        seed = int(torch.randint(2**62, (), generator=self.generator))
+        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else range(self.n)
+        return ((seed, int(i)) for i in order)
+
+
+class TransformedSplit(torch.utils.data.Dataset):
+    """Image i, transformed with torch's global RNG (what torchvision's v2 transforms draw from)
+    seeded by seed + i: the same augmentation in whichever worker, or the main process, runs it."""
+
+    def __init__(self, split: Split, transform):
+        self.images, self.labels, self.transform = split.images, split.labels, transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, key: tuple[int, int]):
+        seed, i = key
+        rng = torch.default_generator  # torch.manual_seed costs ~100 us (it seeds every device)
+        outside = rng.get_state()  # with workers=0 this is the main process's RNG: left as it was
+        rng.manual_seed(seed + i)
+        try:
+            image = self.transform(self.images[i])
+        finally:
+            rng.set_state(outside)
+        return image, self.labels[i]
+
+
+class WorkerLoader:
+    """A torchvision DataLoader with the usual speed settings, yielding batches on the device.
+
+    For data that does not fit on the device, and as the reference the benchmark compares with.
+    """
+
+    def __init__(self, split: Split, batch_size: int, transform, *, device, workers: int,
+                 shuffle: bool = False, drop_last: bool = False, seed: int = 0,
+                 channels_last: bool = False, pin_memory: bool = True, prefetch_factor: int = 4,
+                 persistent_workers: bool = True):
+        self.device, self.channels_last = torch.device(device), channels_last
+        self.dataset, self.want_drop_last = TransformedSplit(split, transform), drop_last
+        self.sampler = EpochSampler(len(self.dataset), shuffle, torch.Generator().manual_seed(seed))
+        self.options = dict(sampler=self.sampler, num_workers=workers,
+                            pin_memory=pin_memory and self.device.type == "cuda",
+                            prefetch_factor=prefetch_factor if workers else None,
+                            persistent_workers=persistent_workers and workers > 0,
+                            # for the workers' base seed only (unused: every image is seeded),
+                            # so that starting workers never draws from torch's global RNG
+                            generator=torch.Generator().manual_seed(seed))
+        self.set_batch_size(batch_size)
+
+    def set_batch_size(self, batch_size: int) -> None:
+        """A new DataLoader (and workers) for the new size; the sampler's generator carries on."""
+        self.batch_size = batch_size
+        self.loader = torch.utils.data.DataLoader(
+            self.dataset, batch_size=batch_size,
+            drop_last=self.want_drop_last and len(self.dataset) >= batch_size, **self.options)
+        self.num_images = len(self.loader) * batch_size if self.loader.drop_last else len(self.dataset)
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    @property
+    def split_size(self) -> int:
+        return len(self.dataset)
+
+    @property
+    def generator(self) -> torch.Generator:
+        """Draws each epoch's order and augmentation seed (saved in checkpoints)."""
+        return self.sampler.generator
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        for images, labels in self.loader:
+            # non_blocking: with pinned memory the copy overlaps with the GPU's work
+            images = images.to(self.device, non_blocking=True, memory_format=layout)
+            yield images, labels.to(self.device, non_blocking=True)
+
+
+def available_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def worker_loaders(splits: Splits, batching: Batching, *, workers: int | str = "auto",
+                   pin_memory: bool = True, prefetch_factor: int = 4,
+                   persistent_workers: bool = True) -> Loaders:
+    """`loader=dataloader`: train (shuffled, augmented), val and test, each a WorkerLoader."""
+    b = batching
+    count = available_cores() if workers == "auto" else int(workers)
+
+    def make(split: Split, batch_size: int, augment: BatchAugment | None = None,
+             train: bool = False) -> WorkerLoader:
+        transform = torchvision_transform(augment, b.mean, b.std, b.image_size)
+        return WorkerLoader(split, batch_size, transform, device=b.device, workers=count,
+                            shuffle=train, drop_last=train, seed=b.seed,
+                            channels_last=b.channels_last, pin_memory=pin_memory,
+                            prefetch_factor=prefetch_factor, persistent_workers=persistent_workers)
+
+    return Loaders(make(splits.train, b.batch_size, b.augment, train=True),
+                   None if splits.val is None else make(splits.val, b.eval_batch_size),
+                   make(splits.test, b.eval_batch_size))

@@ -1,0 +1,169 @@
+"""Config checks with clear messages: rules across fields and groups, and the ranges of the
+groups whose keys depend on the chosen class (optim, sched, mix, loader, data). The trainer's own
+types and ranges live in its schema (training/options.py)."""
+
+from __future__ import annotations
+
+from numbers import Real
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ValidationError
+
+from experiments.errors import ConfigError
+from experiments.training.metrics import METRIC_MODES, VAL_METRICS
+from experiments.training.options import TrainerOptions
+
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, bool)
+
+
+def positive_int(cfg: DictConfig, key: str) -> None:
+    value = OmegaConf.select(cfg, key)
+    if not _is_int(value) or value < 1:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+
+
+def positive_number(cfg: DictConfig, key: str, optional: bool = False) -> None:
+    value = OmegaConf.select(cfg, key)
+    if optional and value is None:
+        return
+    if not _is_number(value) or not value > 0:
+        raise ConfigError(f"{key} must be a number > 0{' or null' if optional else ''}, got {value!r}")
+
+
+def one_of(cfg: DictConfig, key: str, allowed) -> None:
+    value = OmegaConf.select(cfg, key)
+    if value not in allowed:
+        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
+
+
+def _in(low, high, *, open_low=False, open_high=False, optional=False):
+    """A test that a value is a number in [low, high] (or (low, high] ..., or null if optional)."""
+    def test(value) -> bool:
+        if value is None:
+            return optional
+        return _is_number(value) and (low < value if open_low else low <= value) and (
+            value < high if open_high else value <= high)
+    return test
+
+
+INF = float("inf")
+# key: (test, what it must be). Checked where the composed config has the key (sched.pct_start
+# only with sched=onecycle, ...): values torch would refuse with a traceback, mid-run for some
+# (StepLR's step_size=0 divides by zero at the first epoch's end), or, worse, accept and train
+# silently wrong (label smoothing or EMA decay above 1, a negative warm-up).
+RANGES = {
+    "optim.momentum": (_in(0, INF), "a number >= 0"),
+    "optim.weight_decay": (_in(0, INF), "a number >= 0"),
+    "optim.rho": (_in(0, INF, open_low=True), "a number > 0 (SAM's neighbourhood size)"),
+    "sched.warmup_epochs": (_in(0, INF), "a number of epochs >= 0"),
+    "sched.min_lr_ratio": (_in(0, 1), "a fraction of optim.lr in [0, 1]"),
+    "sched.step_size": (lambda v: _is_int(v) and v >= 1, "a positive integer (epochs)"),
+    "sched.gamma": (_in(0, 1, open_low=True), "a factor in (0, 1]"),
+    "sched.factor": (_in(0, 1, open_low=True, open_high=True), "a factor in (0, 1)"),
+    "sched.patience": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (epochs)"),
+    "sched.pct_start": (_in(0, 1, open_low=True, open_high=True), "a fraction in (0, 1)"),
+    "sched.div_factor": (_in(0, INF, open_low=True), "a number > 0"),
+    "sched.final_div_factor": (_in(0, INF, open_low=True), "a number > 0"),
+    "mix.prob": (_in(0, 1), "a probability in [0, 1]"),
+    "mix.switch_prob": (_in(0, 1), "a probability in [0, 1]"),
+    "mix.mixup_alpha": (_in(0, INF), "a number >= 0 (0: no MixUp)"),
+    "mix.cutmix_alpha": (_in(0, INF), "a number >= 0 (0: no CutMix)"),
+    "loader.workers": (lambda v: v == "auto" or (_is_int(v) and v >= 0),
+                       "auto or a number of worker processes >= 0 (0: load in the main process)"),
+    "data.image_size": (lambda v: _is_int(v) and v >= 1, "a positive integer (pixels)"),
+    "data.num_classes": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
+    "data.noise": (_in(0, 1), "a weight in [0, 1]"),
+}
+ABSENT = object()
+
+
+def check_ranges(cfg: DictConfig) -> None:
+    """RANGES, and a mixing option that would mix nothing (timm's Mixup asserts on it)."""
+    for key, (test, expected) in RANGES.items():
+        value = OmegaConf.select(cfg, key, default=ABSENT)
+        if value is not ABSENT and not test(value):
+            raise ConfigError(f"{key} must be {expected}, got {value!r}")
+    mix = cfg.mix
+    if mix.get("_target_") and not (mix.get("mixup_alpha") or mix.get("cutmix_alpha")
+                                    or mix.get("cutmix_minmax")):
+        raise ConfigError("mixing needs mix.mixup_alpha > 0 or mix.cutmix_alpha > 0; for no "
+                          "mixing use mix=none")
+
+
+def trainer_options(cfg: DictConfig) -> TrainerOptions:
+    """The `trainer` group as one typed object (types checked by Hydra while composing, ranges
+    by TrainerOptions itself)."""
+    try:
+        return OmegaConf.to_object(cfg.trainer)
+    except ValidationError as err:  # raised inside TrainerOptions.__post_init__: keep our words
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise
+
+
+def check_config(cfg: DictConfig) -> TrainerOptions:
+    """Reject values that would fail late or, worse, train silently wrong; returns the trainer's
+    options, checked."""
+    options = trainer_options(cfg)
+    positive_number(cfg, "optim.lr")
+    if not _is_int(cfg.seed):
+        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
+    val_size = cfg.data.val_size
+    if not (_is_int(val_size) and val_size >= 0) and not (isinstance(val_size, float) and 0 <= val_size < 1):
+        raise ConfigError(f"data.val_size must be a count >= 0 or a fraction in [0, 1), got {val_size!r}")
+    one_of(cfg, "logger.wandb.mode", ("offline", "online", "disabled"))
+    check_ranges(cfg)
+    check_validation_users(cfg, options)
+    check_combinations(cfg, options)
+    return options
+
+
+
+
+def check_combinations(cfg: DictConfig, options: TrainerOptions) -> None:
+    """Options that each make sense alone but not together: refuse them rather than train
+    silently wrong."""
+    optim = cfg.optim
+    if optim.get("nesterov") and not optim.get("momentum"):
+        raise ConfigError("optim.nesterov=true needs optim.momentum > 0 (plain SGD: "
+                          "optim.momentum=0 optim.nesterov=false)")
+    metric, mode = cfg.sched.get("monitor"), cfg.sched.get("mode")
+    if mode is not None:
+        one_of(cfg, "sched.mode", ("min", "max"))
+    if metric in METRIC_MODES and mode is not None and mode != METRIC_MODES[metric]:
+        raise ConfigError(f"sched.mode={mode} would treat a worse {metric} as better: "
+                          f"{metric} needs mode {METRIC_MODES[metric]}")
+    if not cfg.data.get("hflip_ok", True):
+        if cfg.aug.get("flip"):
+            raise ConfigError(f"aug.flip=true mirrors images, which changes the class of "
+                              f"data={cfg.data.name} images: use aug=none or aug.flip=false")
+        if options.tta == "flip":
+            raise ConfigError(f"trainer.tta=flip mirrors data={cfg.data.name} images, which "
+                              "changes their class: use trainer.tta=none")
+    if cfg.mix.get("_target_"):
+        # timm's Mixup pairs image i with image n-1-i: an odd batch fails mid-run, at the epoch
+        # where the schedule reaches that size
+        for key, size in options.batch_sizes.items():
+            if size % 2:
+                raise ConfigError(f"mixing (mix={cfg.mix.get('_target_', '').split('.')[-1]}) pairs "
+                                  f"images within a batch: {key} must be even, got {size}")
+
+
+def check_validation_users(cfg: DictConfig, options: TrainerOptions) -> None:
+    """Early stopping and ReduceLROnPlateau watch validation metrics; the test set never stands in."""
+    watchers = {"trainer.early_stopping.monitor": options.early_stopping.patience is not None,
+                "sched.monitor": "monitor" in cfg.sched}
+    for key, active in watchers.items():
+        if active:
+            one_of(cfg, key, VAL_METRICS)
+            if cfg.data.val_size == 0:
+                raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} needs a validation split, "
+                                  "but data.val_size=0. Set data.val_size > 0 (the test set is "
+                                  "never used for model selection or stopping).")

@@ -1,0 +1,148 @@
+"""Each job's `summary.json`: one small file a person or a script reads to know how the job went.
+
+`JobSummary` defines its keys once, in the file's order, with what each one means. Everything
+else that names summary keys (the sweep table's columns, the numbers sent to TensorBoard and W&B,
+the types a sweep's DataFrame gives them) picks from these keys with `chosen`, which refuses a
+name that is not one of them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from dataclasses import dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from experiments.atomic import atomic_write
+
+SUMMARY_FILE = "summary.json"
+RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def only(status: str):
+    """A key that only a job with this status writes."""
+    return field(default=None, metadata={"only": status})
+
+
+@dataclass
+class JobSummary:
+    """summary.json. Accuracies are fractions (0-1); null: not available (yet)."""
+
+    status: str  # running (written at the start), completed or failed
+    name: str  # the job directory's name in a sweep, <date>_<time> for one run; its W&B run's name
+    choices: dict[str, str | None]  # every config group's option (experiments.config.groups)
+    overrides: list[str]  # the job's command-line overrides
+    test_acc: float | None = None  # with the weights chosen on validation: THE reported number
+    test_acc_final: float | None = None  # with the last epoch's weights
+    test_tta_acc: float | None = None  # chosen weights + flip TTA (null unless trainer.tta=flip)
+    test_loss: float | None = None  # with the chosen weights
+    best_val_acc: float | None = None  # validation metrics of the chosen epoch (trainer.monitor)
+    best_val_loss: float | None = None
+    best_epoch: int | None = None  # the chosen epoch (null without a validation split)
+    epochs_completed: int = 0
+    early_stopped: bool = False
+    train_time_s: float | None = None  # training only: validation and test excluded
+    images_per_s: float | None = None  # training images per second over train_time_s
+    error: str | None = None  # why the job failed, and what to change
+    resumed_from_epoch: int | None = None  # the checkpoint's epoch, when the job resumed
+    provenance: dict | None = None  # code, versions, device, data, command (report.provenance)
+    code_changed_on_resume: dict | None = None  # set when a checkpoint from other code was resumed
+    output_dir: str = ""  # the job's directory
+    finished_at: str = field(default_factory=now)  # when this file was written (UTC)
+    # completed jobs only
+    device: str | None = only(COMPLETED)  # e.g. cuda:0 or cpu
+    precision: str | None = only(COMPLETED)  # bf16, fp16 or fp32: what trainer.precision=auto chose
+    seed: int | None = only(COMPLETED)
+    fingerprint: str | None = only(COMPLETED)  # the config's hash: a rerun here must match it
+    resume_note: str | None = only(COMPLETED)  # resumed on another device setup: not bit-identical
+    compile: str | None = only(COMPLETED)  # null (off), compiled, or "eager fallback: ..."
+    wandb_id: str | None = only(COMPLETED)
+    # running jobs only: whose process writes it, so a reader tells running from killed
+    pid: int | None = only(RUNNING)
+    host: str | None = only(RUNNING)
+    started_at: str | None = only(RUNNING)
+
+    def to_json(self) -> dict[str, Any]:
+        """The keys this job's status writes, in the file's order."""
+        return {name: getattr(self, name) for name in keys_for(self.status)}
+
+
+KEYS = tuple(f.name for f in fields(JobSummary))
+
+
+def keys_for(status: str) -> tuple[str, ...]:
+    """The keys of a summary.json with this status, in the file's order."""
+    return tuple(f.name for f in fields(JobSummary) if f.metadata.get("only", status) == status)
+
+
+def chosen(*names: str) -> tuple[str, ...]:
+    """Some of the keys, checked when the module that chooses them is imported."""
+    unknown = [name for name in names if name not in KEYS]
+    if unknown:
+        raise NameError(f"not keys of summary.json (experiments.report.job_summary): {unknown}")
+    return names
+
+
+# the results a sweep's job table shows after each job's configuration and seed: validation
+# first, since that is what a configuration is chosen on
+RESULT_COLUMNS = chosen("status", "best_val_acc", "test_acc", "test_acc_final", "test_tta_acc",
+                        "epochs_completed", "early_stopped", "train_time_s", "images_per_s",
+                        "error")
+# the final numbers a job sends to TensorBoard (hparam/<key>) and to its W&B run's summary
+LOGGED_RESULTS = chosen("test_acc", "test_acc_final", "test_tta_acc", "best_val_acc",
+                        "epochs_completed")
+# numbers that are null in some jobs, typed in a sweep's DataFrame: floats (NaN for null, so
+# means work) and whole numbers (pandas' Int64, so an epoch never reads 3.0)
+FLOATS = chosen("best_val_acc", "test_acc", "test_acc_final", "test_tta_acc", "train_time_s",
+                "images_per_s")
+COUNTS = chosen("epochs_completed", "best_epoch", "resumed_from_epoch")
+# dicts: dotted columns in a sweep's DataFrame (`provenance.code.commit`), left out when null
+NESTED = chosen("provenance", "code_changed_on_resume")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Atomic: a reader never sees half a file, even of a killed job."""
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def read_summary(job_dir: Path) -> dict[str, Any] | None:
+    path = Path(job_dir) / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def identity(job) -> dict[str, Any]:
+    """What every summary says about the job (a JobInfo) itself."""
+    return {"name": job.name, "choices": job.choices, "overrides": job.overrides,
+            "output_dir": str(job.output_dir)}
+
+
+def completed_summary(job, fit, test: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
+    """`fit` is the trainer's FitState at the end, `test` what the job measured on the test set,
+    `extra` the other keys the job knows (a name that is no key raises a TypeError)."""
+    return JobSummary(
+        COMPLETED, **identity(job),
+        test_acc=test["acc"], test_acc_final=test["acc_final"], test_tta_acc=test["tta_acc"],
+        test_loss=test["loss"],
+        best_val_acc=fit.best_val.get("acc"), best_val_loss=fit.best_val.get("loss"),
+        best_epoch=fit.best_epoch, epochs_completed=fit.epoch, early_stopped=fit.early_stopped,
+        train_time_s=round(fit.train_time_s, 3),
+        images_per_s=round(fit.images_per_s, 1) if fit.images_per_s else None,
+        **extra).to_json()
+
+
+def running_summary(job) -> dict[str, Any]:
+    """Written when a job starts: `summarize` shows it as running while this process lives."""
+    return JobSummary(RUNNING, **identity(job), pid=os.getpid(), host=socket.gethostname(),
+                      started_at=now()).to_json()
+
+
+def failed_summary(job, message: str) -> dict[str, Any]:
+    return JobSummary(FAILED, **identity(job), error=message).to_json()

@@ -1,0 +1,207 @@
+"""summary.md: a sweep's report, in the order a reader asks: what to pick, the grid, what each
+factor did, the plots, what failed, what produced the numbers, and every job."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from experiments.report import effects
+from experiments.report.analysis import SweepReport
+from experiments.report.effects import Comparison, completed, levels
+from experiments.report.plots import PLOTS
+from experiments.report.tables import (by_config_shown, markdown, mean_pm_std, missing,
+                                       shared_and_shown, shared_line)
+
+MISSING_CELL = "–"
+PROVENANCE = "provenance."
+
+
+def report_markdown(roots: list[Path], result: SweepReport, out_dir: Path) -> str:
+    same, shown = shared_and_shown(result.table)
+    text = ["# Sweep report", "", f"Sweeps: {', '.join(str(r) for r in roots)}", "",
+            *pick_section(result), *grid_section(result), *effects_section(result.analysis),
+            *plots_section(out_dir), *problems_section(result.df), *provenance_section(result.df),
+            "## All jobs", "",
+            "Sorted by test accuracy (%). `*` marks the jobs of the picked configuration (best "
+            "validation accuracy). Test accuracy is for reporting, never for choosing.", "",
+            *([shared_line(same), ""] if same else []), markdown(result.table, shown)]
+    if (result.configs["n"] > 1).any():
+        text += ["## Per configuration, over seeds (mean +- std, n seeds)", "",
+                 markdown(by_config_shown(result.configs, same, effects.AGGREGATED))]
+    return "\n".join(text)
+
+
+def configuration(config: dict, columns: list[str]) -> str:
+    return " ".join(f"{c}={config[c]}" for c in columns) or "the only configuration"
+
+
+def pick_section(result: SweepReport) -> list[str]:
+    counts = result.df["status"].value_counts()
+    jobs = f"{len(result.df)} jobs: " + ", ".join(f"{n} {status}" for status, n in counts.items()) + "."
+    if result.pick is None:
+        return ["## Pick", "", "No completed job has a validation accuracy: nothing to pick on "
+                "(test accuracy is not for choosing).", "", jobs, ""]
+    row, n = result.pick["row"], int(result.pick["row"]["n"])
+    over = f"mean +- std over {n} seeds" if n > 1 else "one seed"
+    varying = result.analysis.factors + result.analysis.searched
+    return ["## Pick", "",
+            f"**{configuration(result.pick['config'], varying)}**: best validation accuracy "
+            f"{mean_pm_std('best_val_acc', row['best_val_acc_mean'], row['best_val_acc_std'])} ({over}); "
+            f"its test accuracy {mean_pm_std('test_acc', row['test_acc_mean'], row['test_acc_std'])}.",
+            "", jobs, ""]
+
+
+def grid_section(result: SweepReport) -> list[str]:
+    """Test accuracy per cell of the grid: rows the first factor, columns the others."""
+    factors, df = result.analysis.factors, result.df
+    done = completed(df)
+    if not factors or done.empty:
+        return []
+    stats = done.groupby(factors)["test_acc"].agg(["mean", "std", "count"])
+    cells_in_grid = math.prod(len(levels(df, f)) for f in factors)
+    if len(stats) < cells_in_grid / 2:  # e.g. a random search: the job table says more
+        return ["## Grid: test accuracy (%)", "", f"Not shown: only {len(stats)} of the "
+                f"{cells_in_grid} combinations of {', '.join(factors)} have a completed job.", ""]
+    balanced = result.analysis.balanced
+    cells = pd.Series([mean_pm_std("test_acc", m, s) + ("" if balanced else f" (n={n})")
+                       for m, s, n in zip(stats["mean"], stats["std"], stats["count"])], index=stats.index)
+    rows, rest = factors[0], factors[1:]
+    if rest:
+        table = cells.unstack(rest)
+        columns = list(itertools.product(*(levels(df, f) for f in rest)))
+        table = table.reindex(index=levels(df, rows), columns=columns if len(rest) > 1 else [c[0] for c in columns])
+        table.columns = [" / ".join(c) if isinstance(c, tuple) else str(c) for c in table.columns]
+    else:
+        table = cells.reindex(levels(df, rows)).to_frame("test accuracy (%)")
+    corner = f"{rows} \\ {' / '.join(rest)}" if rest else rows
+    table = table.fillna(MISSING_CELL).rename_axis(corner).reset_index()
+    note = "mean +- std over seeds" if (stats["count"] > 1).any() else "one job per cell"
+    return ["## Grid: test accuracy (%)", "", f"{note}; `{MISSING_CELL}`: no completed job"
+            + ("" if balanced else "; the grid is unbalanced (n = completed jobs per cell)") + ".", "",
+            markdown(table)]
+
+
+def points(x: float | None) -> str:
+    return "" if missing(x) else f"{x:+.2f}"
+
+
+def with_interval(c: Comparison) -> str:
+    if c.n_pairs == 0:
+        return ""
+    return points(c.mean) + ("" if c.low is None else f" [{c.low:+.2f}, {c.high:+.2f}]")
+
+
+def agreeing(c: Comparison) -> int:
+    """Pairs on the side of the mean difference (as the sentences count them)."""
+    return c.n_better if c.mean >= 0 else c.n_worse
+
+
+def effects_section(analysis: effects.Analysis) -> list[str]:
+    if not analysis.factors:
+        searched = (f" ({', '.join(analysis.searched)} take more than {effects.MAX_LEVELS} values:"
+                    " a search, not a grid)") if analysis.searched else ""
+        return ["## Effects", "", f"No factor to analyse{searched}.", ""] if searched else []
+    if analysis.levels.empty:
+        return ["## Effects", "", "No completed job yet: nothing to compare.", ""]
+    text = ["## Effects", "",
+            "Each factor's effect on test accuracy, in points, from *pairs* of completed jobs that "
+            "differ only in that factor (same other choices, same seed); the 95% interval of the "
+            "mean paired difference needs two or more seeds.", "",
+            *[f"- {s}" for s in analysis.sentences], ""]
+    if not analysis.balanced:
+        text += ["The grid is unbalanced (a failed, missing or extra job): the per-level means "
+                 "below mix in the other factors; the paired differences do not.", ""]
+    levels_table = analysis.levels.rename(columns={
+        "n_jobs": "completed jobs", "n_failed": "failed", "mean_test_acc": "test acc (%)",
+        "mean_best_val_acc": "best val acc (%)"})
+    for column in ("test acc (%)", "best val acc (%)"):
+        levels_table[column] = levels_table[column].map(lambda x: "" if missing(x) else f"{x:.2f}")
+    text += ["### Per level (mean over completed jobs)", "", markdown(levels_table)]
+    pairs = pd.DataFrame([{
+        "factor": c.factor, "difference": f"{c.level} − {c.vs}", "pairs": c.n_pairs,
+        "seeds": c.n_seeds, "agree": f"{agreeing(c)}/{c.n_pairs}" if c.n_pairs else "",
+        "test acc [95%]": with_interval(c),
+        "best val acc [95%]": with_interval(v)}
+        for c, v in zip(*[[c for c in analysis.comparisons if c.metric == m] for m in effects.METRICS])])
+    text += ["### Paired differences (points; `agree`: pairs on the side of the mean)", "",
+             markdown(pairs)]
+    if analysis.interactions:
+        rows = pd.DataFrame([{
+            "effect": f"{i.factor}: {i.a[0]} − {i.a[1]}",
+            "at one level": f"{i.other}={i.b[0]}: {points(i.at_b1)}",
+            "at the other": f"{i.other}={i.b[1]}: {points(i.at_b2)}",
+            "difference [95%]": with_interval(i.diff), "quartets": i.diff.n_pairs}
+            for i in analysis.interactions])
+        text += ["### Interactions of two-level factors (test accuracy, points)", "",
+                 "How much one factor's effect changes with another's level, over the other "
+                 "choices and seeds where all four jobs completed (`quartets`).", "",
+                 markdown(rows)]
+    if analysis.searched:
+        text += [f"Not analysed per level ({', '.join(analysis.searched)}): more than "
+                 f"{effects.MAX_LEVELS} values, a search rather than a grid.", ""]
+    return text
+
+
+def plots_section(out_dir: Path) -> list[str]:
+    drawn = [(name, title) for name, title in PLOTS.items() if (out_dir / "plots" / name).exists()]
+    if not drawn:
+        return ["## Plots", "", "None yet: they are drawn from the jobs' metrics.csv when the "
+                "sweep ends, or by `python -m experiments.summarize DIR`.", ""]
+    return ["## Plots", "", *[line for name, title in drawn
+                              for line in (f"### {title}", "", f"![{title}](plots/{name})", "")]]
+
+
+def problems_section(df: pd.DataFrame) -> list[str]:
+    """Jobs that did not complete, and why."""
+    bad = df[df["status"] != "completed"]
+    if bad.empty:
+        return []
+    reasons = {"interrupted": "its process ended without a result (killed?); rerun the sweep's "
+                              "command to resume it",
+               "running": "still running", "unknown": "no readable summary.json"}
+    lines = [f"- `{r.job}` ({r.status}, {0 if missing(r.epochs_completed) else r.epochs_completed} "
+             f"epochs): {r.error if r.status == 'failed' else reasons.get(r.status, r.status)}"
+             for r in bad.itertuples()]
+    return ["## Failed and interrupted jobs", "", *lines, ""]
+
+
+def job_list(names: pd.Series, limit: int = 6) -> str:
+    names = list(names)
+    shown = ", ".join(f"`{n}`" for n in names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def provenance_section(df: pd.DataFrame) -> list[str]:
+    """Each provenance field once when every completed job agrees; each value with its jobs
+    when not. Running and failed jobs may not have recorded theirs yet."""
+    columns = [c for c in df.columns if c.startswith(PROVENANCE)]
+    done = completed(df)
+    recorded = done[columns].notna().any(axis=1) if columns else pd.Series(False, index=done.index)
+    if not recorded.any():
+        return ["## Provenance", "", "No completed job recorded its provenance.", ""]
+    values = done.loc[recorded, columns].map(lambda v: "(none)" if missing(v) else str(v))
+    values = values.loc[:, (values != "(none)").any()]  # fields no job has (no data cache)
+    name = {c: c.removeprefix(PROVENANCE) for c in columns}
+    same = [f"- {name[c]}: `{values[c].iloc[0]}`" for c in values if values[c].nunique() == 1]
+    differ = [f"- **{name[c]} differs between jobs**: " + "; ".join(
+              f"`{value}` ({job_list(done.loc[values.index[values[c] == value], 'job'])})"
+              for value in pd.unique(values[c])) for c in values if values[c].nunique() > 1]
+    text = ["## Provenance", ""]
+    if differ:
+        text += ["**Not every job ran the same code, libraries, device, data or command:**", "",
+                 *differ, ""]
+    everyone = "Every completed job:" if recorded.all() else "Every completed job that recorded it:"
+    text += ["The others are the same for every completed job:" if differ else everyone, "", *same, ""]
+    changed = [c for c in df.columns if c.startswith("code_changed_on_resume.")]
+    flagged = df[df[changed].notna().any(axis=1)] if changed else df[:0]
+    if not flagged.empty:
+        text += [f"**Resumed with different code** (epochs from two versions of the code): "
+                 f"{job_list(flagged['job'])}. See `code_changed_on_resume` in their summary.json.", ""]
+    if not recorded.all():
+        text += [f"No provenance recorded (written by an older version): "
+                 f"{job_list(done.loc[~recorded, 'job'])}.", ""]
+    return text

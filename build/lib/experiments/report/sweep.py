@@ -1,0 +1,151 @@
+"""A sweep read back: its jobs, and one row per job (a pandas DataFrame).
+
+Everything is read from the job directories on disk (their summary.json, metrics.csv and
+.hydra/overrides.yaml), so it works on any sweep: finished, partial, still running, or killed.
+In a notebook: `from experiments.report import load_sweep; df = load_sweep("multirun/...")`.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import yaml
+
+from experiments.config.groups import CONFIG_GROUPS
+from experiments.report.job_summary import COUNTS, FLOATS, NESTED, RESULT_COLUMNS, SUMMARY_FILE
+from experiments.report.tracking import METRICS_FILE
+from experiments.training.metrics import VAL_ACC
+
+SEED = "seed"  # the replicate: a column of its own, never part of a configuration
+
+
+@dataclass
+class Job:
+    path: Path
+    sweep: str
+    summary: dict[str, Any]
+    overrides: dict[str, str]
+    metrics: list[dict[str, float]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def label(job_name: str) -> str:
+    """A short legend label: the directory name without its job number."""
+    head, _, rest = job_name.partition("-")
+    return rest if head.isdigit() and rest else job_name
+
+
+def find_job_dirs(root: Path) -> list[Path]:
+    """Job directories under `root` (a sweep), or `root` itself (a single run)."""
+    root = Path(root)
+    if (root / ".hydra").is_dir():
+        return [root]
+    jobs = [p for p in root.iterdir() if p.is_dir() and (p / ".hydra").is_dir()]
+    return sorted(jobs, key=lambda p: (int(p.name.split("-")[0]) if p.name.split("-")[0].isdigit() else 1e9, p.name))
+
+
+def read_metrics(job_dir: Path) -> list[dict[str, float]]:
+    path = job_dir / METRICS_FILE
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
+
+
+def read_overrides(job_dir: Path) -> dict[str, str]:
+    path = job_dir / ".hydra" / "overrides.yaml"
+    items = yaml.safe_load(path.read_text()) if path.exists() else []
+    pairs = (item.split("=", 1) for item in items or [] if "=" in item)
+    return {k.lstrip("+~"): v for k, v in pairs if not k.lstrip("+~").startswith("hydra")}
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def live_status(summary: dict[str, Any] | None) -> str:
+    """`running` only while the process that wrote it still lives (when we can tell)."""
+    if summary is None:
+        return "unknown"
+    if summary.get("status") != "running":
+        return summary.get("status", "unknown")
+    same_host = summary.get("host") == socket.gethostname()
+    return "interrupted" if same_host and not process_alive(summary.get("pid", -1)) else "running"
+
+
+def load_job(job_dir: Path, sweep: str) -> Job:
+    path = job_dir / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text()) if path.exists() else None
+    except json.JSONDecodeError:
+        summary = None
+    job = Job(job_dir, sweep, dict(summary or {}), read_overrides(job_dir), read_metrics(job_dir))
+    job.summary["status"] = live_status(summary)
+    if job.summary["status"] in ("running", "interrupted", "unknown") and job.metrics:
+        # not finished: show what the epochs so far say
+        vals = [m[VAL_ACC] for m in job.metrics if VAL_ACC in m]
+        job.summary.update(epochs_completed=len(job.metrics), best_val_acc=max(vals) if vals else None)
+    return job
+
+
+def load_sweeps(roots: list[Path]) -> list[Job]:
+    return [load_job(d, Path(root).name) for root in roots for d in find_job_dirs(Path(root))]
+
+
+# --- one row per job -------------------------------------------------------------------------
+
+def override_columns(jobs: list[Job]) -> list[str]:
+    """Every key some job overrides, except those the choice columns and `seed` already show."""
+    keys = {k for job in jobs for k in job.overrides if k not in CONFIG_GROUPS and k != SEED}
+    return sorted(keys)
+
+
+def job_record(job: Job, overridden: list[str]) -> dict[str, Any]:
+    s, choices = job.summary, job.summary.get("choices") or {}
+    record = {"sweep": job.sweep, "job": job.name}
+    record.update({g: job.overrides.get(g, choices.get(g)) or "" for g in CONFIG_GROUPS})
+    record.update({k: job.overrides.get(k, "") for k in overridden})
+    seed = job.overrides.get(SEED, s.get(SEED))
+    record[SEED] = "" if seed is None else str(seed)
+    record.update({c: s.get(c) for c in RESULT_COLUMNS})
+    record.update({k: v for k, v in s.items() if k not in record and k not in ("choices", "overrides")
+                   and not (k in NESTED and v is None)})
+    record["overrides"] = " ".join(s.get("overrides") or [f"{k}={v}" for k, v in job.overrides.items()])
+    return record
+
+
+def jobs_frame(jobs: list[Job]) -> pd.DataFrame:
+    """One row per job: sweep, job, every config group's option, every overridden key, seed,
+    status, every number of summary.json (accuracies as fractions, as there), and its
+    provenance as dotted columns (`provenance.code.commit`, ...). df.attrs["config_columns"]
+    names the columns that define a configuration (groups and overridden keys)."""
+    overridden = override_columns(jobs)
+    df = pd.json_normalize([job_record(j, overridden) for j in jobs], sep=".")
+    for column in FLOATS:
+        df[column] = pd.to_numeric(df[column])
+    for column in COUNTS:
+        if column in df:
+            df[column] = pd.to_numeric(df[column]).round().astype("Int64")
+    df.attrs["config_columns"] = [*CONFIG_GROUPS, *overridden]
+    return df
+
+
+def load_sweep(*roots: str | Path) -> pd.DataFrame:
+    """The jobs of one or more sweep (or single-run) directories, one row per job."""
+    return jobs_frame(load_sweeps([Path(r) for r in roots]))

@@ -1,0 +1,229 @@
+"""Per-job checkpoints, so a killed job or sweep resumes where it stopped. `Checkpoint` owns
+resuming: "resume or start" before training, "save" after every epoch.
+
+Written atomically after every epoch; loaded with `torch.load(weights_only=True)`, so a checkpoint
+holds only tensors and plain containers (RNG states included), never pickled code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from experiments.atomic import atomic_write
+from experiments.errors import UserError
+from experiments.training.backends import precision_name
+from experiments.training.trainer import FitState, Trainer
+
+CHECKPOINT_FILE = "checkpoint.pt"
+FORMAT = 1
+
+# keys that do not change what a job computes: they may differ between a run and its resume
+NOT_IN_FINGERPRINT = ("logger", "paths", "data.root", "data.cache_dir", "data.download",
+                      "data.download_timeout_s", "trainer.progress", "trainer.resume",
+                      "trainer.keep_checkpoint")
+
+
+class CheckpointError(UserError):
+    pass
+
+
+def semantic_config(config: dict) -> dict:
+    """The resolved config without the keys in NOT_IN_FINGERPRINT."""
+    config = json.loads(json.dumps(config, default=str))
+    for key in NOT_IN_FINGERPRINT:
+        *parents, leaf = key.split(".")
+        node = config
+        for p in parents:
+            node = node.get(p, {})
+        node.pop(leaf, None)
+    return config
+
+
+def fingerprint(config: dict) -> str:
+    text = json.dumps(semantic_config(config), sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested configs."""
+    keys = sorted(set(a) | set(b))
+    out = []
+    for k in keys:
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += differences(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            out.append(f"{prefix}{k}: {va!r} -> {vb!r}")
+    return out
+
+
+def visible_gpus() -> int:
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def device_setup(trainer: Trainer) -> dict:
+    """Where a checkpoint was written. The config cannot tell (trainer.device=auto reads the
+    same on a laptop and a GPU server), yet CUDA RNG states only fit as many GPUs, a generator's
+    state only a generator of its own device type, and precision=auto follows the device."""
+    return {"type": trainer.device.type, "gpus": visible_gpus(),
+            "precision": precision_name(trainer.amp_dtype)}
+
+
+def rng_state(generators: list[torch.Generator]) -> dict:
+    np_state = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "generators": [g.get_state() for g in generators],
+        "generator_devices": [g.device.type for g in generators],
+    }
+
+
+def set_rng_state(state: dict, generators: list[torch.Generator]) -> list[str]:
+    """Restore every RNG whose saved state fits this machine (the CPU ones always fit). Returns
+    the ones left as seeded for this run, which then draw other numbers than an uninterrupted
+    run would have."""
+    random.setstate(_tuples(state["python"]))
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), *rest))
+    torch.set_rng_state(state["torch"])
+    fresh, saved_gpus = [], len(state["cuda"])
+    if saved_gpus == visible_gpus():
+        if saved_gpus:
+            torch.cuda.set_rng_state_all(state["cuda"])
+    else:
+        fresh.append(f"the CUDA RNGs (saved for {saved_gpus} GPUs, {visible_gpus()} visible)")
+    saved_devices = state.get("generator_devices") or [g.device.type for g in generators]
+    for gen, gen_state, saved_device in zip(generators, state["generators"], saved_devices):
+        if gen.device.type == saved_device:
+            gen.set_state(gen_state)
+        else:
+            fresh.append(f"the loader's {saved_device} generator (now on {gen.device.type})")
+    return fresh
+
+
+def _tuples(value):
+    """random.setstate wants tuples where torch.load may hand back lists."""
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def save_checkpoint(path: Path, trainer: Trainer, state: FitState, generators: list[torch.Generator],
+                    config: dict, extra: dict[str, Any]) -> None:
+    """Atomic: written to a temporary file, then renamed over the previous checkpoint."""
+    payload = {"format": FORMAT, "fingerprint": fingerprint(config), "config": semantic_config(config),
+               "trainer": trainer.state_dict(), "fit": dict(vars(state)), "rng": rng_state(generators),
+               "device": device_setup(trainer), **extra}
+    with atomic_write(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def load_checkpoint(path: Path, config: dict) -> dict:
+    """The checkpoint at `path`, refused with a clear message when unreadable or from another config."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+        version = payload["format"]
+    except Exception as err:
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err)[:200]}): it is "
+            "truncated or corrupt. Delete it to start this job over.") from None
+    if version != FORMAT:
+        raise CheckpointError(
+            f"checkpoint {path} has format {version!r}, this code reads format {FORMAT}: resume it "
+            "with the code that wrote it, or delete it to start this job over.")
+    if payload["fingerprint"] != fingerprint(config):
+        changed = "; ".join(differences(payload["config"], semantic_config(config))[:8])
+        raise CheckpointError(
+            f"checkpoint {path} was written by a different config ({changed}); refusing to load "
+            "it. Use a new output directory (hydra.run.dir=... or hydra.sweep.dir=...), or "
+            "delete the checkpoint to start this job over.")
+    return payload
+
+
+# how an optimizer step runs on a device, not what it computes: kept as this run chose them
+OPTIMIZER_IMPLEMENTATION = ("fused", "foreach", "capturable")
+
+
+def for_this_device(saved: dict, trainer: Trainer) -> dict:
+    """The trainer state of a checkpoint, adjusted to run where this job runs: the optimizer
+    keeps this run's implementation flags (fused CUDA kernels or not), and a loss scaler that
+    the checkpoint lacks (written in bf16/fp32, resumed in fp16) starts fresh."""
+    optimizer = dict(saved["optimizer"])
+    optimizer["param_groups"] = [
+        {**group, **{k: now[k] for k in OPTIMIZER_IMPLEMENTATION if k in now}}
+        for group, now in zip(optimizer["param_groups"], trainer.optimizer.param_groups)]
+    scaler = saved["scaler"] or trainer.scaler.state_dict()
+    return {**saved, "optimizer": optimizer, "scaler": scaler}
+
+
+def describe(setup: dict) -> str:
+    return f"{setup['type']} ({setup['gpus']} GPUs visible, {setup['precision']})"
+
+
+def restore(payload: dict, trainer: Trainer,
+            generators: list[torch.Generator]) -> tuple[FitState, str | None]:
+    """The fit state to continue from, and a note when the checkpoint was written on another
+    device setup: then the RNGs that do not fit this machine start from this run's seed (the
+    run goes on, but is no longer bit-identical to an uninterrupted one)."""
+    try:
+        trainer.load_state_dict(for_this_device(payload["trainer"], trainer))
+    except (RuntimeError, KeyError, ValueError) as err:
+        raise CheckpointError(f"checkpoint does not fit this model: {str(err)[:300]}") from None
+    fresh = set_rng_state(payload["rng"], generators)
+    saved, here = payload.get("device"), device_setup(trainer)
+    note = None
+    if fresh or (saved is not None and saved != here):
+        note = (f"resumed on {describe(here)} from a checkpoint written on "
+                f"{describe(saved) if saved else 'another device setup'}: weights, optimizer, "
+                "schedule and the CPU RNGs were restored"
+                + (f"; {' and '.join(fresh)} start again from the seed" if fresh else "")
+                + ". The run continues, but is not bit-identical to an uninterrupted one.")
+    return FitState(**payload["fit"]), note
+
+
+@dataclass
+class Resumed:
+    """What `Checkpoint.resume_or_start` found: nothing (a fresh start), or a fit to continue."""
+
+    state: FitState | None = None
+    note: str | None = None  # resumed on another device setup: what started again from the seed
+    saved: dict[str, Any] = field(default_factory=dict)  # the job's own entries (`save(extra=)`)
+
+    @property
+    def epoch(self) -> int | None:
+        """The epochs the checkpoint had completed (None: a fresh start)."""
+        return self.state.epoch if self.state is not None else None
+
+
+class Checkpoint:
+    """One job's checkpoint file: the trainer, the fit so far, every RNG (the training loader's
+    shuffling generator included) and what the job adds (its W&B run id, its code version)."""
+
+    def __init__(self, job_dir: Path, config: dict, train_loader):
+        self.path, self.config = Path(job_dir) / CHECKPOINT_FILE, config
+        self.generators = [train_loader.generator]
+
+    def resume_or_start(self, trainer: Trainer, resume: bool = True) -> Resumed:
+        """Load the checkpoint into `trainer` when there is one (and `resume`): refused with a
+        clear message when it is unreadable or from another config."""
+        if not (resume and self.path.exists()):
+            return Resumed()
+        payload = load_checkpoint(self.path, self.config)
+        state, note = restore(payload, trainer, self.generators)
+        known = {"format", "fingerprint", "config", "trainer", "rng", "device"}
+        return Resumed(state, note, {k: v for k, v in payload.items() if k not in known})
+
+    def save(self, trainer: Trainer, state: FitState, extra: dict[str, Any]) -> None:
+        save_checkpoint(self.path, trainer, state, self.generators, self.config, extra)
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

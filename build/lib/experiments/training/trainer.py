@@ -1,0 +1,255 @@
+"""The one trainer every job uses: CUDA AMP, gradient accumulation and clipping, early stopping,
+best-validation weights. The test set never enters here: `fit` selects on validation only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from experiments.training import metrics as m
+from experiments.training.backends import resolve_precision, synchronize, unwrap
+from experiments.training.batch_schedule import BatchSchedule
+from experiments.training.options import TrainerOptions
+from experiments.training.schedules import Schedule
+from experiments.training.selection import Monitor
+from experiments.training.steps import optimizer_step
+
+log = logging.getLogger(__name__)
+
+
+class DivergedError(RuntimeError):
+    """The loss stayed NaN/inf for longer than the fp16 loss scaler would explain."""
+
+
+@dataclass
+class FitState:
+    """Everything `fit` needs to continue where it stopped (saved in every checkpoint)."""
+
+    epoch: int = 0  # epochs completed
+    early_stopped: bool = False
+    best_epoch: int | None = None
+    best_val: dict[str, float] = field(default_factory=dict)  # validation metrics at best_epoch
+    best_weights: dict[str, torch.Tensor] | None = None
+    train_time_s: float = 0.0
+    train_images: int = 0
+    history: list[dict[str, float]] = field(default_factory=list)  # metrics of every epoch
+    select: dict = field(default_factory=dict)
+    stopper: dict = field(default_factory=dict)
+
+    @property
+    def images_per_s(self) -> float | None:
+        return self.train_images / self.train_time_s if self.train_time_s > 0 else None
+
+
+class Trainer:
+    """Optional parts: `mixup` (timm Mixup: mixed images, soft targets), `ema` (timm ModelEmaV3:
+    the averaged weights are the ones validated, selected and tested), a SAM optimizer (its
+    step is chosen once: training/steps.py), a batch-size schedule (training/batch_schedule.py).
+    Everything else comes from `options`, the `trainer` config group as one typed object."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
+                 options: TrainerOptions, *, device: torch.device, mixup=None, ema=None):
+        self.model, self.optimizer, self.schedule = model, optimizer, schedule
+        self.options, self.device, self.mixup, self.ema = options, device, mixup, ema
+        self.amp_dtype = resolve_precision(options.precision, device)
+        # fp16 needs loss scaling to keep small gradients; bf16 has fp32's range and does not
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        # with mixing, timm's Mixup smooths the labels: the loss must not do it again
+        smoothing = 0.0 if mixup is not None else options.label_smoothing
+        self.loss_fn = nn.CrossEntropyLoss(label_smoothing=smoothing)  # takes soft targets too
+        self.step = optimizer_step(model, optimizer, self.scaler, options.grad_clip)
+        self.batch_schedule = BatchSchedule(options)
+        self.nonfinite_streak = torch.zeros((), device=device, dtype=torch.long)
+        self.steps = 0
+
+    @property
+    def eval_model(self) -> nn.Module:
+        """What is validated, selected and tested: the EMA weights when there are any."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def eval_weights(self) -> dict[str, torch.Tensor]:
+        """`eval_model`'s state dict with plain names (no torch.compile `_orig_mod.` prefix), so
+        that saved weights load into the model as the config builds it."""
+        return unwrap(self.eval_model).state_dict()
+
+    def check_finite(self, longest_streak: int, any_nonfinite: bool) -> None:
+        """fp16's GradScaler skips steps with inf gradients and lowers its scale, so a few
+        non-finite losses in a row are normal there; anywhere else one means NaN weights."""
+        tolerated = self.options.nonfinite_tolerance if self.scaler.is_enabled() else 0
+        if any_nonfinite and longest_streak > tolerated:
+            raise DivergedError(
+                f"training diverged: the loss was NaN/inf for {longest_streak} steps in a row. "
+                "Lower optim.lr, set trainer.grad_clip (e.g. 1.0), or use trainer.precision=bf16/fp32.")
+
+    def autocast(self):
+        return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
+                              enabled=self.amp_dtype is not None)
+
+    def state_dict(self) -> dict:
+        state = {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
+                 "steps": self.steps}
+        if self.ema is not None:
+            state["ema"] = self.ema.state_dict()
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        unwrap(self.model).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.steps = state["steps"]
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+
+    def backward(self, images: torch.Tensor, targets: torch.Tensor,
+                 group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add this micro-batch's share of its group's mean-loss gradient (scaled for fp16)."""
+        with self.autocast():
+            logits = self.model(images)
+            loss = self.loss_fn(logits, targets)
+        # divided by the group's real size: an epoch's last group can be short, and dividing it
+        # by grad_accum_steps would shrink its gradient (to half, for 3 micro-batches and accum 2)
+        self.scaler.scale(loss / group_size).backward()
+        return logits, loss
+
+    def optimizer_step(self, group: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """One optimizer step from the accumulated gradients of `group`, then the schedule and EMA."""
+        self.step(group, self.backward)
+        self.schedule.step_batch()
+        self.steps += 1
+        if self.ema is not None:
+            self.ema.update(unwrap(self.model), step=self.steps)
+
+    def train_epoch(self, batches) -> dict[str, float]:
+        """One pass over `batches`. train/acc compares predictions with the labels; under
+        MixUp/CutMix, with each mixed target's dominant label (the image that covers more)."""
+        self.model.train()
+        # running sums stay on the device: no .item() (and no GPU sync) per step
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        streak = self.nonfinite_streak  # non-finite losses in a row, carried across epochs
+        longest = torch.zeros_like(streak)
+        seen, finite_seen, count = 0, torch.zeros_like(streak), len(batches)
+        accum = self.options.grad_accum_steps
+        group = []  # this step's micro-batches (SAM evaluates them a second time)
+        for i, (images, labels) in enumerate(batches):
+            targets = labels
+            if self.mixup is not None:  # mixed images, soft targets
+                images, targets = self.mixup(images, labels)
+            first = i - i % accum  # this group's first micro-batch
+            group_size = min(accum, count - first)
+            logits, loss = self.backward(images, targets, group_size)
+            group.append((images, targets) if self.step.keeps_batches else None)
+            if len(group) == group_size:
+                self.optimizer_step(group)
+                group = []
+            finite = torch.isfinite(loss.detach())
+            streak = torch.where(finite, 0, streak + 1)
+            longest = torch.maximum(longest, streak)
+            # a step the fp16 scaler skips (inf loss) must not turn the epoch's mean into inf
+            loss_sum += torch.where(finite, loss.detach().float(), 0.0) * len(labels)
+            finite_seen += finite * len(labels)
+            hard = targets.argmax(dim=1) if targets.dim() == 2 else targets
+            correct += (logits.argmax(dim=1) == hard).sum()
+            seen += len(labels)
+        self.nonfinite_streak = streak
+        self.check_finite(longest.item(), seen - finite_seen.item() > 0)
+        mean_loss = loss_sum.item() / finite_seen.item() if finite_seen.item() else float("nan")
+        return {"loss": mean_loss, "acc": correct.item() / seen}
+
+    @torch.inference_mode()
+    def evaluate(self, batches, tta_flip: bool = False) -> dict[str, float]:
+        """Loss and accuracy of `eval_model`; with tta_flip, of the mean of the softmax of each
+        image and its mirror image (reported apart, never mixed into the plain accuracy)."""
+        model = self.eval_model
+        model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        seen = 0
+        for images, labels in batches:
+            with self.autocast():
+                probs = model(images).float().softmax(dim=1)
+                if tta_flip:
+                    probs = (probs + model(images.flip(3)).float().softmax(dim=1)) / 2
+            loss_sum += nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum")
+            correct += (probs.argmax(dim=1) == labels).sum()
+            seen += len(labels)
+        return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen}
+
+    def run_epoch(self, train, val) -> dict[str, float]:
+        """One epoch of training (timed) and validation: the metrics every logger records."""
+        lr = self.optimizer.param_groups[0]["lr"]
+        start = time.perf_counter()
+        train_metrics = self.train_epoch(train)
+        synchronize(self.device)
+        seconds = time.perf_counter() - start
+        metrics = {m.TRAIN_LOSS: train_metrics["loss"], m.TRAIN_ACC: train_metrics["acc"],
+                   m.LR: lr, m.BATCH_SIZE: train.batch_size, m.EPOCH_S: seconds,
+                   m.IMAGES_PER_S: train.num_images / seconds}
+        if val is not None:
+            evaluated = self.evaluate(val)
+            metrics.update({m.VAL_LOSS: evaluated["loss"], m.VAL_ACC: evaluated["acc"]})
+        self.schedule.step_epoch(metrics)
+        return metrics
+
+    def monitors(self, state: FitState) -> tuple[Monitor, Monitor | None]:
+        """Model selection and early stopping (None: off), continued from `state`."""
+        o, es = self.options, self.options.early_stopping
+        select = Monitor(o.monitor, o.monitor_mode)
+        stopper = Monitor(es.monitor, es.mode, es.min_delta, es.patience) if es.patience else None
+        if state.select:
+            select.load_state_dict(state.select)
+        if stopper is not None and state.stopper:
+            stopper.load_state_dict(state.stopper)
+        return select, stopper
+
+    def fit(self, train, val, *, state: FitState | None = None,
+            after_epoch: Callable[[FitState, dict[str, float]], None] = lambda s, m: None) -> FitState:
+        """Train until `options.epochs` are done, keeping the weights of the best validation epoch
+        in `state.best_weights` (the model keeps the last epoch's: `use_best_weights` swaps).
+
+        `state` continues an earlier, interrupted fit. `after_epoch` sees the state after every
+        epoch (to log it and checkpoint it). Early stopping fires once its monitor is exhausted.
+        """
+        state, epochs = state or FitState(), self.options.epochs
+        select, stopper = self.monitors(state)
+        bar = tqdm(range(state.epoch + 1, epochs + 1), desc="epochs", unit="epoch",
+                   initial=state.epoch, total=epochs, disable=not self.options.progress,
+                   dynamic_ncols=True)
+        for epoch in bar if not state.early_stopped else ():
+            self.batch_schedule.apply(epoch, train, self.schedule)
+            metrics = self.run_epoch(train, val)
+            state.epoch, state.history = epoch, state.history + [{"epoch": epoch, **metrics}]
+            state.train_time_s += metrics[m.EPOCH_S]
+            state.train_images += train.num_images
+            if val is not None and select.update(metrics):
+                state.best_weights = {k: v.detach().clone() for k, v in self.eval_weights().items()}
+                state.best_epoch = epoch
+                state.best_val = {"loss": metrics[m.VAL_LOSS], "acc": metrics[m.VAL_ACC]}
+            if stopper is not None and val is not None:
+                stopper.update(metrics)
+                state.early_stopped = stopper.exhausted
+            state.select = select.state_dict()
+            state.stopper = stopper.state_dict() if stopper is not None else {}
+            after_epoch(state, metrics)
+            bar.set_postfix({"loss": f"{metrics[m.TRAIN_LOSS]:.3g}",
+                             **({"val_acc": f"{metrics[m.VAL_ACC]:.3g}"} if m.VAL_ACC in metrics else {})})
+            if state.early_stopped:
+                log.info("early stopping at epoch %d: %s has not improved for %d epochs",
+                         epoch, stopper.key, stopper.patience)
+                break
+        bar.close()
+        return state
+
+    def use_best_weights(self, state: FitState) -> None:
+        """Load the best validation epoch's weights (no-op without a validation split)."""
+        if state.best_weights is not None:
+            unwrap(self.eval_model).load_state_dict(state.best_weights)
