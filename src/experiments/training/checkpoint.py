@@ -194,14 +194,14 @@ def restore(payload: dict, trainer: Trainer,
 class Resumed:
     """What `Checkpoint.resume_or_start` found: nothing (a fresh start), or a fit to continue."""
 
-    state: FitState | None = None
+    state: FitState | None = None  # continued (and so changed) by the fit
     note: str | None = None  # resumed on another device setup: what started again from the seed
     saved: dict[str, Any] = field(default_factory=dict)  # the job's own entries (`save(extra=)`)
+    epoch: int | None = field(init=False)  # the epochs the checkpoint had completed (None: fresh)
 
-    @property
-    def epoch(self) -> int | None:
-        """The epochs the checkpoint had completed (None: a fresh start)."""
-        return self.state.epoch if self.state is not None else None
+    def __post_init__(self) -> None:
+        # taken now: `state` is the fit's own object, and its epoch moves on as it trains
+        self.epoch = self.state.epoch if self.state is not None else None
 
 
 class Checkpoint:
