@@ -266,3 +266,36 @@ def test_agreement_counts_the_pairs_on_the_side_of_the_mean(tmp_path):
     assert "sgd is 0.3 points ahead on average (1 of 3 pairs)" in result.analysis.sentences[0]
     md = (tmp_path / "s" / "summary.md").read_text()
     assert "| optim | sgd − adamw | 3 | 3 | 1/3 |" in md
+
+
+def test_ties_counted_and_a_clear_interaction_qualifies_the_average(tmp_path):
+    """The smoke grid's shape: sgd saturates (model makes no difference there, the pairs tie),
+    adamw does not (preact is 40 points ahead): the average hides a clear interaction."""
+    grid = {}
+    for seed, noise in ((0, 0), (1, 2), (2, -1)):
+        for model in ("resnet18", "preact"):
+            grid[(model, "sgd", seed)] = 100
+            grid[(model, "adamw", seed)] = (45 if model == "resnet18" else 85) + noise
+    for num, ((model, optim, seed), acc) in enumerate(grid.items()):
+        job_dir(tmp_path / "s", num, {"model": model, "optim": optim}, seed, acc)
+    result = report.write_tables([tmp_path / "s"], tmp_path / "s")
+    model = comparison(result, "model")  # resnet18 - preact: 0 0 0 -40 -40 -40
+    assert (model.n_better, model.n_worse, model.n_pairs) == (0, 3, 6)
+    (inter,) = result.analysis.interactions
+    assert inter.diff.mean == pytest.approx(40) and inter.diff.low == pytest.approx(40)
+    sentence = result.analysis.sentences[0]
+    assert sentence.startswith("model: no clear difference between preact and resnet18: preact is 20.0 "
+                               "points ahead on average (3 of 6 pairs, 3 tied)")
+    assert "but it depends on optim: the difference changes by 40.0 points" in sentence
+    assert "depends" not in fabricate(tmp_path / "t", GRID).analysis.sentences[0]  # no clear one
+
+
+def test_a_tie_for_the_pick_is_said(tmp_path):
+    grid = {("sgd", "basic", 0): 60, ("adamw", "basic", 0): 60, ("sgd", "advanced", 0): 50,
+            ("adamw", "advanced", 0): 40}
+    result = fabricate(tmp_path / "s", grid)
+    assert result.pick["ties"] == 1
+    md = (tmp_path / "s" / "summary.md").read_text()
+    assert "1 other configuration ties with it on validation accuracy" in md
+    assert fabricate(tmp_path / "t", GRID).pick["ties"] == 0
+    assert "ties with it" not in (tmp_path / "t" / "summary.md").read_text()

@@ -72,7 +72,8 @@ def pick(configs: pd.DataFrame, columns: list[str]) -> dict | None:
     if ranked.empty:
         return None
     best = ranked.loc[ranked["best_val_acc_mean"].idxmax()]
-    return {"config": {c: best[c] for c in columns}, "row": best}
+    ties = int((ranked["best_val_acc_mean"] == best["best_val_acc_mean"]).sum()) - 1
+    return {"config": {c: best[c] for c in columns}, "row": best, "ties": ties}
 
 
 # --- paired differences ----------------------------------------------------------------------
@@ -204,7 +205,7 @@ def analyse(df: pd.DataFrame, columns: list[str]) -> Analysis:
     two_level = [f for f in factors if len(levels(df, f)) == 2]
     result.interactions = [interaction(table, df, a, b) for a, b in itertools.combinations(two_level, 2)]
     result.sentences = [sentence(f, [c for c in result.comparisons if c.factor == f
-                                     and c.metric == "test_acc"]) for f in factors]
+                                     and c.metric == "test_acc"], result.interactions) for f in factors]
     result.balanced = is_balanced(df, factors)
     result.csv = effects_csv(result.levels, result.comparisons)
     return result
@@ -250,7 +251,8 @@ def clause(c: Comparison) -> str:
         low, high = neg(c.high), neg(c.low)
     if mean == 0:
         return f"{c.level} and {c.vs} tie on average over {c.n_pairs} pairs"
-    pairs = f"{wins} of {c.n_pairs} pair{'s' if c.n_pairs > 1 else ''}"
+    ties = c.n_pairs - c.n_better - c.n_worse
+    pairs = f"{wins} of {c.n_pairs} pair{'s' if c.n_pairs > 1 else ''}" + (f", {ties} tied" if ties else "")
     if low is None:
         why = "one seed" if c.n_seeds < 2 else "one pair"
         return (f"{win} scored {mean:.1f} points above {lose} on average, {pairs}; {why}, so no "
@@ -261,8 +263,27 @@ def clause(c: Comparison) -> str:
             f"average ({pairs}), but the 95% interval [{low:.1f}, {high:.1f}] includes 0")
 
 
-def sentence(factor: str, comparisons: list[Comparison]) -> str:
+def depends(factor: str, interactions: list[Interaction], effect: float) -> str:
+    """The interactions of `factor` that its average `effect` hides: clear (95% interval excluding
+    0) and at least as large as the effect, so it is at least three times as large at one of the
+    other factor's levels as at the other, or reverses."""
+    text = ""
+    for i in interactions:
+        d = i.diff
+        if factor not in (i.factor, i.other) or d.low is None or d.low <= 0 <= d.high:
+            continue
+        size, low, high = (d.mean, d.low, d.high) if d.mean > 0 else (-d.mean, -d.high, -d.low)
+        if size < abs(effect):
+            continue
+        other = i.other if i.factor == factor else i.factor
+        text += (f"; but it depends on {other}: the difference changes by {size:.1f} points between "
+                 f"{other}'s levels (95% interval [{low:.1f}, {high:.1f}]; see Interactions)")
+    return text
+
+
+def sentence(factor: str, comparisons: list[Comparison], interactions: list[Interaction] = ()) -> str:
     if all(c.n_pairs == 0 for c in comparisons):
         return (f"{factor}: no two completed jobs differ only in {factor}, so its effect is not "
                 "separated from the other factors'.")
-    return f"{factor}: " + "; ".join(clause(c) for c in comparisons) + "."
+    caveat = depends(factor, list(interactions), comparisons[0].mean) if len(comparisons) == 1 else ""
+    return f"{factor}: " + "; ".join(clause(c) for c in comparisons) + caveat + "."

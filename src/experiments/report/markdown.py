@@ -51,8 +51,16 @@ def pick_section(result: SweepReport) -> list[str]:
     return ["## Pick", "",
             f"**{configuration(result.pick['config'], varying)}**: best validation accuracy "
             f"{mean_pm_std('best_val_acc', row['best_val_acc_mean'], row['best_val_acc_std'])} ({over}); "
-            f"its test accuracy {mean_pm_std('test_acc', row['test_acc_mean'], row['test_acc_std'])}.",
-            "", jobs, ""]
+            f"its test accuracy {mean_pm_std('test_acc', row['test_acc_mean'], row['test_acc_std'])}."
+            + tied(result.pick.get("ties", 0)), "", jobs, ""]
+
+
+def tied(others: int) -> str:
+    """A tie on validation accuracy is broken by the sweep's order, which says nothing."""
+    if not others:
+        return ""
+    return (f" {others} other configuration{'s' if others > 1 else ''} tie{'' if others > 1 else 's'} "
+            "with it on validation accuracy (the first in the sweep's order is shown); see the grid.")
 
 
 def grid_section(result: SweepReport) -> list[str]:
