@@ -5,7 +5,12 @@
 #   bash bench/gpu_accuracy.sh DATA_ROOT [PRESET] [extra overrides...]
 #   bash bench/gpu_accuracy.sh /data/cifar best                # experiment=best (400 epochs)
 #   bash bench/gpu_accuracy.sh /data/cifar seed_report model=preact optim=sgd aug=basic
+#   bash bench/gpu_accuracy.sh /data/cifar finetune model.pretrained_file=/weights/resnet50.pth
+#   bash bench/gpu_accuracy.sh /data/pets finetune data=folder data.image_size=256 \
+#       model.name=resnet50 model.pretrained_file=/weights/resnet50.pth    # Oxford-IIIT Pet in folders
 #
+# finetune reads the weights from model.pretrained_file, or else from the Hugging Face cache
+# (HF_HOME; the GPU machine has no network: copy the cache or a weights file along).
 # DATA_ROOT holds cifar-100-python.tar.gz (or its decoded cache); nothing is downloaded if it is
 # there. The decoded cache and its lock go next to it, or, when DATA_ROOT is not writable (a
 # read-only mount), to bench-accuracy/cache/ (or pass data.cache_dir=DIR). Results go to
@@ -27,6 +32,7 @@ $PY - "$OUT/summary.json" <<'PYEOF'
 import json, sys
 s = json.load(open(sys.argv[1]))
 pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"
+print(f"weights: {s.get('pretrained') or 'from scratch'}")
 print(f"status {s['status']}, {s['epochs_completed']} epochs, {s['train_time_s']:.0f} s of training, "
       f"{s['precision']} on {s['device']}")
 print(f"test accuracy, final weights:          {pct(s['test_acc_final'])}")

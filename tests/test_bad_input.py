@@ -33,6 +33,13 @@ CASES = {
                                     ["aug.erase_p must be a probability in [0, 1], got 1.5"]),
     "... also under python -O": (["-O"], ["aug.erase_p=1.5"], ["aug.erase_p must be a probability"]),
     "zero width": ([], ["model.width=0"], ["model.width must be a positive integer"]),
+    "pretrained weights neither cached nor downloadable": (
+        [], ["model=timm", "model.name=test_resnet", "model.pretrained=true", "model.image_size=32"],
+        ["model.pretrained=true: no weights for timm's test_resnet in the local cache",
+         "model.pretrained_file=PATH (a state dict or a timm checkpoint)"]),
+    "padding crop on large images": (
+        [], ["data.image_size=128"],
+        ["aug.crop_padding=4 pads and crops 128 px images", "Use aug=rrc"]),
     "batch larger than the training set": (
         [], ["trainer.batch_size=1024"],
         ["trainer.batch_size=1024 is larger than the training set (768 images after holding out "
@@ -44,7 +51,8 @@ CASES = {
 def outcomes(tmp_path_factory):
     """Every case's (exit code, console output), all started at once: most of each is start-up."""
     tmp = tmp_path_factory.mktemp("bad")
-    env = {**os.environ, "WANDB_SILENT": "true"}
+    # no network, and an empty Hugging Face cache: pretrained weights cannot be found
+    env = {**os.environ, "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf")}
     procs = {}
     for i, (name, (flags, overrides, _)) in enumerate(CASES.items()):
         args = [o.format(tmp=tmp) for o in overrides]
@@ -84,6 +92,8 @@ def test_bad_input_gives_one_message_and_exit_code_2(outcomes, name):
     (["trainer.monitor_mode=maximum"], "trainer.monitor_mode must be one of ['min', 'max']"),
     (["loader=dataloader", "loader.workers=-1"], "loader.workers must be auto or a number"),
     (["data.image_size=0"], "data.image_size must be a positive integer"),
+    (["param_groups.backbone_lr_scale=0"], "param_groups.backbone_lr_scale must be a fraction"),
+    (["param_groups.layer_decay=1.5"], "param_groups.layer_decay must be a factor in (0, 1]"),
     (["mix=mixup", "mix.mixup_alpha=0"], "mixing needs mix.mixup_alpha > 0 or mix.cutmix_alpha > 0"),
     (["mix=mixup", "mix.prob=2"], "mix.prob must be a probability in [0, 1]"),
 ])

@@ -35,11 +35,14 @@ from experiments.report.provenance import collect as collect_provenance, resumed
 from experiments.report.job_summary import (SUMMARY_FILE, completed_summary, failed_summary,
                                             read_summary, running_summary, write_json)
 from experiments.report.tracking import Tracker
+from experiments.models.pretrained import input_spec
 from experiments.training.backends import (CompileWatch, configure_backends, maybe_compile,
-                                           precision_name, resolve_device, use_channels_last)
+                                           precision_name, resolve_device, unwrap,
+                                           use_channels_last)
 from experiments.training.batch_schedule import BatchSchedule
 from experiments.training.checkpoint import Checkpoint, CheckpointError, fingerprint
 from experiments.training.options import TrainerOptions
+from experiments.training.param_groups import param_groups
 from experiments.training.trainer import DivergedError, FitState, Trainer
 
 log = logging.getLogger(__name__)
@@ -82,13 +85,17 @@ def seed_everything(seed: int) -> None:
 
 # --- building the parts from the config ------------------------------------------------------
 
-def build_loaders(cfg: DictConfig, options: TrainerOptions, splits: Splits,
+def build_loaders(cfg: DictConfig, options: TrainerOptions, splits: Splits, model: torch.nn.Module,
                   device: torch.device, channels_last: bool) -> Loaders:
     """The `loader` group's factory (device or DataLoader workers) with the `aug` group's
-    augmentation for the training split."""
-    data = cfg.data
-    batching = Batching(instantiate(cfg.aug), data.mean, data.std, data.image_size,
-                        options.batch_size, options.eval_batch_size, cfg.seed, device, channels_last)
+    augmentation for the training split. A pretrained model gets its own input size and
+    normalization (timm's pretrained config), not the dataset's."""
+    data, pretrained = cfg.data, input_spec(unwrap(model))
+    size, mean, std = ((pretrained.size, pretrained.mean, pretrained.std) if pretrained
+                       else (data.image_size, data.mean, data.std))
+    batching = Batching(instantiate(cfg.aug), mean, std, size, options.batch_size,
+                        options.eval_batch_size, cfg.seed, device, channels_last,
+                        stored_size=data.image_size)
     return instantiate(cfg.loader)(splits, batching)
 
 
@@ -99,15 +106,18 @@ def build_model(cfg: DictConfig, device: torch.device, channels_last: bool) -> t
 
 def build_optimizer(cfg: DictConfig, options: TrainerOptions, model: torch.nn.Module,
                     device: torch.device) -> torch.optim.Optimizer:
-    """The `_partial_` optimizer from the config, with fused CUDA kernels where it has them and
-    the user chose no implementation (`+optim.foreach=...` or `+optim.fused=...`): torch
-    refuses fused together with foreach."""
+    """The `_partial_` optimizer from the config, over the model's parameters or, for
+    fine-tuning, groups with their own learning rates (`param_groups`); with fused CUDA kernels
+    where it has them and the user chose no implementation (`+optim.foreach=...` or
+    `+optim.fused=...`): torch refuses fused together with foreach."""
     factory = instantiate(cfg.optim)
+    params = param_groups(model, cfg.optim.lr, cfg.optim.get("weight_decay", 0.0),
+                          **cfg.param_groups)
     chosen = "fused" in cfg.optim or "foreach" in cfg.optim
     fused_ok = "fused" in inspect.signature(factory.func).parameters and not chosen
     if options.fused_optimizer and device.type == "cuda" and fused_ok:
-        return factory(model.parameters(), fused=True)
-    return factory(model.parameters())
+        return factory(params, fused=True)
+    return factory(params)
 
 
 def build_trainer(cfg: DictConfig, options: TrainerOptions, model: torch.nn.Module,
@@ -152,8 +162,8 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
              len(splits.train), len(splits.val or ()), len(splits.test), len(splits.classes))
     BatchSchedule(options).check_fits(len(splits.train), cfg.data.val_size)
     provenance = collect_provenance(cfg, device)  # after the data: its cache now exists
-    loaders = build_loaders(cfg, options, splits, device, channels_last)
     model = build_model(cfg, device, channels_last)
+    loaders = build_loaders(cfg, options, splits, model, device, channels_last)
     trainer = build_trainer(cfg, options, model, device, len(splits.train))
     log.info("model %s (%.2fM parameters) on %s, autocast %s", job.choices.get("model"),
              sum(p.numel() for p in model.parameters()) / 1e6, device, trainer.amp_dtype)
@@ -187,12 +197,18 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
             "seed": cfg.seed, "fingerprint": fingerprint(config),
             "resumed_from_epoch": resumed.epoch, "resume_note": resumed.note,
             "compile": compiled.status, "wandb_id": tracker.wandb_id,
+            "pretrained": pretrained_source(model),
             "provenance": provenance, "code_changed_on_resume": code_changed})
         tracker.log_results({"choices": job.choices, **config}, summary)
     torch.save(trainer.eval_weights(), job.output_dir / "model.pt")  # the tested weights
     if not options.keep_checkpoint:
         checkpoint.remove()
     return summary
+
+
+def pretrained_source(model: torch.nn.Module) -> str | None:
+    spec = input_spec(unwrap(model))
+    return spec.source if spec else None
 
 
 def log_epoch(tracker: Tracker, epoch: int, epochs: int, metrics: dict[str, float]) -> None:

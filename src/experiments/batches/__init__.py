@@ -20,12 +20,13 @@ class Batching:
     augment: BatchAugment | None  # the training split's augmentation
     mean: Sequence[float]  # normalization, per channel
     std: Sequence[float]
-    image_size: int
+    image_size: int  # the side of the square batches served: the model's input size
     batch_size: int
     eval_batch_size: int
     seed: int  # the shuffling and augmentation generator's seed
     device: torch.device
     channels_last: bool = False
+    stored_size: int | None = None  # the dataset's side when it differs (resized on the way)
 
 
 class Loaders(NamedTuple):

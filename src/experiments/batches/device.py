@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 
 import torch
+import torch.nn.functional as F
 
 from experiments.batches import Batching, Loaders
 from experiments.batches.augment import BatchAugment
@@ -33,12 +34,23 @@ class Normalize:
         return out.contiguous(memory_format=layout)
 
 
+def resize_to(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Square images to size x size, bilinear with antialiasing (torchvision's Resize), as
+    float; unchanged when they already are. Upsampling CIFAR to a pretrained model's 224 px
+    happens here, per batch, so the dataset stays 32 px (49x smaller) on the device."""
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images.float(), size=(size, size), mode="bilinear", antialias=True,
+                         align_corners=False)
+
+
 class DeviceLoader:
     """Iterates (images, labels) batches; reshuffles and re-augments on every pass."""
 
     def __init__(self, split: Split, batch_size: int, normalize: Normalize, *, device,
                  augment: BatchAugment | None = None, shuffle: bool = False,
-                 drop_last: bool = False, seed: int = 0, channels_last: bool = False):
+                 drop_last: bool = False, seed: int = 0, channels_last: bool = False,
+                 size: int | None = None):
         # kept as uint8 on the device (zero-padded when the augmentation crops): the one copy
         try:
             self.images = (augment.store if augment else lambda x: x)(split.images.to(device))
@@ -50,6 +62,7 @@ class DeviceLoader:
                 "batch to the device.") from None
         self.labels = split.labels.to(device)
         self.normalize, self.augment = normalize, augment
+        self.size = size or split.images.shape[-1]  # served batches' side
         self.shuffle, self.channels_last, self.want_drop_last = shuffle, channels_last, drop_last
         self.set_batch_size(batch_size)
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -81,24 +94,51 @@ class DeviceLoader:
             yield self.prepare(index), self.labels.index_select(0, index)
 
     def prepare(self, index: torch.Tensor) -> torch.Tensor:
-        """uint8 crop+flip -> float rotation (black fill) -> normalize -> erase (mean fill)."""
+        """uint8 crop+flip -> float rotation (black fill) -> resize to the served size ->
+        normalize -> erase (mean fill). A resized crop (aug=rrc) crops and resizes in one go."""
         aug, gen = self.augment, self.generator
         if aug is None:
-            return self.normalize(self.images.index_select(0, index), self.channels_last)
-        images = aug.rotate(aug.select(self.images, index, gen).float(), gen)
-        return aug.erase(self.normalize(images, self.channels_last), gen)
+            images = self.images.index_select(0, index)
+        elif getattr(aug, "resizes", False):
+            images = aug.select(self.images, index, gen, size=self.size)
+        else:
+            images = aug.rotate(aug.select(self.images, index, gen).float(), gen)
+        images = self.normalize(resize_to(images, self.size), self.channels_last)
+        return images if aug is None else aug.erase(images, gen)
+
+
+def free_device_memory(device: torch.device) -> int | None:
+    """Bytes free on a CUDA device; None elsewhere (on the CPU the dataset is already in memory)."""
+    return torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+
+
+# the dataset may take this share of the free device memory; the rest is for the model, its
+# optimizer state and activations (a ResNet-50 at batch 128 and 224 px needs ~10-20 GiB)
+DATASET_SHARE = 0.6
+
+
+def check_fits_device(splits: Splits, device: torch.device, free: int | None) -> None:
+    """Refuse up front a dataset that will not fit next to the training on the device."""
+    nbytes = sum(s.images.nbytes for s in (splits.train, splits.val, splits.test) if s is not None)
+    if free is not None and nbytes > DATASET_SHARE * free:
+        raise UserError(
+            f"the dataset takes {nbytes / 2**30:.1f} GiB as uint8, and {device} has "
+            f"{free / 2**30:.1f} GiB free: loader=device keeps it all there, next to the training. "
+            "Use loader=dataloader (the dataset stays in host memory, each batch is copied), or a "
+            "smaller data.image_size (batches are resized to the model's input size anyway).")
 
 
 def device_loaders(splits: Splits, batching: Batching) -> Loaders:
     """`loader=device`: train (shuffled, augmented, a ragged last batch dropped), val and test."""
     b = batching
+    check_fits_device(splits, b.device, free_device_memory(b.device))
     normalize = Normalize(b.mean, b.std, b.device)
 
     def make(split: Split, batch_size: int, augment: BatchAugment | None = None,
              train: bool = False) -> DeviceLoader:
         return DeviceLoader(split, batch_size, normalize, augment=augment, shuffle=train,
                             drop_last=train, seed=b.seed, device=b.device,
-                            channels_last=b.channels_last)
+                            channels_last=b.channels_last, size=b.image_size)
 
     return Loaders(make(splits.train, b.batch_size, b.augment, train=True),
                    None if splits.val is None else make(splits.val, b.eval_batch_size),

@@ -77,6 +77,9 @@ RANGES = {
     "mix.cutmix_alpha": (_in(0, INF), "a number >= 0 (0: no CutMix)"),
     "loader.workers": (lambda v: v == "auto" or (_is_int(v) and v >= 0),
                        "auto or a number of worker processes >= 0 (0: load in the main process)"),
+    "param_groups.backbone_lr_scale": (_in(0, 1, open_low=True), "a fraction of optim.lr in (0, 1]"),
+    "param_groups.layer_decay": (_in(0, 1, open_low=True, optional=True),
+                                 "a factor in (0, 1] per layer, or null (off)"),
     "data.image_size": (lambda v: _is_int(v) and v >= 1, "a positive integer (pixels)"),
     "data.num_classes": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
     "data.noise": (_in(0, 1), "a weight in [0, 1]"),
@@ -147,6 +150,7 @@ def check_combinations(cfg: DictConfig, options: TrainerOptions) -> None:
         if options.tta == "flip":
             raise ConfigError(f"trainer.tta=flip mirrors data={cfg.data.name} images, which "
                               "changes their class: use trainer.tta=none")
+    check_augmentation_fits_data(cfg)
     if cfg.mix.get("_target_"):
         # timm's Mixup pairs image i with image n-1-i: an odd batch fails mid-run, at the epoch
         # where the schedule reaches that size
@@ -154,6 +158,24 @@ def check_combinations(cfg: DictConfig, options: TrainerOptions) -> None:
             if size % 2:
                 raise ConfigError(f"mixing (mix={cfg.mix.get('_target_', '').split('.')[-1]}) pairs "
                                   f"images within a batch: {key} must be even, got {size}")
+
+
+SMALL_IMAGES = 64  # px: the CIFAR-style padding crop is for images up to this size
+
+
+def check_augmentation_fits_data(cfg: DictConfig) -> None:
+    """The padding crop of aug=basic/advanced is a CIFAR recipe (4 px on 32); random resized
+    crops cut away most of a digit."""
+    aug, data = cfg.aug, cfg.data
+    if aug.get("crop_padding") and data.image_size > SMALL_IMAGES:
+        raise ConfigError(
+            f"aug.crop_padding={aug.crop_padding} pads and crops {data.image_size} px images: a "
+            f"recipe for small images (<= {SMALL_IMAGES} px, e.g. 4 px on CIFAR's 32). Use aug=rrc "
+            "(random resized crops) for larger images, or aug=none.")
+    if aug.get("rrc_scale") is not None and data.name == "mnist":
+        raise ConfigError("aug=rrc crops as little as aug.rrc_scale[0] of a data=mnist digit and "
+                          "stretches it, which can change its class: use aug=none or a mild crop "
+                          "such as aug=basic aug.flip=false")
 
 
 def check_validation_users(cfg: DictConfig, options: TrainerOptions) -> None:

@@ -66,8 +66,15 @@ def named_choices(choices) -> str:
     return "-".join(str(choices[group]) for group in NAMED_GROUPS)
 
 
+def from_scratch_only(value, *, _root_):
+    """`value` for a model trained from scratch, null for a pretrained one: its weights fix its
+    size, so size=smoke narrows every model but a pretrained one."""
+    model = _root_.get("model") or {}
+    return None if model.get("pretrained") or model.get("pretrained_file") else value
+
+
 def register_resolvers() -> None:
     for name, fn in (("job_suffix", job_suffix), ("folder_classes", folder_classes),
-                     ("named_choices", named_choices)):
+                     ("named_choices", named_choices), ("from_scratch_only", from_scratch_only)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -1,13 +1,17 @@
-"""Any small image dataset laid out as ROOT/train/<class>/*.png|jpg and ROOT/test/<class>/*.
+"""Any image dataset laid out as ROOT/train/<class>/*.png|jpg and ROOT/test/<class>/*.
 
-Images are decoded once (resized to data.image_size, converted to data.channels) into the same
-uint8 cache as CIFAR; the cache is rebuilt when files are added, removed, changed or moved
-between class folders, or when the classes change.
+Images are decoded once into the same uint8 cache as CIFAR, as data.image_size squares: the
+shorter side resized to it, then the centre crop (`data.fit=center_crop`, torchvision's
+Resize + CenterCrop, so variable-size photos such as Oxford-IIIT Pet keep their aspect), or the
+whole image stretched (`data.fit=stretch`). The cache is rebuilt when files are added, removed,
+changed or moved between class folders, or when the classes change.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
@@ -18,8 +22,10 @@ from PIL import Image, UnidentifiedImageError
 
 from experiments.data.base import ImageData, Split
 from experiments.data.cache import CachedSource
-from experiments.errors import DataError
+from experiments.errors import ConfigError, DataError
 
+log = logging.getLogger(__name__)
+FITS = ("center_crop", "stretch")
 SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
@@ -44,23 +50,53 @@ def image_files(split_dir: Path, classes: list[str]) -> list[tuple[Path, int]]:
             for path in sorted((split_dir / name).rglob("*")) if path.suffix.lower() in SUFFIXES]
 
 
-def decode(path: Path, size: int, channels: int) -> np.ndarray:
+def fit_square(img: Image.Image, size: int, fit: str) -> Image.Image:
+    """size x size: stretched, or the shorter side resized to size and the centre kept."""
+    if fit == "stretch" or img.size == (size, size):
+        return img if img.size == (size, size) else img.resize((size, size), Image.BILINEAR)
+    w, h = img.size  # the shorter side to size, the longer truncated as torchvision's Resize does
+    new_w, new_h = (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+    img = img.resize((new_w, new_h), Image.BILINEAR)  # PIL's bilinear is antialiased
+    left, top = int(round((new_w - size) / 2.0)), int(round((new_h - size) / 2.0))  # CenterCrop's
+    return img.crop((left, top, left + size, top + size))
+
+
+def decode(path: Path, size: int, channels: int, fit: str = "center_crop") -> np.ndarray:
     try:
         with Image.open(path) as img:
-            img = img.convert("L" if channels == 1 else "RGB")
-            if img.size != (size, size):
-                img = img.resize((size, size), Image.BILINEAR)
+            img = fit_square(img.convert("L" if channels == 1 else "RGB"), size, fit)
             pixels = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise DataError(f"{path} is not a readable image ({err}). Remove or replace it.") from None
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
-def decode_split(files: list[tuple[Path, int]], size: int, channels: int) -> Split:
+def decode_split(files: list[tuple[Path, int]], size: int, channels: int,
+                 fit: str = "center_crop") -> Split:
     images = np.zeros((len(files), channels, size, size), dtype=np.uint8)
     for i, (path, _) in enumerate(files):
-        images[i] = decode(path, size, channels)
+        images[i] = decode(path, size, channels, fit)
     return Split(torch.from_numpy(images), torch.tensor([label for _, label in files], dtype=torch.int64))
+
+
+def available_memory() -> int | None:
+    """Bytes of host memory free now (Linux), or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_decoded_size(n: int, channels: int, size: int, free: int | None) -> int:
+    """The uint8 cache's size, logged before decoding; refused when host memory cannot hold it."""
+    nbytes = n * channels * size * size
+    log.info("decoding %d images at %dx%d px: %.2f GiB as uint8", n, size, size, nbytes / 2**30)
+    if free is not None and nbytes > free:
+        raise DataError(
+            f"{n} images at data.image_size={size} take {nbytes / 2**30:.1f} GiB as uint8, more "
+            f"than the {free / 2**30:.1f} GiB of free memory: use a smaller data.image_size (the "
+            "batches are resized to the model's input size anyway)")
+    return nbytes
 
 
 def stamp(root: Path, files: list[tuple[Path, int]], classes: list[str]) -> str:
@@ -81,11 +117,17 @@ class Folder(CachedSource):
     """data=folder data.root=PATH; num_classes comes from the class folders (conf/data/folder.yaml)."""
 
     names: ClassVar[tuple[str, ...]] = ("folder",)
+    fit: str = "center_crop"  # or stretch
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.fit not in FITS:
+            raise ConfigError(f"data.fit must be one of {list(FITS)}, got {self.fit!r}")
 
     @property
     def cache_name(self) -> str:
         # hidden among ROOT's train/ and test/; one per decoded size and channel count
-        return f".cache-{self.image_size}px-{self.channels}ch.uint8.pt"
+        return f".cache-{self.image_size}px-{self.channels}ch-{self.fit}.uint8.pt"
 
     def load(self) -> ImageData:
         root, classes = Path(self.root), class_names(self.root)
@@ -95,7 +137,9 @@ class Folder(CachedSource):
                             f"(looked for {', '.join(sorted(SUFFIXES))}).")
 
         def build() -> ImageData:
-            return ImageData(decode_split(train, self.image_size, self.channels),
-                             decode_split(test, self.image_size, self.channels), classes)
+            check_decoded_size(len(train) + len(test), self.channels, self.image_size,
+                               available_memory())
+            return ImageData(decode_split(train, self.image_size, self.channels, self.fit),
+                             decode_split(test, self.image_size, self.channels, self.fit), classes)
 
         return self.cached(build, stamp(root, train + test, classes))

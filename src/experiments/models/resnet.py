@@ -10,6 +10,7 @@ import torch.nn as nn
 
 from experiments.errors import ConfigError
 from experiments.models.checks import check_timm_name, check_width
+from experiments.models.pretrained import pretrained_model
 
 
 def _conv(in_chans: int, out_chans: int, kernel: int, stride: int) -> nn.Conv2d:
@@ -43,9 +44,12 @@ def timm_resnet18(num_classes: int, width: int = 64, cifar_stem: bool = True,
     return model
 
 
-def timm_model(name: str, num_classes: int, in_chans: int = 3, image_size: int = 32,
-               cifar_stem: bool = True, width: int | None = None, **timm_kwargs) -> nn.Module:
-    """Any timm model by name, from scratch (`model=timm model.name=resnet50`).
+def timm_model(name: str, num_classes: int, in_chans: int = 3, image_size: int | None = 32,
+               cifar_stem: bool = True, width: int | None = None, pretrained: bool = False,
+               pretrained_file: str | None = None, **timm_kwargs) -> nn.Module:
+    """Any timm model by name, from scratch (`model=timm model.name=resnet50`), or pretrained
+    (`model.pretrained=true`, or weights from `model.pretrained_file`: see models/pretrained.py;
+    `image_size` null: the pretrained input size).
 
     For small images (<= 64 px) with cifar_stem: a ResNet-style 7x7 stride-2 stem becomes a 3x3
     stride-1 conv without max-pool, an EfficientNet/MobileNet-style stride-2 `conv_stem` gets
@@ -55,6 +59,16 @@ def timm_model(name: str, num_classes: int, in_chans: int = 3, image_size: int =
     other architectures have no such knob in timm, only their named size variants.
     """
     check_timm_name(name)
+    if pretrained or pretrained_file:
+        if width is not None:
+            raise ConfigError(f"model.width={width}: a pretrained model's size is its weights'; "
+                              "use model.width=null (or a smaller variant by model.name)")
+        # timm's own stem, never the CIFAR one: that would discard the pretrained stem
+        return pretrained_model(name, num_classes, in_chans, image_size, pretrained_file,
+                                **timm_kwargs)
+    if image_size is None:
+        raise ConfigError("model.image_size=null means the pretrained input size: it needs "
+                          "model.pretrained=true; from scratch, give a size (e.g. ${data.image_size})")
     kwargs = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, **timm_kwargs)
     if width is not None:
         check_width(width)

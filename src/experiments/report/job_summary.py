@@ -63,6 +63,7 @@ class JobSummary:
     fingerprint: str | None = only(COMPLETED)  # the config's hash: a rerun here must match it
     resume_note: str | None = only(COMPLETED)  # resumed on another device setup: not bit-identical
     compile: str | None = only(COMPLETED)  # null (off), compiled, or "eager fallback: ..."
+    pretrained: str | None = only(COMPLETED)  # the weights' file or cache entry; null: from scratch
     wandb_id: str | None = only(COMPLETED)
     # running jobs only: whose process writes it, so a reader tells running from killed
     pid: int | None = only(RUNNING)

@@ -8,7 +8,7 @@ EPOCH = "epoch"  # metrics.csv's first column and every logger's step (1, 2, ...
 
 TRAIN_LOSS = "train/loss"  # the epoch's mean loss per image (steps with a NaN/inf loss left out)
 TRAIN_ACC = "train/acc"  # under MixUp/CutMix: against each mixed target's dominant label
-LR = "train/lr"  # the first parameter group's learning rate at the epoch's start
+LR = "train/lr"  # the largest group learning rate at the epoch's start (optim.lr, scheduled)
 BATCH_SIZE = "train/batch_size"  # changes with trainer.batch_schedule
 EPOCH_S = "time/epoch_s"  # the epoch's training time (validation excluded), GPU synchronized
 IMAGES_PER_S = "time/images_per_s"  # training images per second over that time

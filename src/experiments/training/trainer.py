@@ -186,7 +186,7 @@ class Trainer:
 
     def run_epoch(self, train, val) -> dict[str, float]:
         """One epoch of training (timed) and validation: the metrics every logger records."""
-        lr = self.optimizer.param_groups[0]["lr"]
+        lr = max(group["lr"] for group in self.optimizer.param_groups)  # optim.lr's, as scheduled
         start = time.perf_counter()
         train_metrics = self.train_epoch(train)
         synchronize(self.device)

@@ -1,0 +1,121 @@
+"""Pretrained timm models for fine-tuning: the weights through timm's own machinery, from the
+local Hugging Face / torch-hub cache or from a file, the classifier replaced for our classes.
+
+The weights fix the architecture, so a pretrained model keeps timm's stem (the CIFAR stem would
+discard the pretrained one) and its width; its input size and normalization are the pretrained
+ones (`input_spec`), which the batch pipeline resizes and normalizes to on the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import timm
+import torch
+import torch.nn as nn
+
+from experiments.errors import ConfigError, UserError
+
+
+@dataclass(frozen=True)
+class PretrainedInput:
+    """What a pretrained model expects, and where its weights came from (for summary.json)."""
+
+    size: int  # square input side, pixels
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    source: str  # the weights file, or the cache entry timm read
+
+
+def default_cfg(name: str):
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise ConfigError(f"model.name={name!r}: timm has no pretrained weights for it. List the "
+                          "ones it has with: python -c \"import timm; print(timm.list_models("
+                          "pretrained=True))\"")
+    return cfg
+
+
+def cached_weights(cfg) -> str | None:
+    """The local cache entry timm would read for these weights, or None if not downloaded."""
+    if cfg.hf_hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        names = [cfg.hf_hub_filename] if cfg.hf_hub_filename else [
+            "open_clip_model.safetensors", "model.safetensors", "pytorch_model.bin"]
+        for filename in names:
+            path = try_to_load_from_cache(cfg.hf_hub_id, filename)
+            if isinstance(path, str):
+                return f"hf-hub:{cfg.hf_hub_id} ({path})"
+    if cfg.url:
+        path = Path(torch.hub.get_dir()) / "checkpoints" / Path(cfg.url).name
+        if path.is_file():
+            return f"{cfg.url} ({path})"
+    return None
+
+
+def missing_weights(name: str, err: Exception) -> UserError:
+    return UserError(
+        f"model.pretrained=true: no weights for timm's {name} in the local cache, and timm could "
+        f"not download them ({type(err).__name__}: {str(err)[:200]}). Either download them once "
+        f"where there is network, into the Hugging Face cache this machine reads (HF_HOME): "
+        f"python -c \"import timm; timm.create_model('{name}', pretrained=True)\", or give the "
+        "weights as a file: model.pretrained_file=PATH (a state dict or a timm checkpoint).")
+
+
+def classifier_rows(file: Path, classifier: str | tuple | None) -> int | None:
+    """The number of classes of the file's classifier, or None if it has none we can see."""
+    try:
+        state = timm.models.load_state_dict(str(file))
+    except Exception as err:  # torch.load / safetensors raise many types for a bad file
+        raise UserError(f"model.pretrained_file={file}: not a readable state dict or timm "
+                        f"checkpoint ({type(err).__name__}: {err})") from None
+    name = classifier[0] if isinstance(classifier, (tuple, list)) else classifier
+    weight = state.get(f"{name}.weight") if name else None
+    return None if weight is None else int(weight.shape[0])
+
+
+def pretrained_model(name: str, num_classes: int, in_chans: int, image_size: int | None,
+                     file: str | None, **timm_kwargs) -> nn.Module:
+    """timm's `name` with pretrained weights and a new classifier for `num_classes`.
+
+    The weights load strictly with their own classifier (a file for another architecture, or
+    with other key names, fails here instead of half-loading), then `reset_classifier` replaces
+    the classifier: only it starts from random.
+    """
+    cfg = default_cfg(name) if file is None else timm.models.get_pretrained_cfg(name)
+    head = cfg.num_classes if cfg else 1000
+    overlay = None
+    if file is not None:
+        path = Path(file).expanduser().resolve()
+        if not path.is_file():
+            raise UserError(f"model.pretrained_file={file}: no such file")
+        head = classifier_rows(path, cfg.classifier if cfg else None) or head
+        overlay, source = dict(file=str(path), num_classes=head), str(path)
+    else:
+        source = cached_weights(cfg)
+    kwargs = dict(pretrained=True, num_classes=head, in_chans=in_chans,
+                  pretrained_cfg_overlay=overlay, **timm_kwargs)
+    try:
+        try:
+            model = timm.create_model(name, **kwargs, **({"img_size": image_size} if image_size else {}))
+        except TypeError:  # this architecture takes any input size
+            model = timm.create_model(name, **kwargs)
+    except Exception as err:  # hub and torch.load errors have many types (httpx, OSError, ...)
+        if file is not None:  # a shape or key mismatch from the strict load
+            raise UserError(f"model.pretrained_file={file} does not fit timm's {name}: "
+                            f"{str(err)[:400]}") from None
+        raise missing_weights(name, err) from None
+    if head != num_classes:
+        model.reset_classifier(num_classes)
+    data = timm.data.resolve_model_data_config(model)
+    size = image_size or int(data["input_size"][-1])
+    model.pretrained_input = PretrainedInput(size, tuple(data["mean"]), tuple(data["std"]),
+                                             source or f"{cfg.hf_hub_id or cfg.url} (downloaded)")
+    return model
+
+
+def input_spec(model: nn.Module) -> PretrainedInput | None:
+    """The pretrained input of a model built here, or None for a model trained from scratch."""
+    return getattr(model, "pretrained_input", None)
