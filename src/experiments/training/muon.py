@@ -73,8 +73,9 @@ def split_groups(params, settings: dict) -> list[dict]:
         s = {**settings, **{k: g.pop(k) for k in settings if k in g}}  # the group's own settings
         scale = g.get("lr_scale", 1.0)
         rest = {k: v for k, v in g.items() if k != "params"}  # lr_scale, SAM's rho, ...
-        muon = [p for p in g["params"] if p.ndim in MATRIX_NDIMS and id(p) not in edges]
-        adamw = [p for p in g["params"] if not (p.ndim in MATRIX_NDIMS and id(p) not in edges)]
+        hidden = [p.ndim in MATRIX_NDIMS and id(p) not in edges for p in g["params"]]
+        muon = [p for p, h in zip(g["params"], hidden) if h]
+        adamw = [p for p, h in zip(g["params"], hidden) if not h]
         if muon:
             out.append({**rest, "params": muon, "use_muon": True,
                         **{k: s[k] for k in MUON_KEYS}, "lr": s["lr"] * scale})
@@ -94,17 +95,14 @@ class Muon(torch.optim.Optimizer):
                  adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
                  adamw_weight_decay: float = 0.0):
         adamw_betas = tuple(float(b) for b in adamw_betas)
-        if not (lr >= 0 and adamw_lr >= 0 and weight_decay >= 0 and adamw_weight_decay >= 0):
-            raise ValueError("Muon: learning rates and weight decays must be >= 0")
-        if not (0 <= momentum < 1 and len(adamw_betas) == 2 and all(0 <= b < 1 for b in adamw_betas)):
-            raise ValueError(f"Muon: momentum and adamw_betas must be in [0, 1), got {momentum}, "
-                             f"{adamw_betas}")
-        if not (isinstance(ns_steps, int) and ns_steps >= 1) or not adamw_eps > 0:
-            raise ValueError(f"Muon: ns_steps must be a positive integer and adamw_eps > 0, got "
-                             f"{ns_steps}, {adamw_eps}")
         settings = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
                         weight_decay=weight_decay, adamw_lr=adamw_lr, adamw_betas=adamw_betas,
                         adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay)
+        if not (min(lr, adamw_lr, weight_decay, adamw_weight_decay) >= 0 and adamw_eps > 0
+                and len(adamw_betas) == 2 and all(0 <= b < 1 for b in (momentum, *adamw_betas))
+                and isinstance(ns_steps, int) and ns_steps >= 1):
+            raise ValueError("Muon: lrs and weight decays must be >= 0, adamw_eps > 0, momentum "
+                             f"and adamw_betas in [0, 1), ns_steps a positive integer: {settings}")
         # no defaults to fill in: every group is complete, with only its own side's settings
         super().__init__(split_groups(params, settings), {})
         self.settings = settings
