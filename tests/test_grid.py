@@ -1,6 +1,7 @@
-"""Every model option runs under every preset at smoke size: composed as `python train.py` does,
-wired by train.py's own functions (data, loaders, model, optimizer, schedule, mixing, EMA, SAM),
-one optimizer step, then validation (schedule included) and the test pass (TTA included).
+"""Every model option runs under every preset at smoke size, and with optim=muon: composed as
+`python train.py` does, wired by train.py's own functions (data, loaders, model, optimizer,
+schedule, mixing, EMA, SAM), one optimizer step, then validation (schedule included) and the
+test pass (TTA included).
 
 Options are read from conf/, so a new model or preset is in the grid without editing this file.
 """
@@ -31,6 +32,19 @@ def test_model_runs_under_preset_at_smoke_size(compose_cfg, model, preset):
     cfg = compose_cfg([f"experiment={preset}", "size=smoke", f"model={model}", *TINY])
     smoke = compose_cfg(["size=smoke"])
     assert (cfg.data.name, cfg.trainer.epochs) == (smoke.data.name, smoke.trainer.epochs)  # smoke size won
+    step_once(cfg)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_muon_steps_every_model(compose_cfg, model):
+    """optim=muon with every model option: Muon for the hidden matrices, AdamW for the rest."""
+    trainer = step_once(compose_cfg(["experiment=smoke", "optim=muon", f"model={model}", *TINY]))
+    sides = {g["use_muon"] for g in trainer.optimizer.param_groups}
+    assert sides == {True, False}
+
+
+def step_once(cfg):
+    """Build the job's parts as train.py does, take one optimizer step, validate and test."""
     options = check_config(cfg)
     splits = load_splits(cfg.data)
     train_batches, val_batches, test_batches = build_loaders(cfg, options, splits, CPU, channels_last=False)
@@ -47,3 +61,4 @@ def test_model_runs_under_preset_at_smoke_size(compose_cfg, model, preset):
     assert torch.isfinite(torch.tensor([metrics["train/loss"], metrics["val/loss"], test["loss"]])).all()
     assert 0 <= test["acc"] <= 1
     assert model_(one_batch[0][0][:2]).shape == (2, cfg.data.num_classes)
+    return trainer

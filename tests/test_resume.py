@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from omegaconf import OmegaConf
 
@@ -39,13 +40,15 @@ def summary(job_dir):
     return json.loads((job_dir / "summary.json").read_text())
 
 
-def test_killed_job_resumes_and_matches_an_uninterrupted_run(tmp_path):
+@pytest.mark.parametrize("optim", ["sgd", "muon"])  # muon: its two sides' state and groups
+def test_killed_job_resumes_and_matches_an_uninterrupted_run(tmp_path, optim):
+    args = [*SMOKE, f"optim={optim}"]
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    reference = start_train(*SMOKE, f"hydra.run.dir={clean}", cwd=tmp_path)
-    victim = start_train(*SMOKE, f"hydra.run.dir={killed}", cwd=tmp_path)
+    reference = start_train(*args, f"hydra.run.dir={clean}", cwd=tmp_path)
+    victim = start_train(*args, f"hydra.run.dir={killed}", cwd=tmp_path)
     kill_after_checkpoint(victim, killed / "checkpoint.pt")
     assert summary(killed)["status"] == "running"
-    proc = run_train(*SMOKE, f"hydra.run.dir={killed}", cwd=tmp_path)  # the same command again
+    proc = run_train(*args, f"hydra.run.dir={killed}", cwd=tmp_path)  # the same command again
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert reference.wait() == 0
     resumed, uninterrupted = summary(killed), summary(clean)

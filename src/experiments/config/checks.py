@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from numbers import Real
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from experiments.errors import ConfigError
@@ -54,14 +54,26 @@ def _in(low, high, *, open_low=False, open_high=False, optional=False):
 
 
 INF = float("inf")
+
+
+def _pair_in_0_1(value) -> bool:
+    return (isinstance(value, (list, tuple, ListConfig)) and len(value) == 2
+            and all(_in(0, 1, open_high=True)(v) for v in value))
+
+
 # key: (test, what it must be). Checked where the composed config has the key (sched.pct_start
 # only with sched=onecycle, ...): values torch would refuse with a traceback, mid-run for some
 # (StepLR's step_size=0 divides by zero at the first epoch's end), or, worse, accept and train
 # silently wrong (label smoothing or EMA decay above 1, a negative warm-up).
 RANGES = {
-    "optim.momentum": (_in(0, INF), "a number >= 0"),
+    "optim.momentum": (_in(0, 1, open_high=True), "a number in [0, 1)"),
     "optim.weight_decay": (_in(0, INF), "a number >= 0"),
     "optim.rho": (_in(0, INF, open_low=True), "a number > 0 (SAM's neighbourhood size)"),
+    "optim.ns_steps": (lambda v: _is_int(v) and v >= 1, "a positive integer (Newton-Schulz steps)"),
+    "optim.adamw_lr": (_in(0, INF, open_low=True), "a number > 0"),
+    "optim.adamw_betas": (_pair_in_0_1, "two numbers in [0, 1)"),
+    "optim.adamw_eps": (_in(0, INF, open_low=True), "a number > 0"),
+    "optim.adamw_weight_decay": (_in(0, INF), "a number >= 0"),
     "sched.warmup_epochs": (_in(0, INF), "a number of epochs >= 0"),
     "sched.min_lr_ratio": (_in(0, 1), "a fraction of optim.lr in [0, 1]"),
     "sched.step_size": (lambda v: _is_int(v) and v >= 1, "a positive integer (epochs)"),
