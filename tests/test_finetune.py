@@ -213,3 +213,16 @@ def test_finetune_preset_runs_from_a_weights_file(weights, tmp_path):
     assert summary["choices"]["experiment"] == "finetune" and summary["choices"]["aug"] == "rrc"
     config = yaml.safe_load((tmp_path / "job" / "config.yaml").read_text())
     assert config["model"]["width"] is None and config["param_groups"]["backbone_lr_scale"] == 0.1
+
+
+def test_muon_takes_the_groups_rates_once():
+    """param_groups gives each group its final lr (and lr_scale as a record): Muon must not
+    scale it again; its AdamW side is scaled from adamw_lr."""
+    from experiments.training.muon import Muon
+    model = timm.create_model(NAME, num_classes=10)
+    optimizer = Muon(param_groups(model, lr=0.24, weight_decay=0.0, backbone_lr_scale=0.1),
+                     lr=0.24, adamw_lr=3e-4)
+    rates = {(g["use_muon"], g["lr_scale"]): g["lr"] for g in optimizer.param_groups}
+    assert rates[(True, 0.1)] == pytest.approx(0.024)  # backbone matrices
+    assert rates[(False, 0.1)] == pytest.approx(3e-5)  # backbone norms, biases, stem
+    assert rates[(False, 1.0)] == pytest.approx(3e-4)  # the classifier

@@ -17,7 +17,9 @@ the first and the last of them (the stem conv or input layer, and the classifier
 (biases, norms, ndim-3 tokens or position embeddings, and those two) go to AdamW, torch's
 decoupled AdamW math. Each input group becomes up to two groups, marked `use_muon`, so a
 state_dict round trip is exact. A group's `lr_scale` (timm's per-group multiplier) scales its
-Muon lr and its AdamW lr, once, here: the schedules then scale every group's lr alike.
+Muon lr and its AdamW lr, once, here, unless the group gives its own `lr` (`adamw_lr`), which is
+taken as it is (training/param_groups.py gives the final lr): the schedules then scale every
+group's lr alike.
 """
 
 from __future__ import annotations
@@ -70,19 +72,19 @@ def split_groups(params, settings: dict) -> list[dict]:
     edges = {id(matrices[0]), id(matrices[-1])} if matrices else set()
     out = []
     for g in groups:
-        s = {**settings, **{k: g.pop(k) for k in settings if k in g}}  # the group's own settings
-        scale = g.get("lr_scale", 1.0)
+        own = {k: g.pop(k) for k in settings if k in g}  # the group's own settings, as given
+        s, scale = {**settings, **own}, g.get("lr_scale", 1.0)
         rest = {k: v for k, v in g.items() if k != "params"}  # lr_scale, SAM's rho, ...
         hidden = [p.ndim in MATRIX_NDIMS and id(p) not in edges for p in g["params"]]
         muon = [p for p, h in zip(g["params"], hidden) if h]
         adamw = [p for p, h in zip(g["params"], hidden) if not h]
         if muon:
             out.append({**rest, "params": muon, "use_muon": True,
-                        **{k: s[k] for k in MUON_KEYS}, "lr": s["lr"] * scale})
+                        **{k: s[k] for k in MUON_KEYS}, "lr": own.get("lr", s["lr"] * scale)})
         if adamw:
             out.append({**rest, "params": adamw, "use_muon": False,
                         **{key: s[arg] for arg, key in ADAMW_KEYS.items()},
-                        "lr": s["adamw_lr"] * scale})
+                        "lr": own.get("adamw_lr", s["adamw_lr"] * scale)})
     return out
 
 
