@@ -18,7 +18,7 @@ MODELS, AUGS, OPTIMS, SCHEDS = (sorted(p.stem for p in (CONF / g).glob("*.yaml")
 
 def test_groups_hold_the_documented_options():
     assert set(MODELS) == {"resnet18", "preact", "timm", "mlp", "lenet"}
-    assert set(AUGS) == {"none", "basic", "advanced"}
+    assert set(AUGS) == {"none", "basic", "advanced", "rrc"}
     assert set(OPTIMS) == {"sgd", "adam", "adamw", "rmsprop", "sam", "muon"}
     assert set(SCHEDS) == {"cosine", "plateau", "step", "onecycle", "none"}
 

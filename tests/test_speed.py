@@ -76,8 +76,10 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     bench.main(["--quick", "--out", str(out)])
     result = json.loads(out.read_text())
-    for name in ("basic", "advanced"):
+    for name in ("basic", "advanced", "rrc"):
         assert result["aug"][name]["device_img_s"] > 0 and result["aug"][name]["dataloader_img_s"] > 0
     assert result["load"]["archive_s"] > 0 and result["load"]["cache_s"] > 0
     assert result["step"]["framework_ms"] > 0 and result["step"]["bare_ms"] > 0
-    assert "| aug `basic`" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| aug `basic` 32 px" in printed and "| aug `rrc` 64 px" in printed
+    assert result["aug"]["rrc"]["image_px"] == 64

@@ -3,7 +3,8 @@
     python -m experiments.bench --out bench.json            # CIFAR-100-sized, ~3 minutes on 2 cores
     python -m experiments.bench --out bench.json --quick    # seconds; what the test suite runs
 
-1. augmentation throughput at batch 256, `basic` and `advanced`: the device path (the default,
+1. augmentation throughput at batch 256, `basic` and `advanced` (32 px) and `rrc` (RandomResizedCrop
+   + flip, 64 px stored -> 64 px out): the device path (the default,
    experiments.batches.device.DeviceLoader) against a torchvision DataLoader with one worker per core;
 2. dataset load time: parsing an official-format CIFAR-100 archive against loading the cache
    (memory-mapped, every page made resident: what a job waits for; `cache_copy_s` also copies
@@ -52,9 +53,15 @@ def config(*overrides: str):
         return compose(config_name="train", overrides=["data=synthetic", *overrides])
 
 
+def endless(batches):
+    while True:
+        yield from batches
+
+
 def images_per_s(batches, count: int, device: torch.device, warmup: int = 2) -> float:
-    """Throughput of drawing `count` batches after `warmup` (worker start-up is not counted)."""
-    it = iter(batches)
+    """Throughput of drawing `count` batches after `warmup` (worker start-up is not counted),
+    over as many passes of `batches` as that takes."""
+    it = endless(batches)
     for _ in range(warmup):
         next(it)
     synchronize(device)
@@ -66,23 +73,27 @@ def images_per_s(batches, count: int, device: torch.device, warmup: int = 2) -> 
     return seen / (time.perf_counter() - start)
 
 
+AUG_ROWS = {"basic": 32, "advanced": 32, "rrc": 64}  # option: stored (= output) image size
+
+
 def bench_aug(device: torch.device, size: dict) -> dict:
     gen = torch.Generator().manual_seed(0)
-    split = Split(torch.randint(0, 256, (size["images"], 3, 32, 32), dtype=torch.uint8, generator=gen),
-                  torch.randint(0, 100, (size["images"],), generator=gen))
     results = {}
-    for name in ("basic", "advanced"):
+    for name, px in AUG_ROWS.items():
+        n = size["images"] * 32 * 32 // (px * px)  # the same bytes for every row
+        split = Split(torch.randint(0, 256, (n, 3, px, px), dtype=torch.uint8, generator=gen),
+                      torch.randint(0, 100, (n,), generator=gen))
         cfg = config(f"aug={name}")
         aug, mean, std = instantiate(cfg.aug), cfg.data.mean, cfg.data.std
         device_path = DeviceLoader(split, 256, Normalize(mean, std, device), device=device,
                                    augment=aug, shuffle=True, drop_last=True)
-        workers = WorkerLoader(split, 256, torchvision_transform(aug, mean, std, 32), device=device,
-                               workers=available_cores(), shuffle=True, drop_last=True)
+        workers = WorkerLoader(split, 256, torchvision_transform(aug, mean, std, px, stored_size=px),
+                               device=device, workers=available_cores(), shuffle=True, drop_last=True)
         # best of a few passes: on a shared machine the least disturbed pass is the truest
         dev = max(images_per_s(device_path, size["batches"], device) for _ in range(size["rounds"]))
         ref = max(images_per_s(workers, size["dl_batches"], device) for _ in range(size["rounds"]))
         results[name] = {"device_img_s": round(dev), "dataloader_img_s": round(ref),
-                         "ratio": round(dev / ref, 2)}
+                         "ratio": round(dev / ref, 2), "image_px": px}
     return results
 
 
@@ -171,9 +182,9 @@ def table(results: dict) -> str:
     lines = [f"machine: {results['machine']}  (device: {results['device']})", "",
              "| measure | device path / cache / framework | DataLoader / archive / bare loop | ratio |",
              "| --- | --- | --- | --- |"]
-    for name in ("basic", "advanced"):
+    for name in AUG_ROWS:
         a = aug[name]
-        lines.append(f"| aug `{name}` (img/s, batch 256) | {a['device_img_s']:,} | "
+        lines.append(f"| aug `{name}` {a['image_px']} px (img/s, batch 256) | {a['device_img_s']:,} | "
                      f"{a['dataloader_img_s']:,} | {a['ratio']}x |")
     lines.append(f"| load {load['images']:,} images (s) | {load['cache_s']} | {load['archive_s']} | "
                  f"{load['ratio']}x faster |")

@@ -7,6 +7,8 @@ rotation angle and erasing box, all drawn for the batch at once, with exactly th
     RandomCrop(32, padding=p) -> RandomHorizontalFlip() -> RandomRotation(d)   (nearest, fill 0)
     -> ToTensor -> Normalize(mean, std) -> RandomErasing(p, scale, ratio, value=0)
 
+`aug=rrc` (RandomResizedCrop + flip, at any image size) is experiments.batches.resized_crop.
+
 How it stays cheap:
 - the dataset is stored zero-padded once, so a random crop is a window of it; crop and flip are
   ONE uint8 gather with one index per output pixel, shared by the channels;
@@ -23,6 +25,7 @@ from numbers import Real
 import torch
 import torch.nn.functional as F
 
+from experiments.batches.resized_crop import resized_crop, sample_boxes
 from experiments.errors import ConfigError
 
 
@@ -94,7 +97,8 @@ def uniform(n: int, low: float, high: float, gen: torch.Generator, device) -> to
     return torch.rand(n, generator=gen, device=device).mul_(high - low).add_(low)
 
 
-def check_aug(crop_padding, flip, rotate_degrees, erase_p, erase_scale, erase_ratio) -> None:
+def check_aug(crop_padding, flip, rotate_degrees, erase_p, erase_scale, erase_ratio,
+              rrc_scale=None, rrc_ratio=(3 / 4, 4 / 3)) -> None:
     """The `aug` group's values, refused with the key to change (the ranges torchvision takes)."""
     def number(x) -> bool:
         return isinstance(x, Real) and not isinstance(x, bool)
@@ -114,29 +118,62 @@ def check_aug(crop_padding, flip, rotate_degrees, erase_p, erase_scale, erase_ra
          "[min, max] shares of the image area, 0 < min <= max <= 1"),
         ("erase_ratio", erase_ratio, pair(erase_ratio) and 0 < erase_ratio[0],
          "[min, max] aspect ratios, 0 < min <= max"),
+        ("rrc_scale", rrc_scale, rrc_scale is None or (pair(rrc_scale) and 0 < rrc_scale[0]
+                                                       and rrc_scale[1] <= 1),
+         "null (no RandomResizedCrop) or [min, max] shares of the image area, 0 < min <= max <= 1"),
+        ("rrc_ratio", rrc_ratio, pair(rrc_ratio) and 0 < rrc_ratio[0],
+         "[min, max] aspect ratios (width / height), 0 < min <= max"),
     ):
         if not ok:
-            shown = list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
-            raise ConfigError(f"aug.{key} must be {expected}, got {shown!r}")
+            raise ConfigError(f"aug.{key} must be {expected}, got {shown(value)!r}")
+    if rrc_scale is not None:
+        for key, value in (("crop_padding", crop_padding), ("rotate_degrees", rotate_degrees)):
+            if value > 0:
+                raise ConfigError(
+                    f"aug.rrc_scale={shown(rrc_scale)} (RandomResizedCrop) cannot be combined with "
+                    f"aug.{key}={value}: set aug.{key}=0, or aug.rrc_scale=null")
+
+
+def shown(value):
+    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
 
 
 class BatchAugment:
-    """The `aug` config group. The loader calls, per batch: `select` (uint8 crop+flip),
-    `rotate` (float, before normalization: the fill is black), `erase` (after normalization)."""
+    """The `aug` config group. The loader calls, per batch: `select` (uint8 crop+flip; with rrc,
+    float32 resized crop+flip), `rotate` (float, before normalization: the fill is black),
+    `erase` (after normalization)."""
 
     def __init__(self, crop_padding: int = 0, flip: bool = False, rotate_degrees: float = 0.0,
-                 erase_p: float = 0.0, erase_scale=(0.02, 0.33), erase_ratio=(0.3, 3.3)):
-        check_aug(crop_padding, flip, rotate_degrees, erase_p, erase_scale, erase_ratio)
+                 erase_p: float = 0.0, erase_scale=(0.02, 0.33), erase_ratio=(0.3, 3.3),
+                 rrc_scale: list | tuple | None = None, rrc_ratio=(3 / 4, 4 / 3)):
+        check_aug(crop_padding, flip, rotate_degrees, erase_p, erase_scale, erase_ratio,
+                  rrc_scale, rrc_ratio)
         self.crop_padding, self.flip, self.rotate_degrees = crop_padding, flip, rotate_degrees
         self.erase_p, self.erase_scale, self.erase_ratio = erase_p, tuple(erase_scale), tuple(erase_ratio)
+        self.rrc_scale = None if rrc_scale is None else tuple(float(v) for v in rrc_scale)
+        self.rrc_ratio = tuple(float(v) for v in rrc_ratio)
+
+    @property
+    def resizes(self) -> bool:
+        """True when `select` resizes (RandomResizedCrop): it then returns float32 at `size`."""
+        return self.rrc_scale is not None
 
     def store(self, images: torch.Tensor) -> torch.Tensor:
         """The dataset as kept on the device: zero-padded once, so every crop is a window of it."""
-        p = self.crop_padding
+        p = self.crop_padding  # 0 under rrc (check_aug refuses both)
         return F.pad(images, (p, p, p, p)) if p else images
 
-    def select(self, stored: torch.Tensor, index: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    def select(self, stored: torch.Tensor, index: torch.Tensor, gen: torch.Generator,
+               size: int | None = None) -> torch.Tensor:
+        """Images `index`, cropped and flipped: uint8 at the stored size; with rrc, float32
+        (n, C, size, size) in 0..255 (size None: the stored height). Without rrc `size` is
+        ignored."""
         n, device, p = len(index), stored.device, self.crop_padding
+        if self.resizes:
+            h, w = stored.shape[-2:]
+            boxes = sample_boxes(n, h, w, self.rrc_scale, self.rrc_ratio, gen, device)
+            mirrored = torch.rand(n, generator=gen, device=device) < 0.5 if self.flip else None
+            return resized_crop(stored.index_select(0, index), boxes, size or h, mirrored)
         if not (p or self.flip):
             return stored.index_select(0, index)
         shift = torch.randint(0, 2 * p + 1, (n, 2), generator=gen, device=device) if p else None
@@ -159,5 +196,6 @@ class BatchAugment:
         return images.mul_(~box)  # a broadcast multiply is ~10x faster than masked_fill_ on CPU
 
     def __repr__(self) -> str:
+        rrc = f", rrc_scale={self.rrc_scale}, rrc_ratio={self.rrc_ratio}" if self.resizes else ""
         return (f"BatchAugment(crop_padding={self.crop_padding}, flip={self.flip}, "
-                f"rotate_degrees={self.rotate_degrees}, erase_p={self.erase_p})")
+                f"rotate_degrees={self.rotate_degrees}, erase_p={self.erase_p}{rrc})")

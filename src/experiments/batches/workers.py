@@ -14,11 +14,21 @@ from experiments.batches.augment import BatchAugment
 from experiments.data import Split, Splits
 
 
-def torchvision_transform(augment: BatchAugment | None, mean, std, size: int):
-    """The torchvision ops that BatchAugment reproduces, applied to one uint8 CHW image."""
+def torchvision_transform(augment: BatchAugment | None, mean, std, size: int,
+                          stored_size: int | None = None):
+    """The torchvision ops that BatchAugment reproduces, applied to one uint8 CHW image.
+
+    Images are delivered at size x size: with rrc RandomResizedCrop does it; otherwise, when
+    `stored_size` is given and differs, a Resize comes first (augmented or not)."""
     from torchvision.transforms import v2
 
     ops = []
+    rrc = augment is not None and augment.resizes
+    if rrc:
+        ops.append(v2.RandomResizedCrop(size, scale=augment.rrc_scale, ratio=augment.rrc_ratio,
+                                        antialias=True))
+    elif stored_size is not None and stored_size != size:
+        ops.append(v2.Resize((size, size), antialias=True))
     if augment is not None and augment.crop_padding:
         ops.append(v2.RandomCrop(size, padding=augment.crop_padding))
     if augment is not None and augment.flip:
@@ -137,7 +147,8 @@ def worker_loaders(splits: Splits, batching: Batching, *, workers: int | str = "
 
     def make(split: Split, batch_size: int, augment: BatchAugment | None = None,
              train: bool = False) -> WorkerLoader:
-        transform = torchvision_transform(augment, b.mean, b.std, b.image_size)
+        transform = torchvision_transform(augment, b.mean, b.std, b.image_size,
+                                          stored_size=split.images.shape[-1])
         return WorkerLoader(split, batch_size, transform, device=b.device, workers=count,
                             shuffle=train, drop_last=train, seed=b.seed,
                             channels_last=b.channels_last, pin_memory=pin_memory,
