@@ -40,6 +40,9 @@ CASES = {
     "padding crop on large images": (
         [], ["data.image_size=128"],
         ["aug.crop_padding=4 pads and crops 128 px images", "Use aug=rrc"]),
+    "random resized crops of digits": (
+        [], ["data=mnist", "aug=rrc", "aug.flip=false"],
+        ["aug=rrc crops as little as aug.rrc_scale[0] of a data=mnist digit"]),
     "batch larger than the training set": (
         [], ["trainer.batch_size=1024"],
         ["trainer.batch_size=1024 is larger than the training set (768 images after holding out "

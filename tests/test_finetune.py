@@ -17,6 +17,7 @@ from torchvision.transforms import v2
 
 from conftest import run_train
 from experiments.batches import Batching
+from experiments.batches.augment import BatchAugment
 from experiments.batches.device import DeviceLoader, Normalize, check_fits_device, device_loaders
 from experiments.data import Split, Splits
 from experiments.data.folder import check_decoded_size, decode
@@ -226,3 +227,22 @@ def test_muon_takes_the_groups_rates_once():
     assert rates[(True, 0.1)] == pytest.approx(0.024)  # backbone matrices
     assert rates[(False, 0.1)] == pytest.approx(3e-5)  # backbone norms, biases, stem
     assert rates[(False, 1.0)] == pytest.approx(3e-4)  # the classifier
+
+
+def test_the_dataloader_path_resizes_like_the_device_path():
+    """Evaluation batches at a pretrained size from 32 px data: the same on both loaders (the
+    DataLoader's Resize works in uint8 fixed point: within one grey level)."""
+    from experiments.batches.workers import WorkerLoader, torchvision_transform
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    split, mean, std = Split(images, torch.arange(6)), (0.5,) * 3, (0.25,) * 3
+    device = DeviceLoader(split, 6, Normalize(mean, std, "cpu"), device="cpu", size=72)
+    workers = WorkerLoader(split, 6, torchvision_transform(None, mean, std, 72, stored_size=32),
+                           device="cpu", workers=0)
+    (a, _), (b, _) = next(iter(device)), next(iter(workers))
+    assert a.shape == b.shape == (6, 3, 72, 72)
+    assert (a - b).abs().max() <= 1 / 255 / 0.25 + 1e-5
+    assert (a - b).abs().mean() < 0.5 / 255 / 0.25  # rounding: ~0.3 levels on average
+    # augmented: crop and flip at the stored size first, then the resize (as the device path)
+    names = [type(op).__name__ for op in
+             torchvision_transform(BatchAugment(4, True), mean, std, 72, stored_size=32).transforms]
+    assert names[:3] == ["RandomCrop", "RandomHorizontalFlip", "Resize"]

@@ -94,8 +94,7 @@ def build_loaders(cfg: DictConfig, options: TrainerOptions, splits: Splits, mode
     size, mean, std = ((pretrained.size, pretrained.mean, pretrained.std) if pretrained
                        else (data.image_size, data.mean, data.std))
     batching = Batching(instantiate(cfg.aug), mean, std, size, options.batch_size,
-                        options.eval_batch_size, cfg.seed, device, channels_last,
-                        stored_size=data.image_size)
+                        options.eval_batch_size, cfg.seed, device, channels_last)
     return instantiate(cfg.loader)(splits, batching)
 
 

@@ -26,7 +26,6 @@ class Batching:
     seed: int  # the shuffling and augmentation generator's seed
     device: torch.device
     channels_last: bool = False
-    stored_size: int | None = None  # the dataset's side when it differs (resized on the way)
 
 
 class Loaders(NamedTuple):

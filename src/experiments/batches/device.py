@@ -99,7 +99,7 @@ class DeviceLoader:
         aug, gen = self.augment, self.generator
         if aug is None:
             images = self.images.index_select(0, index)
-        elif getattr(aug, "resizes", False):
+        elif aug.resizes:
             images = aug.select(self.images, index, gen, size=self.size)
         else:
             images = aug.rotate(aug.select(self.images, index, gen).float(), gen)

@@ -16,28 +16,29 @@ from experiments.data import Split, Splits
 
 def torchvision_transform(augment: BatchAugment | None, mean, std, size: int,
                           stored_size: int | None = None):
-    """The torchvision ops that BatchAugment reproduces, applied to one uint8 CHW image.
-
-    Images are delivered at size x size: with rrc RandomResizedCrop does it; otherwise, when
-    `stored_size` is given and differs, a Resize comes first (augmented or not)."""
+    """The torchvision ops that BatchAugment and the device loader reproduce, applied to one
+    uint8 CHW image, in the device path's order: crop and flip at the stored size (or a random
+    resized crop straight to `size`), rotation, a Resize to `size` when `stored_size` differs,
+    then normalization and erasing."""
     from torchvision.transforms import v2
 
+    stored = stored_size or size
+    aug = augment if augment is not None else BatchAugment()
     ops = []
-    rrc = augment is not None and augment.resizes
-    if rrc:
-        ops.append(v2.RandomResizedCrop(size, scale=augment.rrc_scale, ratio=augment.rrc_ratio,
+    if aug.resizes:
+        ops.append(v2.RandomResizedCrop(size, scale=aug.rrc_scale, ratio=aug.rrc_ratio,
                                         antialias=True))
-    elif stored_size is not None and stored_size != size:
-        ops.append(v2.Resize((size, size), antialias=True))
-    if augment is not None and augment.crop_padding:
-        ops.append(v2.RandomCrop(size, padding=augment.crop_padding))
-    if augment is not None and augment.flip:
+    if aug.crop_padding:
+        ops.append(v2.RandomCrop(stored, padding=aug.crop_padding))
+    if aug.flip:
         ops.append(v2.RandomHorizontalFlip())
-    if augment is not None and augment.rotate_degrees:
-        ops.append(v2.RandomRotation(augment.rotate_degrees))  # nearest, fill 0
+    if aug.rotate_degrees:
+        ops.append(v2.RandomRotation(aug.rotate_degrees))  # nearest, fill 0
+    if not aug.resizes and stored != size:
+        ops.append(v2.Resize((size, size), antialias=True))
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    if augment is not None and augment.erase_p:
-        ops.append(v2.RandomErasing(augment.erase_p, augment.erase_scale, augment.erase_ratio, value=0))
+    if aug.erase_p:
+        ops.append(v2.RandomErasing(aug.erase_p, aug.erase_scale, aug.erase_ratio, value=0))
     return v2.Compose(ops)
 
 
