@@ -183,7 +183,7 @@ def test_folder_dataset_from_png_files(run_job, tmp_path, compose_cfg):
     assert splits.classes == ["cat", "dog", "eel"]
     assert splits.train.images.shape == (15, 3, 32, 32) and len(splits.val) == 3
     assert sorted(splits.test.labels.tolist()) == [0] * 6 + [1] * 6 + [2] * 6
-    assert list(root.glob(".cache-32px-3ch.uint8.pt"))
+    assert list(root.glob(".cache-32px-3ch-center_crop.uint8.pt"))
     summary, _ = run_job("data=folder", f"data.root={root}", "data.val_size=3",
                          "model=preact", "model.width=4", "trainer.batch_size=8")
     assert summary["status"] == "completed"

@@ -7,11 +7,13 @@ Options are read from conf/, so a new model or preset is in the grid without edi
 """
 
 import pytest
+import timm
 import torch
 
 from conftest import CONF
 from experiments.config.checks import check_config
 from experiments.data import load_splits
+from experiments.errors import ConfigError
 from support.batches import PreMadeBatches
 from experiments.job import build_loaders, build_model, build_trainer
 
@@ -26,13 +28,32 @@ def test_the_grid_covers_every_documented_option():
     assert {"smoke", "best", "seed_report"} <= set(PRESETS)
 
 
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Random weights of timm's 0.5M-parameter test model stand in for pretrained ones."""
+    path = tmp_path_factory.mktemp("weights") / "test_resnet.pth"
+    torch.save(timm.create_model("test_resnet").state_dict(), path)
+    return path
+
+
 @pytest.mark.parametrize("preset", PRESETS)
 @pytest.mark.parametrize("model", MODELS)
-def test_model_runs_under_preset_at_smoke_size(compose_cfg, model, preset):
-    cfg = compose_cfg([f"experiment={preset}", "size=smoke", f"model={model}", *TINY])
+def test_model_runs_under_preset_at_smoke_size(compose_cfg, model, preset, weights):
+    """experiment=finetune fine-tunes a pretrained timm model: with model=timm it runs from a
+    weights file; a model without pretrained weights is refused with a message."""
+    pretrained = ["model.name=test_resnet", f"model.pretrained_file={weights}", "model.image_size=48"]
+    extra = pretrained if preset == "finetune" and model == "timm" else []
+    cfg = compose_cfg([f"experiment={preset}", "size=smoke", f"model={model}", *TINY, *extra])
     smoke = compose_cfg(["size=smoke"])
     assert (cfg.data.name, cfg.trainer.epochs) == (smoke.data.name, smoke.trainer.epochs)  # smoke size won
-    step_once(cfg)
+    if preset == "finetune" and model != "timm":
+        with pytest.raises(ConfigError, match="trains from scratch: only model=timm loads pretrained"):
+            check_config(cfg)
+        return
+    trainer = step_once(cfg)
+    if preset == "finetune":  # the new head learns 10x faster than the pretrained backbone
+        assert sorted({g["lr"] for g in trainer.optimizer.param_groups}) == pytest.approx(
+            [0.1 * cfg.optim.lr, cfg.optim.lr])
 
 
 @pytest.mark.parametrize("model", MODELS)
@@ -47,8 +68,9 @@ def step_once(cfg):
     """Build the job's parts as train.py does, take one optimizer step, validate and test."""
     options = check_config(cfg)
     splits = load_splits(cfg.data)
-    train_batches, val_batches, test_batches = build_loaders(cfg, options, splits, CPU, channels_last=False)
     model_ = build_model(cfg, CPU, channels_last=False)
+    train_batches, val_batches, test_batches = build_loaders(cfg, options, splits, model_, CPU,
+                                                             channels_last=False)
     trainer = build_trainer(cfg, options, model_, CPU, len(splits.train))
     before = [p.detach().clone() for p in model_.parameters()]
 

@@ -163,6 +163,7 @@ def check_combinations(cfg: DictConfig, options: TrainerOptions) -> None:
             raise ConfigError(f"trainer.tta=flip mirrors data={cfg.data.name} images, which "
                               "changes their class: use trainer.tta=none")
     check_augmentation_fits_data(cfg)
+    check_pretrained_model(cfg)
     if cfg.mix.get("_target_"):
         # timm's Mixup pairs image i with image n-1-i: an odd batch fails mid-run, at the epoch
         # where the schedule reaches that size
@@ -170,6 +171,19 @@ def check_combinations(cfg: DictConfig, options: TrainerOptions) -> None:
             if size % 2:
                 raise ConfigError(f"mixing (mix={cfg.mix.get('_target_', '').split('.')[-1]}) pairs "
                                   f"images within a batch: {key} must be even, got {size}")
+
+
+PRETRAINED_KEYS = ("pretrained", "pretrained_file")
+
+
+def check_pretrained_model(cfg: DictConfig) -> None:
+    """Only model=timm loads pretrained weights; a preset that asks for them (experiment=finetune)
+    with another model would otherwise fail on an unexpected keyword, deep in instantiate."""
+    model = cfg.model
+    if model.get("_target_") != "experiments.models.timm_model" and any(k in model for k in PRETRAINED_KEYS):
+        raise ConfigError(
+            f"{model.get('_target_')} trains from scratch: only model=timm loads pretrained weights "
+            "(experiment=finetune uses it: pick the network by model.name=..., e.g. resnet50).")
 
 
 SMALL_IMAGES = 64  # px: the CIFAR-style padding crop is for images up to this size
