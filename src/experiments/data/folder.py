@@ -90,7 +90,7 @@ def available_memory() -> int | None:
 def check_decoded_size(n: int, channels: int, size: int, free: int | None) -> int:
     """The uint8 cache's size, logged before decoding; refused when host memory cannot hold it."""
     nbytes = n * channels * size * size
-    log.info("decoding %d images at %dx%d px: %.2f GiB as uint8", n, size, size, nbytes / 2**30)
+    log.info("decoding %d images at %dx%d px: %.1f MiB as uint8", n, size, size, nbytes / 2**20)
     if free is not None and nbytes > free:
         raise DataError(
             f"{n} images at data.image_size={size} take {nbytes / 2**30:.1f} GiB as uint8, more "
