@@ -55,7 +55,8 @@ def outcomes(tmp_path_factory):
     """Every case's (exit code, console output), all started at once: most of each is start-up."""
     tmp = tmp_path_factory.mktemp("bad")
     # no network, and an empty Hugging Face cache: pretrained weights cannot be found
-    env = {**os.environ, "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf")}
+    env = {**os.environ, "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf"),
+           "OMP_NUM_THREADS": "1"}  # all at once on 2 cores: one thread each
     procs = {}
     for i, (name, (flags, overrides, _)) in enumerate(CASES.items()):
         args = [o.format(tmp=tmp) for o in overrides]

@@ -36,6 +36,15 @@ def kill_after_checkpoint(proc, checkpoint, timeout=120):
     proc.wait()
 
 
+@pytest.fixture(autouse=True)
+def one_thread_per_job(monkeypatch):
+    """These tests run two jobs at once on a 2-core machine: one thread each. With two each,
+    OpenMP's spinning threads oversubscribe the cores, which made Muon's bf16 matmuls crawl (its
+    resume test took 47 s in one suite run and over 2 minutes in the next; 17 s with this). Every
+    run of a test gets the same count, so the runs stay bit-comparable."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+
+
 def summary(job_dir):
     return json.loads((job_dir / "summary.json").read_text())
 
