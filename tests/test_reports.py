@@ -117,7 +117,8 @@ def test_optuna_study_in_sqlite_continues(tmp_path):
     assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
 
 
-def test_submitit_local_runs_two_jobs(tmp_path):
+def test_submitit_local_runs_two_jobs(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # two jobs at once on 2 cores: one thread each
     sweep = tmp_path / "submitit"
     proc = run_train("-m", "hydra/launcher=submitit_local", *SMOKE, "model=resnet18,preact",
                      f"hydra.sweep.dir={sweep}", cwd=tmp_path)
