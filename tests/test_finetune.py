@@ -59,6 +59,8 @@ def assert_loaded_but_head(model, source, num_classes):
     body = [k for k in theirs if not k.startswith(head + ".")]
     assert body and all(torch.equal(mine[k], theirs[k]) for k in body)
     assert mine[f"{head}.weight"].shape == (num_classes, theirs[f"{head}.weight"].shape[1])
+    if mine[f"{head}.weight"].shape == theirs[f"{head}.weight"].shape:  # a new head all the same
+        assert not torch.equal(mine[f"{head}.weight"], theirs[f"{head}.weight"])
 
 
 def test_a_weights_file_loads_all_but_the_head(source, weights):
@@ -77,6 +79,8 @@ def test_a_timm_checkpoint_and_a_file_with_another_head_load_too(source, tmp_pat
     torch.save(tuned.state_dict(), tmp_path / "pets.pth")
     model = timm_model(NAME, 100, image_size=None, pretrained_file=str(tmp_path / "pets.pth"))
     assert_loaded_but_head(model, tuned, 100)
+    assert_loaded_but_head(timm_model(NAME, 37, image_size=None, pretrained_file=str(tmp_path / "pets.pth")),
+                           tuned, 37)  # as many classes as the file's: still a new classifier
 
 
 def test_the_cache_is_read_without_network(source, tmp_path):

@@ -107,8 +107,7 @@ def pretrained_model(name: str, num_classes: int, in_chans: int, image_size: int
             raise UserError(f"model.pretrained_file={file} does not fit timm's {name}: "
                             f"{str(err)[:400]}") from None
         raise missing_weights(name, err) from None
-    if head != num_classes:
-        model.reset_classifier(num_classes)
+    model.reset_classifier(num_classes)  # always new: the same count is not the same classes
     data = timm.data.resolve_model_data_config(model)
     size = image_size or int(data["input_size"][-1])
     model.pretrained_input = PretrainedInput(size, tuple(data["mean"]), tuple(data["std"]),
