@@ -37,7 +37,7 @@ from experiments.report.job_summary import (SUMMARY_FILE, completed_summary, fai
 from experiments.report.tracking import Tracker
 from experiments.models.pretrained import input_spec
 from experiments.training.backends import (CompileWatch, configure_backends, maybe_compile,
-                                           precision_name, resolve_device, unwrap,
+                                           precision_name, resolve_device,
                                            use_channels_last)
 from experiments.training.batch_schedule import BatchSchedule
 from experiments.training.checkpoint import Checkpoint, CheckpointError, fingerprint
@@ -90,7 +90,7 @@ def build_loaders(cfg: DictConfig, options: TrainerOptions, splits: Splits, mode
     """The `loader` group's factory (device or DataLoader workers) with the `aug` group's
     augmentation for the training split. A pretrained model gets its own input size and
     normalization (timm's pretrained config), not the dataset's."""
-    data, pretrained = cfg.data, input_spec(unwrap(model))
+    data, pretrained = cfg.data, input_spec(model)
     size, mean, std = ((pretrained.size, pretrained.mean, pretrained.std) if pretrained
                        else (data.image_size, data.mean, data.std))
     batching = Batching(instantiate(cfg.aug), mean, std, size, options.batch_size,
@@ -206,7 +206,7 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
 
 
 def pretrained_source(model: torch.nn.Module) -> str | None:
-    spec = input_spec(unwrap(model))
+    spec = input_spec(model)
     return spec.source if spec else None
 
 

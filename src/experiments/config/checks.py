@@ -10,6 +10,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from experiments.errors import ConfigError
+from experiments.models.pretrained import PRETRAINED_KEYS
+from experiments.models.resnet import SMALL_IMAGES
 from experiments.training.metrics import METRIC_MODES, VAL_METRICS
 from experiments.training.options import TrainerOptions
 
@@ -173,9 +175,6 @@ def check_combinations(cfg: DictConfig, options: TrainerOptions) -> None:
                                   f"images within a batch: {key} must be even, got {size}")
 
 
-PRETRAINED_KEYS = ("pretrained", "pretrained_file")
-
-
 def check_pretrained_model(cfg: DictConfig) -> None:
     """Only model=timm loads pretrained weights; a preset that asks for them (experiment=finetune)
     with another model would otherwise fail on an unexpected keyword, deep in instantiate."""
@@ -185,8 +184,6 @@ def check_pretrained_model(cfg: DictConfig) -> None:
             f"{model.get('_target_')} trains from scratch: only model=timm loads pretrained weights "
             "(experiment=finetune uses it: pick the network by model.name=..., e.g. resnet50).")
 
-
-SMALL_IMAGES = 64  # px: the CIFAR-style padding crop is for images up to this size
 
 
 def check_augmentation_fits_data(cfg: DictConfig) -> None:

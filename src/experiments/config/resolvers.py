@@ -69,8 +69,9 @@ def named_choices(choices) -> str:
 def from_scratch_only(value, *, _root_):
     """`value` for a model trained from scratch, null for a pretrained one: its weights fix its
     size, so size=smoke narrows every model but a pretrained one."""
-    model = _root_.get("model") or {}
-    return None if model.get("pretrained") or model.get("pretrained_file") else value
+    from experiments.models.pretrained import wants_pretrained  # here: timm only when it is used
+
+    return None if wants_pretrained(_root_.get("model") or {}) else value
 
 
 def register_resolvers() -> None:

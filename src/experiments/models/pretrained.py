@@ -18,6 +18,25 @@ import torch.nn as nn
 from experiments.errors import ConfigError, UserError
 
 
+PRETRAINED_KEYS = ("pretrained", "pretrained_file")  # the model config keys that ask for weights
+
+
+def wants_pretrained(model_cfg) -> bool:
+    """Whether a model config asks for pretrained weights (`model.pretrained` or a file)."""
+    return any(model_cfg.get(key) for key in PRETRAINED_KEYS)
+
+
+def create_at_size(name: str, image_size: int | None, **kwargs) -> nn.Module:
+    """timm's model built for `image_size` where the architecture takes one (ViT-style), else
+    as it is (it takes any input size)."""
+    if image_size is None:
+        return timm.create_model(name, **kwargs)
+    try:
+        return timm.create_model(name, img_size=image_size, **kwargs)
+    except TypeError:  # this architecture takes any input size
+        return timm.create_model(name, **kwargs)
+
+
 @dataclass(frozen=True)
 class PretrainedInput:
     """What a pretrained model expects, and where its weights came from (for summary.json)."""
@@ -64,13 +83,18 @@ def missing_weights(name: str, err: Exception) -> UserError:
         "weights as a file: model.pretrained_file=PATH (a state dict or a timm checkpoint).")
 
 
-def classifier_rows(file: Path, classifier: str | tuple | None) -> int | None:
-    """The number of classes of the file's classifier, or None if it has none we can see."""
+def read_weights(file: Path) -> dict:
+    """A state dict or timm checkpoint, read once, by timm's own reader (EMA weights preferred,
+    `module.` prefixes removed)."""
     try:
-        state = timm.models.load_state_dict(str(file))
+        return timm.models.load_state_dict(str(file))
     except Exception as err:  # torch.load / safetensors raise many types for a bad file
         raise UserError(f"model.pretrained_file={file}: not a readable state dict or timm "
                         f"checkpoint ({type(err).__name__}: {err})") from None
+
+
+def classifier_rows(state: dict, classifier: str | tuple | None) -> int | None:
+    """The number of classes of the weights' classifier, or None if it has none we can see."""
     name = classifier[0] if isinstance(classifier, (tuple, list)) else classifier
     weight = state.get(f"{name}.weight") if name else None
     return None if weight is None else int(weight.shape[0])
@@ -91,17 +115,15 @@ def pretrained_model(name: str, num_classes: int, in_chans: int, image_size: int
         path = Path(file).expanduser().resolve()
         if not path.is_file():
             raise UserError(f"model.pretrained_file={file}: no such file")
-        head = classifier_rows(path, cfg.classifier if cfg else None) or head
-        overlay, source = dict(file=str(path), num_classes=head), str(path)
+        state = read_weights(path)  # read once, and handed to timm's loader as they are
+        head = classifier_rows(state, cfg.classifier if cfg else None) or head
+        overlay, source = dict(state_dict=state, num_classes=head), str(path)
     else:
         source = cached_weights(cfg)
     kwargs = dict(pretrained=True, num_classes=head, in_chans=in_chans,
                   pretrained_cfg_overlay=overlay, **timm_kwargs)
     try:
-        try:
-            model = timm.create_model(name, **kwargs, **({"img_size": image_size} if image_size else {}))
-        except TypeError:  # this architecture takes any input size
-            model = timm.create_model(name, **kwargs)
+        model = create_at_size(name, image_size, **kwargs)
     except Exception as err:  # hub and torch.load errors have many types (httpx, OSError, ...)
         if file is not None:  # a shape or key mismatch from the strict load
             raise UserError(f"model.pretrained_file={file} does not fit timm's {name}: "

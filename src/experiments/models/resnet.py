@@ -10,7 +10,9 @@ import torch.nn as nn
 
 from experiments.errors import ConfigError
 from experiments.models.checks import check_timm_name, check_width
-from experiments.models.pretrained import pretrained_model
+from experiments.models.pretrained import create_at_size, pretrained_model
+
+SMALL_IMAGES = 64  # px: up to here CIFAR-style recipes apply (a stride-1 stem, a padding crop)
 
 
 def _conv(in_chans: int, out_chans: int, kernel: int, stride: int) -> nn.Conv2d:
@@ -78,11 +80,8 @@ def timm_model(name: str, num_classes: int, in_chans: int = 3, image_size: int |
                 "family has one here). Use model.width=null for its standard size, or a smaller "
                 "variant by name (e.g. model.name=mobilenetv3_small_050).")
         kwargs["channels"] = resnet_channels(width)
-    try:
-        model = timm.create_model(name, img_size=image_size, **kwargs)
-    except TypeError:  # this architecture takes any input size
-        model = timm.create_model(name, **kwargs)
-    if cifar_stem and image_size <= 64:
+    model = create_at_size(name, image_size, **kwargs)
+    if cifar_stem and image_size <= SMALL_IMAGES:
         shrink_stem(model)
     return model
 
