@@ -56,6 +56,17 @@ def test_model_runs_under_preset_at_smoke_size(compose_cfg, model, preset, weigh
             [0.1 * cfg.optim.lr, cfg.optim.lr])
 
 
+SCRATCH_PRESETS = [p for p in PRESETS if p != "finetune"]
+
+
+@pytest.mark.parametrize("preset", SCRATCH_PRESETS)
+@pytest.mark.parametrize("option", ["aug=rrc", "optim=muon", "aug=rrc data.image_size=64"])
+def test_new_options_run_under_every_preset(compose_cfg, option, preset):
+    """aug=rrc and optim=muon combined with each preset's recipe (mixing, EMA, TTA, plateau,
+    clipping...), built and stepped at smoke size."""
+    step_once(compose_cfg([f"experiment={preset}", "size=smoke", *option.split(), *TINY]))
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_muon_steps_every_model(compose_cfg, model):
     """optim=muon with every model option: Muon for the hidden matrices, AdamW for the rest."""
