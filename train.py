@@ -3,9 +3,12 @@
 The job itself is wired in src/experiments/job.py; the configs live in conf/.
 """
 
+import sys
+
 import hydra
 from omegaconf import DictConfig
 
+from experiments.config.secrets import hide_argv_secrets
 from experiments.job import run
 
 
@@ -15,4 +18,5 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    sys.argv = hide_argv_secrets(sys.argv)  # before Hydra records the command line anywhere
     main()

@@ -1,6 +1,7 @@
 """Bad input, tried as a new user would: one clear message, a non-zero exit, no traceback; and
 checks that are errors, not `assert`s (`python -O` drops those)."""
 
+import functools
 import os
 import re
 import subprocess
@@ -151,6 +152,6 @@ def test_a_checkpoint_of_another_format_is_refused(tmp_path):
 def test_control_flow_checks_are_errors_not_asserts():
     with pytest.raises(ConfigError, match="the mode for val/acc must be min or max"):
         Monitor("val/acc", "maximum")
-    sam = SAM([torch.nn.Parameter(torch.zeros(1))], torch.optim.SGD, lr=0.1)
+    sam = SAM([torch.nn.Parameter(torch.zeros(1))], functools.partial(torch.optim.SGD, lr=0.1))
     with pytest.raises(TypeError, match="SAM.step takes no closure"):
         sam.step(lambda: 0.0)

@@ -3,6 +3,7 @@ steps on tiny data; SAM, mixing and the batch-size schedule do what they claim; 
 are refused."""
 
 import csv
+import functools
 import os
 import re
 
@@ -19,7 +20,7 @@ from support.batches import PreMadeBatches as Batches
 from support.archives import write_mnist_files
 from experiments.training.sam import SAM
 from experiments.training.schedules import constant
-from experiments.job import JobInfo, train
+from support.jobs import train_here
 from experiments.training.options import TrainerOptions
 from experiments.training.trainer import Trainer
 
@@ -39,10 +40,7 @@ def run_job(compose_cfg, tmp_path):
         cfg = compose_cfg([*data, *TINY_RUN, f"paths.root_dir={tmp_path}", f"paths.output_dir={out}",
                            *overrides])
         check_config(cfg)
-        from omegaconf import OmegaConf
-
-        job = JobInfo(out, name, None, {}, list(overrides), False, 0)
-        return train(cfg, job, OmegaConf.to_container(cfg, resolve=True)), out
+        return train_here(cfg, out, name, overrides), out
 
     return _run
 
@@ -57,8 +55,8 @@ def run_job(compose_cfg, tmp_path):
     ["model=preact", "model.width=4", "optim=adamw"],
     ["model=preact", "model.width=4", "optim=rmsprop"],
     ["model=preact", "model.width=4", "optim=sam"],
-    ["model=preact", "model.width=4", "optim=sam", "optim.base_optimizer.path=torch.optim.AdamW",
-     "optim.lr=1e-3", "~optim.momentum", "~optim.nesterov", "trainer.grad_accum_steps=2"],
+    ["model=preact", "model.width=4", "optim=sam", "optim@optim.base=adamw",
+     "trainer.grad_accum_steps=2"],
     ["model=preact", "model.width=4", "sched=step", "sched.step_size=1"],
     ["model=preact", "model.width=4", "sched=plateau"],
     ["model=preact", "model.width=4", "sched=onecycle"],
@@ -106,8 +104,8 @@ def sam_trainer(accum=1, precision="fp32"):
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(10, 32), torch.nn.BatchNorm1d(32), torch.nn.ReLU(),
                                 torch.nn.Linear(32, 3))
-    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
-    return Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1, total_steps=1),
+    opt = SAM(model.parameters(), functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9), rho=0.05)
+    return Trainer(model, opt, constant(opt, epochs=1, steps=lambda e: round(1 * e)),
                    TrainerOptions(progress=False, grad_accum_steps=accum, precision=precision),
                    device=torch.device("cpu"))
 
@@ -302,3 +300,100 @@ def test_sam_fp16_overflow_skips_the_step_and_keeps_batchnorm_finite(which):
     assert not any("w" in s for s in trainer.optimizer.state.values())
     trainer.train_epoch(Batches([(x[64:128], y[64:128])]))  # and the next step trains normally
     assert not torch.equal(trainer.model.state_dict()["3.weight"], before["3.weight"])
+
+
+# --- grey images, added keys, smoke size of timm models without a width ------------------------
+
+def test_grey_image_folders_train_with_grey_statistics(run_job, tmp_path, compose_cfg):
+    """data=folder data.channels=1: images converted to grey, normalized with one mean and std
+    (ImageNet's averaged), and trained (a 3-value mean crashed in broadcasting)."""
+    root = tmp_path / "grey"
+    write_png_tree(root)
+    cfg = compose_cfg(["data=folder", f"data.root={root}", "data.channels=1"])
+    assert list(cfg.data.mean) == [0.449] and list(cfg.data.std) == [0.226]
+    summary, _ = run_job("data=folder", f"data.root={root}", "data.channels=1", "data.val_size=3",
+                         "model=preact", "model.width=4", "trainer.batch_size=8")
+    assert summary["status"] == "completed"
+
+
+def test_a_mean_per_channel_is_checked(compose_cfg):
+    cfg = compose_cfg(["experiment=smoke", "data.channels=1"])  # synthetic keeps 3 values
+    with pytest.raises(ConfigError, match=r"data.mean has 3 values but data.channels=1"):
+        check_config(cfg)
+
+
+@pytest.mark.parametrize("loader", ["device", "dataloader"])
+def test_a_pretrained_rgb_model_gets_grey_images_repeated_to_three_channels(tmp_path, loader):
+    """Fine-tuning a 3-channel pretrained model on 1-channel data (MNIST, grey folders): every
+    channel of a batch is the grey image, normalized with the pretrained statistics."""
+    from experiments.batches import Batching
+    from experiments.batches.device import device_loaders
+    from experiments.batches.workers import worker_loaders
+    from experiments.data import Split, Splits
+    from experiments.models.pretrained import ModelInput
+
+    grey = Split(torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8), torch.arange(8))
+    spec = ModelInput(16, 3, (0.4, 0.5, 0.6), (0.2, 0.25, 0.3))
+    make = device_loaders if loader == "device" else (lambda s, b: worker_loaders(s, b, workers=0))
+    batches = make(Splits(grey, None, grey, ["x"] * 8), Batching(None, spec, 8, 8, 0, torch.device("cpu")))
+    images, _ = next(iter(batches.test))
+    assert images.shape == (8, 3, 16, 16)
+    raw = grey.images.float() / 255
+    for c, (m, s) in enumerate(zip(spec.mean, spec.std)):
+        assert torch.allclose(images[:, c:c + 1], (raw - m) / s, atol=1e-5)
+
+
+def test_a_pretrained_model_is_built_with_its_weights_channels(tmp_path):
+    import timm
+
+    from experiments.models import timm_model
+
+    weights = tmp_path / "w.pth"
+    torch.save(timm.create_model("test_resnet", num_classes=10).state_dict(), weights)
+    model = timm_model("test_resnet", num_classes=10, in_chans=1, image_size=None,
+                       pretrained_file=str(weights))
+    assert model.conv1[0].in_channels == 3  # the weights', not data.channels
+
+
+@pytest.mark.parametrize("overrides,key", [
+    (["+optim.foo=1"], "optim.foo is not a key of optim (torch.optim.SGD): it takes params, lr"),
+    (["optim=muon", "+optim.foreach=false"], "optim.foreach is not a key of optim (experiments.training.muon.Muon)"),
+    (["optim=sam", "+optim.base.foo=1"], "optim.base.foo is not a key of optim.base (torch.optim.SGD)"),
+    (["+sched.foo=1"], "sched.foo is not a key of sched (experiments.training.schedules.warmup_cosine)"),
+    (["+loader.foo=1"], "loader.foo is not a key of loader"),
+    (["model=preact", "+model.foo=1"], "model.foo is not a key of model (experiments.models.PreActResNet18)"),
+    (["+data.foo=1"], "data.foo is not a key of data (experiments.data.synthetic.Synthetic)"),
+    (["+logger.foo=1"], "logger.foo is not a key of logger (experiments.report.tracking.Tracker)"),
+    (["+aug.foo=1"], "aug.foo is not a key of aug (experiments.batches.augment.BatchAugment)"),
+    (["mix=cutmix", "+mix.foo=1"], "mix.foo is not a key of mix (timm.data.Mixup)"),
+    (["+mix.prob=0.5"], "mix builds nothing (its option has no _target_), yet sets mix.prob"),
+])
+def test_a_key_added_to_a_group_is_refused_with_the_keys_it_takes(compose_cfg, overrides, key):
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        check_config(compose_cfg(["experiment=smoke", *overrides]))
+
+
+def test_a_key_timms_model_does_not_take_is_refused_where_it_is_built(compose_cfg):
+    from experiments.job import build_model
+
+    cfg = compose_cfg(["experiment=smoke", "+model.foo=1"])  # timm_resnet18 passes **kwargs on
+    check_config(cfg)
+    with pytest.raises(ConfigError, match="a model key is not one experiments.models.timm_resnet18 "
+                                          "takes .*unexpected keyword argument 'foo'"):
+        build_model(cfg, torch.device("cpu"), channels_last=False)
+
+
+def test_smoke_size_keeps_a_timm_model_without_a_width_at_its_standard_size(compose_cfg, caplog):
+    from experiments.config.resolvers import log_standard_size
+    from experiments.job import build_model
+
+    log_standard_size.cache_clear()  # said once per process
+    caplog.set_level("INFO")
+    cfg = compose_cfg(["experiment=smoke", "model=timm", "model.name=mobilenetv3_small_050"])
+    assert cfg.model.width is None and "keeps its standard size" in caplog.text
+    check_config(cfg)
+    build_model(cfg, torch.device("cpu"), channels_last=False)
+    explicit = compose_cfg(["experiment=smoke", "model=timm", "model.name=mobilenetv3_small_050",
+                            "model.width=8"])
+    with pytest.raises(ConfigError, match="model.width=8: timm's mobilenetv3_small_050 has no width"):
+        build_model(explicit, torch.device("cpu"), channels_last=False)

@@ -68,7 +68,7 @@ def test_combination_builds_and_steps(composed, model, aug, optim, sched):
     augment = instantiate(cfg.aug)
     assert isinstance(augment, BatchAugment)
     optimizer = instantiate(cfg.optim)(net.parameters())
-    schedule = instantiate(cfg.sched)(optimizer, epochs=3, steps_per_epoch=2, total_steps=6)
+    schedule = instantiate(cfg.sched)(optimizer, epochs=3, steps=lambda e: round(2 * e))
 
     gen = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)

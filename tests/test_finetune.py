@@ -11,19 +11,20 @@ import numpy as np
 import pytest
 import timm
 import torch
+from omegaconf import OmegaConf
 import yaml
 from PIL import Image
 from torchvision.transforms import v2
 
 from conftest import run_train
 from experiments.batches import Batching
+from experiments.models.pretrained import ModelInput, input_for
 from experiments.batches.augment import BatchAugment
 from experiments.batches.device import DeviceLoader, Normalize, check_fits_device, device_loaders
 from experiments.data import Split, Splits
 from experiments.data.folder import check_decoded_size, decode
 from experiments.errors import ConfigError, DataError, UserError
 from experiments.models import timm_model
-from experiments.models.pretrained import input_spec
 from experiments.training.param_groups import param_groups
 from experiments.training.schedules import warmup_cosine
 
@@ -67,8 +68,9 @@ def test_a_weights_file_loads_all_but_the_head(source, weights):
     model = timm_model(NAME, num_classes=10, image_size=None, pretrained_file=str(weights))
     assert_loaded_but_head(model, source, 10)
     assert type(model.maxpool) is type(source.maxpool)  # the pretrained stem, no CIFAR surgery
-    spec = input_spec(model)
-    assert (spec.size, spec.mean, spec.std, spec.source) == (160, (0.5,) * 3, (0.5,) * 3, str(weights))
+    spec = input_for(OmegaConf.create({"name": NAME, "image_size": None, "pretrained_file": str(weights)}),
+                     None, model)
+    assert spec == ModelInput(160, 3, (0.5,) * 3, (0.5,) * 3, str(weights))
 
 
 def test_a_timm_checkpoint_and_a_file_with_another_head_load_too(source, tmp_path):
@@ -94,7 +96,8 @@ def test_the_cache_is_read_without_network(source, tmp_path):
     save_file({k: v.contiguous() for k, v in source.state_dict().items()}, snapshot / "model.safetensors")
     model = timm_model(NAME, num_classes=10, image_size=None, pretrained=True)
     assert_loaded_but_head(model, source, 10)
-    assert input_spec(model).source.startswith("hf-hub:timm/test_resnet.r160_in1k (")
+    spec = input_for(OmegaConf.create({"name": NAME, "image_size": None, "pretrained": True}), None, model)
+    assert spec.weights.startswith("hf-hub:timm/test_resnet.r160_in1k (")
 
 
 def test_missing_weights_name_the_model_and_both_ways():
@@ -144,7 +147,7 @@ def test_device_loaders_check_the_fit(monkeypatch):
     import experiments.batches.device as device
     monkeypatch.setattr(device, "free_device_memory", lambda d: 1000)
     split = Split(torch.zeros(4, 3, 32, 32, dtype=torch.uint8), torch.zeros(4, dtype=torch.long))
-    batching = Batching(None, (0.5,) * 3, (0.5,) * 3, 32, 2, 2, 0, torch.device("cpu"))
+    batching = Batching(None, ModelInput(32, 3, (0.5,) * 3, (0.5,) * 3), 2, 2, 0, torch.device("cpu"))
     with pytest.raises(UserError, match="GiB free"):
         device_loaders(Splits(split, None, split, ["a"]), batching)
 
@@ -159,7 +162,7 @@ def test_the_backbone_learns_slower_than_the_new_head_through_the_schedule(sourc
     assert {id(p) for p in groups[1]["params"]} == head
     assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
     optimizer = torch.optim.AdamW(groups, lr=1e-3)
-    schedule = warmup_cosine(optimizer, epochs=4, total_steps=40, steps_per_epoch=10, warmup_epochs=1,
+    schedule = warmup_cosine(optimizer, epochs=4, steps=lambda e: round(10 * e), warmup_epochs=1,
                              min_lr_ratio=0.0)
     for _ in range(15):
         optimizer.step()

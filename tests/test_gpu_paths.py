@@ -16,8 +16,9 @@ from experiments.errors import ConfigError, DataError, UserError
 from support.archives import write_cifar_archive, write_mnist_files
 from experiments.batches.device import DeviceLoader, Normalize
 from experiments.training.schedules import constant
-from experiments.job import (CompileWatch, JobInfo, build_optimizer, configure_backends,
-                               explain, maybe_compile, train)
+from experiments.job import (CompileWatch, build_optimizer, configure_backends, explain,
+                             maybe_compile)
+from support.jobs import train_here
 from experiments.training.backends import resolve_device, resolve_precision
 from experiments.training.options import TrainerOptions
 from experiments.training.trainer import FitState, Trainer
@@ -54,13 +55,11 @@ def trainer_cfg(**values):
 
 
 def job_for(compose_cfg, out, *overrides):
-    """What `python train.py OVERRIDES hydra.run.dir=OUT` hands to `train`, in this process."""
+    """What `python train.py OVERRIDES hydra.run.dir=OUT` trains, in this process."""
     cfg = compose_cfg([*TINY_DATA, *TINY_RUN, f"paths.root_dir={out.parent}",
                        f"paths.output_dir={out}", *overrides])
     check_config(cfg)
-    out.mkdir(exist_ok=True)
-    job = JobInfo(out, out.name, None, {}, list(overrides), False, 0)
-    return cfg, job, OmegaConf.to_container(cfg, resolve=True)
+    return cfg, out
 
 
 # --- 1. precision=auto reads the capability of the job's own GPU ----------------------------
@@ -158,15 +157,15 @@ def test_each_job_gets_its_own_recompile_budget(eager_compile):
 def test_a_fallback_to_eager_is_in_the_summary_and_the_log(eager_compile, compose_cfg, tmp_path,
                                                            caplog):
     tiny = ["model=mlp", "model.width=16", "model.depth=1", "trainer.compile=true"]
-    summary = train(*job_for(compose_cfg, tmp_path / "ok", *tiny))
+    summary = train_here(*job_for(compose_cfg, tmp_path / "ok", *tiny))
     assert summary["compile"] == "compiled"
     with torch._dynamo.config.patch(recompile_limit=1):  # training, then evaluation: 2 graphs
-        summary = train(*job_for(compose_cfg, tmp_path / "fallback", *tiny))
+        summary = train_here(*job_for(compose_cfg, tmp_path / "fallback", *tiny))
     assert summary["status"] == "completed"
     assert summary["compile"].startswith(
         "eager fallback: torch._dynamo hit config.recompile_limit (1)")
     assert "part of this job ran uncompiled" in caplog.text
-    assert train(*job_for(compose_cfg, tmp_path / "off", "model=mlp"))["compile"] is None
+    assert train_here(*job_for(compose_cfg, tmp_path / "off", "model=mlp"))["compile"] is None
 
 
 # --- 3. resuming on another device setup --------------------------------------------------
@@ -186,11 +185,11 @@ def as_if_written_on_two_gpus(path):
 
 def test_a_gpu_checkpoint_resumes_on_the_cpu_and_says_what_was_not_restored(compose_cfg, tmp_path,
                                                                             caplog):
-    cfg, job, config = job_for(compose_cfg, tmp_path / "job", "model=mlp", "model.width=16", "model.depth=1",
+    cfg, out = job_for(compose_cfg, tmp_path / "job", "model=mlp", "model.width=16", "model.depth=1",
                                "trainer.keep_checkpoint=true")
-    first = train(cfg, job, config)
-    as_if_written_on_two_gpus(job.output_dir / CHECKPOINT_FILE)
-    resumed = train(cfg, job, config)  # the same job again, as `python train.py` re-run would
+    first = train_here(cfg, out)
+    as_if_written_on_two_gpus(out / CHECKPOINT_FILE)
+    resumed = train_here(cfg, out)  # the same job again, as `python train.py` re-run would
     assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] == 1
     note = resumed["resume_note"]
     assert note.startswith("resumed on cpu (0 GPUs visible, fp32) from a checkpoint written on "
@@ -206,7 +205,7 @@ def test_restore_keeps_this_devices_optimizer_implementation_and_loss_scaler(tmp
     def make(precision):
         model = nn.Linear(4, 2)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-        schedule = constant(optimizer, epochs=1, steps_per_epoch=1, total_steps=1)
+        schedule = constant(optimizer, epochs=1, steps=lambda e: round(1 * e))
         return Trainer(model, optimizer, schedule, TrainerOptions(precision=precision, progress=False),
                        device=torch.device("cpu"))
 

@@ -79,8 +79,8 @@ def step_once(cfg):
     """Build the job's parts as train.py does, take one optimizer step, validate and test."""
     options = check_config(cfg)
     splits = load_splits(cfg.data)
-    model_ = build_model(cfg, CPU, channels_last=False)
-    train_batches, val_batches, test_batches = build_loaders(cfg, options, splits, model_, CPU,
+    model_, model_input = build_model(cfg, CPU, channels_last=False)
+    train_batches, val_batches, test_batches = build_loaders(cfg, options, splits, model_input, CPU,
                                                              channels_last=False)
     trainer = build_trainer(cfg, options, model_, CPU, len(splits.train))
     before = [p.detach().clone() for p in model_.parameters()]

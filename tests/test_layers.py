@@ -17,7 +17,8 @@ LAYERS = [  # (module prefix, layer)
     ("experiments.training", 3),
     ("experiments.config", 4),
     ("experiments.report", 5),
-    ("experiments.job", 6), ("experiments.bench", 6), ("experiments.summarize", 6),
+    ("experiments.job", 6), ("experiments.job_dir", 6), ("experiments.bench", 6),
+    ("experiments.summarize", 6),
 ]
 
 

@@ -197,8 +197,7 @@ def test_build_optimizer_passes_no_fused_flag(compose_cfg):
 def test_muon_as_sams_base_optimizer(compose_cfg):
     """optim=sam with Muon as the base: SAM's groups are Muon's (rho kept), one step moves
     every parameter."""
-    cfg = compose_cfg(["experiment=smoke", "optim=sam", "optim.base_optimizer.path=experiments.training.muon.Muon",
-                       "optim.lr=0.24", "optim.momentum=0.6", "optim.weight_decay=0"])
+    cfg = compose_cfg(["experiment=smoke", "optim=sam", "optim@optim.base=muon"])
     options = check_config(cfg)
     model = MLP(num_classes=10, in_chans=3, image_size=32, width=16, depth=2)
     trainer = build_trainer(cfg, options, model, torch.device("cpu"), n_train=768)
@@ -210,3 +209,21 @@ def test_muon_as_sams_base_optimizer(compose_cfg):
     trainer.backward(*batch, 1)
     trainer.optimizer_step([batch])
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_layer_decay_groups_exempt_biases_and_norms_from_weight_decay_on_both_sides():
+    """timm's layer-decay groups mark biases and norms with weight_decay 0: Muon's AdamW side
+    must keep that, and decay its other parameters (stem, classifier) at adamw_weight_decay."""
+    import timm
+
+    from experiments.training.param_groups import param_groups
+
+    model = timm.create_model("test_resnet", num_classes=10)
+    opt = Muon(param_groups(model, lr=0.02, weight_decay=0.0, layer_decay=0.75),
+               lr=0.02, weight_decay=0.01, adamw_weight_decay=0.05)
+    by_param = {id(p): (g["use_muon"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
+    params = dict(model.named_parameters())
+    kernels = [n for n, p in params.items() if p.ndim >= 2]
+    assert all(by_param[id(p)] == (False, 0.0) for p in params.values() if p.ndim == 1)
+    assert [by_param[id(params[n])] for n in (kernels[0], kernels[-1])] == [(False, 0.05)] * 2
+    assert {by_param[id(params[n])] for n in kernels[1:-1]} == {(True, 0.01)}

@@ -37,7 +37,7 @@ def test_the_trainer_logs_exactly_the_named_metrics_in_their_order():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=2, total_steps=2),
+    trainer = Trainer(model, opt, constant(opt, epochs=1, steps=lambda e: round(2 * e)),
                       TrainerOptions(epochs=1, progress=False), device=torch.device("cpu"))
     logged = []
     fit = trainer.fit(tiny_batches(16, 0), tiny_batches(8, 1),

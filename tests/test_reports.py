@@ -104,17 +104,26 @@ def test_three_trial_optuna_search(tmp_path):
     assert results["best_value"] == pytest.approx(best_val)  # Optuna saw the validation metric
 
 
-def test_optuna_study_in_sqlite_continues(tmp_path):
-    db = f"sqlite:///{tmp_path / 'study.db'}"
-    for i in (1, 2):
-        proc = run_train("hparams_search=optuna", *SMOKE, "hydra.sweeper.n_trials=2",
-                         f"hydra.sweeper.storage={db}", f"hydra.sweep.dir={tmp_path / f's{i}'}",
-                         cwd=tmp_path)
+def test_optuna_study_in_sqlite_continues_into_the_same_sweep_directory(tmp_path):
+    """The README's way to continue a search: the same command again. Each run's trials get the
+    study's numbers (unique directories, none refused or overwritten), and the seeded sampler,
+    still in its random start-up phase (n_startup_trials 5 > 4 trials), draws new values rather
+    than the first run's again."""
+    db, sweep = f"sqlite:///{tmp_path / 'study.db'}", tmp_path / "sweep"
+    for _ in range(2):
+        proc = run_train("hparams_search=optuna", *SMOKE, "trainer.epochs=1",
+                         "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={db}",
+                         f"hydra.sweep.dir={sweep}", cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr[-2000:]
     import optuna
 
     study = optuna.load_study(study_name="resnet18-sgd", storage=db)
     assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
+    assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4  # no repeats
+    jobs = sorted(p.name.split("-")[0] for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    assert jobs == ["0", "1", "2", "3"]
+    summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
+    assert [s["status"] for s in summaries] == ["completed"] * 4
 
 
 def test_submitit_local_runs_two_jobs(tmp_path, monkeypatch):

@@ -5,18 +5,16 @@ outside that grid, run exactly as `python train.py experiment=smoke model=X` wou
 import json
 
 import pytest
-from omegaconf import OmegaConf
 
 from conftest import run_train
-from experiments.job import JobInfo, train
+from support.jobs import train_here
 
 
 @pytest.mark.parametrize("model", ["timm", "mlp", "lenet"])
 def test_smoke_run_learns_at_least_three_times_chance(compose_cfg, tmp_path, model):
     cfg = compose_cfg(["experiment=smoke", f"model={model}", "logger=none", "trainer.progress=false",
                        f"paths.root_dir={tmp_path}", f"paths.output_dir={tmp_path}"])
-    job = JobInfo(tmp_path, model, None, {"model": model}, [], False, 0)
-    summary = train(cfg, job, OmegaConf.to_container(cfg, resolve=True))
+    summary = train_here(cfg, tmp_path, model)
     chance = 1 / cfg.data.num_classes
     assert summary["test_acc"] >= 3 * chance, f"{model}: {summary['test_acc']:.3f} at chance {chance:.3f}"
 

@@ -33,7 +33,7 @@ def make_trainer(lr=0.05, **options):
     torch.manual_seed(0)
     model = PreActResNet18(num_classes=4, width=4)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
-    trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1, total_steps=1),
+    trainer = Trainer(model, opt, constant(opt, epochs=1, steps=lambda e: round(1 * e)),
                       TrainerOptions(progress=False, **options), device=torch.device("cpu"))
     return trainer
 
@@ -88,7 +88,7 @@ def test_accumulated_gradients_equal_the_big_batch_gradient():
         torch.manual_seed(0)
         model = nn.Linear(5, 3)
         opt = torch.optim.SGD(model.parameters(), lr=0.0)
-        trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1, total_steps=1),
+        trainer = Trainer(model, opt, constant(opt, epochs=1, steps=lambda e: round(1 * e)),
                           TrainerOptions(grad_accum_steps=accum, progress=False), device=torch.device("cpu"))
         seen = {}
         opt.step = lambda *a, **k: seen.setdefault("g", model.weight.grad.clone())
@@ -128,7 +128,7 @@ def test_precision_auto_is_fp32_on_cpu():
 
 def test_warmup_cosine_shape():
     opt = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=1.0)
-    schedule = warmup_cosine(opt, epochs=10, steps_per_epoch=10, total_steps=100, warmup_epochs=2,
+    schedule = warmup_cosine(opt, epochs=10, steps=lambda e: round(10 * e), warmup_epochs=2,
                              min_lr_ratio=0.0)
     lrs = []
     for _ in range(100):
@@ -163,7 +163,7 @@ def test_a_partial_last_group_gets_its_own_mean_gradient():
     x, y = torch.randn(24, 5), torch.randint(0, 3, (24,))
     model = nn.Linear(5, 3)
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1, total_steps=1),
+    trainer = Trainer(model, opt, constant(opt, epochs=1, steps=lambda e: round(1 * e)),
                       TrainerOptions(grad_accum_steps=2, progress=False), device=torch.device("cpu"))
     seen = []
     opt.step = lambda *a, **k: seen.append(model.weight.grad.clone())
@@ -227,7 +227,7 @@ def test_under_mixing_train_acc_counts_the_mixed_targets_dominant_label():
 
     model = Oracle()
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    trainer = Trainer(model, opt, constant(opt, epochs=1, steps_per_epoch=1, total_steps=1),
+    trainer = Trainer(model, opt, constant(opt, epochs=1, steps=lambda e: round(1 * e)),
                       TrainerOptions(progress=False), device=torch.device("cpu"), mixup=mix)
     labels = torch.arange(16) % classes
     metrics = trainer.train_epoch(Batches([(torch.zeros(16, 3), labels)]))
@@ -247,3 +247,98 @@ def test_compiled_model_saves_plain_weights():
         PreActResNet18(num_classes=4, width=4).load_state_dict(weights)  # strict
     trainer.load_state_dict(trainer.state_dict())  # a resume of the compiled trainer
     trainer.use_best_weights(result)
+
+
+# --- every schedule's step counts follow the batch schedule ----------------------------------
+
+def scheduled_lrs(compose_cfg, *overrides, n_train=768):
+    """The learning rate at every optimizer step of a run, epoch by epoch, as the job builds
+    its schedule (batch schedule included)."""
+    from experiments.config.checks import check_config
+    from experiments.job import build_trainer
+    from experiments.training.batch_schedule import BatchSchedule
+
+    cfg = compose_cfg(["experiment=smoke", "model=mlp", "model.width=8", *overrides])
+    options = check_config(cfg)
+    trainer = build_trainer(cfg, options, nn.Linear(4, 2), torch.device("cpu"), n_train)
+    plan, lrs = BatchSchedule(options), []
+    for epoch in range(1, options.epochs + 1):
+        epoch_lrs = []
+        for _ in range(plan.steps_per_epoch(n_train, epoch)):
+            epoch_lrs.append(trainer.optimizer.param_groups[0]["lr"])
+            trainer.schedule.step_batch()
+        lrs.append(epoch_lrs)
+        trainer.schedule.step_epoch({"val/acc": 0.5})
+    return lrs, cfg
+
+
+BATCH_SCHEDULE = ["trainer.epochs=6", "trainer.batch_schedule={epochs:[2],sizes:[128]}"]
+
+
+def test_warmup_ends_where_its_epochs_end_when_the_batch_size_changes_during_it(compose_cfg):
+    """The issue's case: warm-up over 2 epochs, the batch growing 32 -> 128 at epoch 2 (24 then 6
+    steps an epoch). Counted in epoch 1's steps the warm-up ran 48 steps and peaked at the
+    run's last epoch; it must peak at the start of epoch 3."""
+    lrs, cfg = scheduled_lrs(compose_cfg, *BATCH_SCHEDULE, "sched.warmup_epochs=2")
+    assert [len(e) for e in lrs] == [24, 6, 6, 6, 6, 6]
+    flat = [lr for epoch in lrs for lr in epoch]
+    assert max(flat) == pytest.approx(cfg.optim.lr) and lrs[2][0] == pytest.approx(cfg.optim.lr)
+    assert flat.index(max(flat)) == 29  # the warm-up's last step: the end of epoch 2
+    assert lrs[-1][-1] < 0.01 * cfg.optim.lr  # and the cosine ends with the run's last step
+
+
+def test_one_cycle_peaks_after_its_share_of_the_epochs_under_a_batch_schedule(compose_cfg):
+    lrs, cfg = scheduled_lrs(compose_cfg, *BATCH_SCHEDULE, "sched=onecycle", "sched.pct_start=0.5")
+    flat = [lr for epoch in lrs for lr in epoch]
+    assert sum(len(e) for e in lrs[:3]) - 1 <= flat.index(max(flat)) <= sum(len(e) for e in lrs[:3])
+    assert max(flat) == pytest.approx(cfg.optim.lr)
+
+
+def test_step_decay_counts_epochs_whatever_the_batch_size(compose_cfg):
+    lrs, cfg = scheduled_lrs(compose_cfg, *BATCH_SCHEDULE, "sched=step", "sched.step_size=2",
+                             "sched.gamma=0.5")
+    assert [e[0] for e in lrs] == pytest.approx([cfg.optim.lr * f for f in (1, 1, .5, .5, .25, .25)])
+
+
+# --- validation loss is not capped ------------------------------------------------------------
+
+class Fixed(nn.Module):
+    """Given logits per image: an image is [row, -1] (one pixel row of two); its mirror image,
+    [-1, row], gets the row of `mirrored`."""
+
+    def __init__(self, logits, mirrored=None):
+        super().__init__()
+        self.logits, self.mirrored = logits, mirrored if mirrored is not None else logits
+
+    def forward(self, images):
+        first, last = images[:, 0, 0, 0], images[:, 0, 0, -1]
+        flipped = first < 0
+        rows = torch.where(flipped, last, first).long()
+        return torch.where(flipped.view(-1, 1), self.mirrored[rows], self.logits[rows])
+
+
+def rows_as_images(n):
+    images = torch.full((n, 1, 1, 2), -1.0)
+    images[:, 0, 0, 0] = torch.arange(n, dtype=torch.float32)
+    return images
+
+
+def test_a_confidently_wrong_prediction_costs_its_true_loss():
+    logits = torch.tensor([[60.0, 0.0, 0.0], [0.0, 2.0, 0.0]])  # image 0: sure of a wrong class
+    labels = torch.tensor([2, 1])
+    trainer = make_trainer()
+    trainer.model = Fixed(logits)
+    result = trainer.evaluate(Batches([(rows_as_images(2), labels)]))
+    expected = nn.functional.cross_entropy(logits.double(), labels).item()
+    assert expected > 27.6 and result["loss"] == pytest.approx(expected, rel=1e-6)
+
+
+def test_flip_tta_loss_is_the_log_of_the_mean_probability():
+    logits, mirrored = torch.tensor([[70.0, 0.0], [0.0, 1.0]]), torch.tensor([[0.0, 80.0], [3.0, 0.0]])
+    labels = torch.tensor([0, 1])
+    trainer = make_trainer()
+    trainer.model = Fixed(logits, mirrored)
+    result = trainer.evaluate(Batches([(rows_as_images(2), labels)]), tta_flip=True)
+    p = (logits.double().softmax(1) + mirrored.double().softmax(1)) / 2
+    assert result["loss"] == pytest.approx(nn.functional.nll_loss(p.log(), labels).item(), rel=1e-6)
+    assert result["acc"] == (p.argmax(1) == labels).double().mean().item()

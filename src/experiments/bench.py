@@ -153,7 +153,7 @@ def bench_step(device: torch.device, size: dict, model_name: str) -> dict:
     batches = [(torch.randn(batch, 3, 32, 32, device=device),
                 torch.randint(0, cfg.data.num_classes, (batch,), device=device))
                for _ in range(size["steps"])]  # train_epoch needs only len() and iteration
-    trainer = Trainer(model, optimizer, constant(optimizer, epochs=1, steps_per_epoch=1, total_steps=1),
+    trainer = Trainer(model, optimizer, constant(optimizer, epochs=1, steps=lambda e: round(1 * e)),
                       TrainerOptions(progress=False), device=device)
     framework = lambda: trainer.train_epoch(batches)  # noqa: E731  (ends in a sync: .item())
     bare = lambda: bare_epoch(model, optimizer, batches, device, trainer.amp_dtype)  # noqa: E731

@@ -1,5 +1,9 @@
 """Errors that mean "the user asked for something we cannot do": shown as one clear message."""
 
+import errno
+import shutil
+from pathlib import Path
+
 from hydra.errors import CompactHydraException, InstantiationException
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
@@ -14,6 +18,51 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A dataset file is missing, corrupt or cannot be downloaded."""
+
+
+class Refusal(UserError):
+    """The job's directory holds what this run must not touch (another config's results or
+    checkpoint, or a live process's training): nothing was written, the directory is as it was."""
+
+
+class DiskFull(UserError):
+    """A write failed for want of space: where, and how much is left."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        super().__init__(
+            f"no space left on the device while writing {self.path} ({free_space(self.path)}). "
+            "Free some space, or run into a disk with room (hydra.run.dir=..., hydra.sweep.dir=..., "
+            "data.cache_dir=...); rerunning the same command resumes from the last checkpoint.")
+
+
+def free_space(path: Path) -> str:
+    """`X MiB free on /mount` for the filesystem that holds `path`."""
+    folder = Path(path)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    mount = folder.resolve()
+    while not mount.is_mount() and mount != mount.parent:
+        mount = mount.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return "free space unknown"
+    return f"{free / 2**20:,.1f} MiB free on {mount}"
+
+
+OUT_OF_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+def out_of_space(err: BaseException) -> OSError | None:
+    """The OSError of a full disk (or quota) in `err` or what it wraps, else None."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.errno in OUT_OF_SPACE:
+            return err
+        err = err.__cause__ or err.__context__
+    return None
 
 
 class JobFailed(CompactHydraException):

@@ -7,6 +7,7 @@ multirun, in one process, one after another.
 
 from __future__ import annotations
 
+import functools
 import gc
 import inspect
 import logging
@@ -15,32 +16,34 @@ import sys
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
 
 import experiments.config  # noqa: F401  (registers the schemas and resolvers with Hydra)
 from experiments.batches import Batching, Loaders
-from experiments.config.checks import check_config
+from experiments.config.checks import check_config, optimizer_key
 from experiments.config.groups import CONFIG_GROUPS
-from experiments.config.resolvers import redact_secrets
+from experiments.config.secrets import redact_overrides, redact_secrets
 from experiments.data import Splits, load_splits
-from experiments.errors import JobFailed, UserError, user_error_in
+from experiments.errors import ConfigError, JobFailed, Refusal, UserError, user_error_in
+from experiments.job_dir import JobDir
 from experiments.report.provenance import collect as collect_provenance, resumed_code_change
-from experiments.report.job_summary import (SUMMARY_FILE, completed_summary, failed_summary,
-                                            read_summary, running_summary, write_json)
+from experiments.report.job_summary import COMPLETED, SummaryFile, completed_summary
 from experiments.report.tracking import Tracker
-from experiments.models.pretrained import input_spec
+from experiments.models.pretrained import ModelInput, input_for
 from experiments.training.backends import (CompileWatch, configure_backends, maybe_compile,
                                            precision_name, resolve_device,
                                            use_channels_last)
 from experiments.training.batch_schedule import BatchSchedule
-from experiments.training.checkpoint import Checkpoint, CheckpointError, fingerprint
+from experiments.training.checkpoint import Checkpoint, fingerprint
 from experiments.training.options import TrainerOptions
 from experiments.training.param_groups import param_groups
 from experiments.training.trainer import DivergedError, FitState, Trainer
@@ -71,7 +74,7 @@ class JobInfo:
             name=output_dir.name if multirun else f"{output_dir.parent.name}_{output_dir.name}",
             group=f"{sweep.parent.name}/{sweep.name}" if multirun else None,
             choices={k: hc.runtime.choices.get(k) for k in CONFIG_GROUPS},
-            overrides=list(hc.overrides.task),
+            overrides=redact_overrides(list(hc.overrides.task)),
             multirun=multirun,
             num=int(hc.job.get("num", 0) or 0) if multirun else 0,
         )
@@ -85,22 +88,33 @@ def seed_everything(seed: int) -> None:
 
 # --- building the parts from the config ------------------------------------------------------
 
-def build_loaders(cfg: DictConfig, options: TrainerOptions, splits: Splits, model: torch.nn.Module,
-                  device: torch.device, channels_last: bool) -> Loaders:
+def build_loaders(cfg: DictConfig, options: TrainerOptions, splits: Splits,
+                  model_input: ModelInput, device: torch.device, channels_last: bool) -> Loaders:
     """The `loader` group's factory (device or DataLoader workers) with the `aug` group's
-    augmentation for the training split. A pretrained model gets its own input size and
-    normalization (timm's pretrained config), not the dataset's."""
-    data, pretrained = cfg.data, input_spec(model)
-    size, mean, std = ((pretrained.size, pretrained.mean, pretrained.std) if pretrained
-                       else (data.image_size, data.mean, data.std))
-    batching = Batching(instantiate(cfg.aug), mean, std, size, options.batch_size,
+    augmentation for the training split, serving what the model takes (`model_input`)."""
+    batching = Batching(instantiate(cfg.aug), model_input, options.batch_size,
                         options.eval_batch_size, cfg.seed, device, channels_last)
     return instantiate(cfg.loader)(splits, batching)
 
 
-def build_model(cfg: DictConfig, device: torch.device, channels_last: bool) -> torch.nn.Module:
-    model = instantiate(cfg.model).to(device)
-    return model.to(memory_format=torch.channels_last) if channels_last else model
+def build_model(cfg: DictConfig, device: torch.device,
+                channels_last: bool) -> tuple[torch.nn.Module, ModelInput]:
+    """The `model` group's model on the device, and what it takes (decided here, once: the
+    data's size and normalization, or a pretrained model's own)."""
+    try:
+        model = instantiate(cfg.model).to(device)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, TypeError) and "unexpected keyword" in str(err.__cause__):
+            # timm's models pass **kwargs on: an unknown key shows only here
+            raise ConfigError(f"a model key is not one {cfg.model._target_} takes "
+                              f"({err.__cause__}): drop it, or see the model's arguments") from None
+        inner = user_error_in(err)
+        raise (inner if isinstance(inner, UserError) else err) from None
+    model_input = input_for(cfg.model, cfg.data, model)
+    if model_input.channels != cfg.data.channels:
+        log.info("data.channels=%d: the grey images are repeated to the %d channels the "
+                 "pretrained model takes", cfg.data.channels, model_input.channels)
+    return (model.to(memory_format=torch.channels_last) if channels_last else model), model_input
 
 
 def build_optimizer(cfg: DictConfig, options: TrainerOptions, model: torch.nn.Module,
@@ -110,8 +124,8 @@ def build_optimizer(cfg: DictConfig, options: TrainerOptions, model: torch.nn.Mo
     where it has them and the user chose no implementation (`+optim.foreach=...` or
     `+optim.fused=...`): torch refuses fused together with foreach."""
     factory = instantiate(cfg.optim)
-    params = param_groups(model, cfg.optim.lr, cfg.optim.get("weight_decay", 0.0),
-                          **cfg.param_groups)
+    base = OmegaConf.select(cfg, optimizer_key(cfg))  # under optim=sam: the optimizer it wraps
+    params = param_groups(model, base.lr, base.get("weight_decay", 0.0), **cfg.param_groups)
     chosen = "fused" in cfg.optim or "foreach" in cfg.optim
     fused_ok = "fused" in inspect.signature(factory.func).parameters and not chosen
     if options.fused_optimizer and device.type == "cuda" and fused_ok:
@@ -128,8 +142,7 @@ def build_trainer(cfg: DictConfig, options: TrainerOptions, model: torch.nn.Modu
     mixup = instantiate(cfg.mix) if cfg.mix.get("_target_") else None
     plan = BatchSchedule(options)
     schedule = instantiate(cfg.sched)(
-        optimizer, epochs=options.epochs, total_steps=plan.total_steps(n_train, options.epochs),
-        steps_per_epoch=plan.steps_per_epoch(n_train, epoch=1))
+        optimizer, epochs=options.epochs, steps=functools.partial(plan.steps_until, n_train))
     return Trainer(maybe_compile(model, options.compile), optimizer, schedule, options,
                    device=device, mixup=mixup, ema=ema)
 
@@ -147,9 +160,11 @@ def test_once(trainer: Trainer, fit: FitState, test_batches, tta: str) -> dict[s
 
 # --- the job -------------------------------------------------------------------------------
 
-def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
-    """Check the config, build everything from it, train (resuming from a checkpoint if there is
-    one), test once with the chosen weights. `config` is the resolved config, secrets redacted."""
+def train(cfg: DictConfig, job: JobInfo, config: dict, checkpoint: Checkpoint,
+          summary: SummaryFile) -> dict:
+    """Check the config, build everything from it, train (resuming from `checkpoint` when it
+    holds one), test once with the chosen weights. `config` is the resolved config, secrets
+    redacted; `summary` is rewritten with the progress after every epoch."""
     options = check_config(cfg)  # the trainer group as one typed object
     device = resolve_device(options.device, job.num)
     configure_backends(options, device)
@@ -161,16 +176,16 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
              len(splits.train), len(splits.val or ()), len(splits.test), len(splits.classes))
     BatchSchedule(options).check_fits(len(splits.train), cfg.data.val_size)
     provenance = collect_provenance(cfg, device)  # after the data: its cache now exists
-    model = build_model(cfg, device, channels_last)
-    loaders = build_loaders(cfg, options, splits, model, device, channels_last)
+    model, model_input = build_model(cfg, device, channels_last)
+    loaders = build_loaders(cfg, options, splits, model_input, device, channels_last)
     trainer = build_trainer(cfg, options, model, device, len(splits.train))
     log.info("model %s (%.2fM parameters) on %s, autocast %s", job.choices.get("model"),
              sum(p.numel() for p in model.parameters()) / 1e6, device, trainer.amp_dtype)
 
-    checkpoint = Checkpoint(job.output_dir, config, loaders.train)
-    resumed = checkpoint.resume_or_start(trainer, options.resume)
+    resumed = checkpoint.resume(trainer, [loaders.train.generator])
     if resumed.state is not None:
         log.info("resuming %s after epoch %d of %d", job.output_dir, resumed.epoch, options.epochs)
+        summary.running(resumed.state)
     if resumed.note:
         log.warning("%s", resumed.note)
     code_changed = resumed_code_change(resumed.saved, provenance["code"]) if resumed.state else None
@@ -186,28 +201,24 @@ def train(cfg: DictConfig, job: JobInfo, config: dict) -> dict:
             log_epoch(tracker, state.epoch, options.epochs, metrics)  # log first: a kill in
             checkpoint.save(trainer, state, {  # between redoes one epoch
                 "wandb_id": tracker.wandb_id, "code": provenance["code"], "code_changed": code_changed})
+            summary.running(state)  # after the checkpoint: what it says is done, is saved
 
         fit = trainer.fit(loaders.train, loaders.val, state=resumed.state, after_epoch=after_epoch)
         test = test_once(trainer, fit, loaders.test, options.tta)
         if compiled.fallbacks:
             log.warning("trainer.compile: part of this job ran uncompiled: %s", compiled.status)
-        summary = completed_summary(job, fit, test, {
+        result = completed_summary(job, fit, test, {
             "device": str(device), "precision": precision_name(trainer.amp_dtype),
             "seed": cfg.seed, "fingerprint": fingerprint(config),
             "resumed_from_epoch": resumed.epoch, "resume_note": resumed.note,
             "compile": compiled.status, "wandb_id": tracker.wandb_id,
-            "pretrained": pretrained_source(model),
+            "pretrained": model_input.weights,
             "provenance": provenance, "code_changed_on_resume": code_changed})
-        tracker.log_results({"choices": job.choices, **config}, summary)
+        tracker.log_results({"choices": job.choices, **config}, result)
     torch.save(trainer.eval_weights(), job.output_dir / "model.pt")  # the tested weights
     if not options.keep_checkpoint:
         checkpoint.remove()
-    return summary
-
-
-def pretrained_source(model: torch.nn.Module) -> str | None:
-    spec = input_spec(model)
-    return spec.source if spec else None
+    return result
 
 
 def log_epoch(tracker: Tracker, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
@@ -216,17 +227,18 @@ def log_epoch(tracker: Tracker, epoch: int, epochs: int, metrics: dict[str, floa
              " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
 
-def stored_result(cfg: DictConfig, job: JobInfo, config: dict) -> dict | None:
-    """A completed job's summary when this job already ran to the end in its directory."""
-    previous = read_summary(job.output_dir)
-    if not (cfg.trainer.resume and previous and previous.get("status") == "completed"):
+def stored_result(stored: dict | None, job: JobInfo, config: dict) -> dict | None:
+    """The stored summary when this job already ran to the end in its directory; a completed
+    job of another config is refused (and left as it is)."""
+    if not (stored and stored.get("status") == COMPLETED):
         return None
-    if previous.get("fingerprint") != fingerprint(config):
-        raise CheckpointError(
+    if stored.get("fingerprint") != fingerprint(config):
+        raise Refusal(
             f"{job.output_dir} holds a completed job with a different config; refusing to mix "
-            "them. Use a new output directory (hydra.run.dir=... or hydra.sweep.dir=...).")
+            "them (its files are left as they are). Use a new output directory "
+            "(hydra.run.dir=... or hydra.sweep.dir=...), or rerun its own command.")
     log.info("already completed in %s: returning its stored result", job.output_dir)
-    return previous
+    return stored
 
 
 # failures with a message of their own: reported without a traceback
@@ -252,29 +264,85 @@ def release(err: BaseException) -> None:
         torch.cuda.empty_cache()
 
 
+def start(cfg: DictConfig, job: JobInfo, job_dir: JobDir) -> tuple[dict, dict | None, Checkpoint]:
+    """What the directory holds, read before anything is written: the resolved config (secrets
+    masked), a completed result of this config (returned as it is), and the checkpoint to
+    resume. A directory holding a completed job is never written by a run that stops here."""
+    stored = job_dir.summary()
+    try:
+        config = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
+        result = stored_result(stored, job, config) if cfg.trainer.resume else None
+        checkpoint = Checkpoint(job.output_dir, config, cfg.trainer.resume) if result is None else None
+    except Refusal:
+        raise
+    except Exception as err:
+        if stored and stored.get("status") == COMPLETED:
+            raise Refusal(f"{job.output_dir} holds a completed job, left as it is: this run "
+                          f"stopped before it could compare configs: {explain(user_error_in(err), cfg)}") from err
+        raise
+    return config, result, checkpoint
+
+
 def run(cfg: DictConfig) -> float:
     """The task function. Returns `cfg.optimized_metric` as a float for sweepers such as Optuna."""
     job = JobInfo.current()
+    summary = SummaryFile(job)
     try:
-        config = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
-        summary = stored_result(cfg, job, config)
-        if summary is None:
-            write_json(job.output_dir / SUMMARY_FILE, running_summary(job))
-            summary = train(cfg, job, config)
-            write_json(job.output_dir / SUMMARY_FILE, summary)
-    except Exception as raised:
-        err = user_error_in(raised)  # e.g. a ConfigError that Hydra's instantiate wrapped
-        message = explain(err, cfg)
-        write_json(job.output_dir / SUMMARY_FILE, failed_summary(job, message))
-        if isinstance(err, EXPECTED_FAILURES):
-            log.error("%s", message)
-        else:
-            log.exception("job failed")  # the full traceback, in the job's log
-        release(raised)
-        if not job.multirun:
-            sys.exit(2 if isinstance(err, UserError) else 1)  # the message, not a traceback
-        raise JobFailed(message) from None  # fail this job; the sweep's other jobs still run
-    log.info("done: test_acc=%s best_val_acc=%s -> %s", summary["test_acc"],
-             summary["best_val_acc"], job.output_dir)
-    value = summary.get(cfg.optimized_metric)
+        with JobDir(job.output_dir) as job_dir:  # refused while another process trains it
+            try:
+                config, result, checkpoint = start(cfg, job, job_dir)
+                if result is None:
+                    job_dir.write_hydra_record(cfg)
+                    summary.running()
+                    result = train(cfg, job, config, checkpoint, summary)
+                    summary.completed(result)
+            except Refusal:
+                raise
+            except Exception as raised:
+                fail(raised, cfg, job, summary)
+    except Refusal as refused:  # nothing was written: the directory is as it was
+        stop(job, str(refused), user_error=True, log_file=False)
+    log.info("done: test_acc=%s best_val_acc=%s -> %s", result["test_acc"],
+             result["best_val_acc"], job.output_dir)
+    value = result.get(cfg.optimized_metric)
     return float("nan") if value is None else float(value)
+
+
+def fail(raised: Exception, cfg: DictConfig, job: JobInfo, summary: SummaryFile) -> None:
+    """A failed job: its summary marked failed with the reason (and the epochs it completed),
+    its memory released, then `stop`."""
+    err = user_error_in(raised)  # e.g. a ConfigError that Hydra's instantiate wrapped
+    message = explain(err, cfg)
+    try:
+        summary.failed(message)
+    except OSError as write_error:  # e.g. the disk is still full
+        log.error("could not mark %s failed: %s", summary.path, write_error)
+    if not isinstance(err, EXPECTED_FAILURES):
+        log.error("job failed", exc_info=raised)  # the full traceback, in the job's log
+    release(raised)
+    stop(job, message, user_error=isinstance(err, UserError), log_file=isinstance(err, EXPECTED_FAILURES))
+
+
+def stop(job: JobInfo, message: str, user_error: bool, log_file: bool = True) -> NoReturn:
+    """End a job that did not complete: in a single run, exit with the message (2 for the
+    user's mistake, else 1), no traceback; in a sweep, fail this job only, so the others run."""
+    if log_file:
+        log.error("%s", message)
+    else:  # a refusal: the job's train.log is left as it was too
+        console_only(log.error, "%s", message)
+    if not job.multirun:
+        sys.exit(2 if user_error else 1)
+    raise JobFailed(message) from None
+
+
+def console_only(emit, *args) -> None:
+    """Log without the file handlers Hydra attached (the job's train.log)."""
+    root = logging.getLogger()
+    files = [h for h in root.handlers if isinstance(h, logging.FileHandler)]
+    for handler in files:
+        root.removeHandler(handler)
+    try:
+        emit(*args)
+    finally:
+        for handler in files:
+            root.addHandler(handler)

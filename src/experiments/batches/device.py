@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from experiments.batches import Batching, Loaders
+from experiments.batches import Batching, Loaders, repeats_grey
 from experiments.batches.augment import BatchAugment
 from experiments.data import Split, Splits
 from experiments.errors import UserError
@@ -50,7 +50,7 @@ class DeviceLoader:
     def __init__(self, split: Split, batch_size: int, normalize: Normalize, *, device,
                  augment: BatchAugment | None = None, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0, channels_last: bool = False,
-                 size: int | None = None):
+                 size: int | None = None, channels: int | None = None):
         # kept as uint8 on the device (zero-padded when the augmentation crops): the one copy
         try:
             self.images = (augment.store if augment else lambda x: x)(split.images.to(device))
@@ -63,6 +63,7 @@ class DeviceLoader:
         self.labels = split.labels.to(device)
         self.normalize, self.augment = normalize, augment
         self.size = size or split.images.shape[-1]  # served batches' side
+        self.channels = channels or split.images.shape[1]  # served batches' channels
         self.shuffle, self.channels_last, self.want_drop_last = shuffle, channels_last, drop_last
         self.set_batch_size(batch_size)
         self.generator = torch.Generator(device=device).manual_seed(seed)
@@ -103,7 +104,10 @@ class DeviceLoader:
             images = aug.select(self.images, index, gen, size=self.size)
         else:
             images = aug.rotate(aug.select(self.images, index, gen).float(), gen)
-        images = self.normalize(resize_to(images, self.size), self.channels_last)
+        images = resize_to(images, self.size)
+        if images.shape[1] != self.channels:  # grey to a pretrained RGB model: the same plane 3x
+            images = images.expand(-1, self.channels, -1, -1)
+        images = self.normalize(images, self.channels_last)
         return images if aug is None else aug.erase(images, gen)
 
 
@@ -132,13 +136,15 @@ def device_loaders(splits: Splits, batching: Batching) -> Loaders:
     """`loader=device`: train (shuffled, augmented, a ragged last batch dropped), val and test."""
     b = batching
     check_fits_device(splits, b.device, free_device_memory(b.device))
-    normalize = Normalize(b.mean, b.std, b.device)
+    normalize = Normalize(b.input.mean, b.input.std, b.device)
+    repeats_grey(splits.train.images.shape[1], b.input)  # refuses what cannot be served
 
     def make(split: Split, batch_size: int, augment: BatchAugment | None = None,
              train: bool = False) -> DeviceLoader:
         return DeviceLoader(split, batch_size, normalize, augment=augment, shuffle=train,
                             drop_last=train, seed=b.seed, device=b.device,
-                            channels_last=b.channels_last, size=b.image_size)
+                            channels_last=b.channels_last, size=b.input.size,
+                            channels=b.input.channels)
 
     return Loaders(make(splits.train, b.batch_size, b.augment, train=True),
                    None if splits.val is None else make(splits.val, b.eval_batch_size),

@@ -9,17 +9,17 @@ from collections.abc import Iterator
 
 import torch
 
-from experiments.batches import Batching, Loaders
+from experiments.batches import Batching, Loaders, repeats_grey
 from experiments.batches.augment import BatchAugment
 from experiments.data import Split, Splits
 
 
 def torchvision_transform(augment: BatchAugment | None, mean, std, size: int,
-                          stored_size: int | None = None):
+                          stored_size: int | None = None, repeat_grey: bool = False):
     """The torchvision ops that BatchAugment and the device loader reproduce, applied to one
     uint8 CHW image, in the device path's order: crop and flip at the stored size (or a random
     resized crop straight to `size`), rotation, a Resize to `size` when `stored_size` differs,
-    then normalization and erasing."""
+    grey repeated to 3 channels (`repeat_grey`), then normalization and erasing."""
     from torchvision.transforms import v2
 
     stored = stored_size or size
@@ -36,6 +36,8 @@ def torchvision_transform(augment: BatchAugment | None, mean, std, size: int,
         ops.append(v2.RandomRotation(aug.rotate_degrees))  # nearest, fill 0
     if not aug.resizes and stored != size:
         ops.append(v2.Resize((size, size), antialias=True))
+    if repeat_grey:
+        ops.append(v2.Grayscale(num_output_channels=3))  # a 1-channel image: its plane 3 times
     ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
     if aug.erase_p:
         ops.append(v2.RandomErasing(aug.erase_p, aug.erase_scale, aug.erase_ratio, value=0))
@@ -148,8 +150,9 @@ def worker_loaders(splits: Splits, batching: Batching, *, workers: int | str = "
 
     def make(split: Split, batch_size: int, augment: BatchAugment | None = None,
              train: bool = False) -> WorkerLoader:
-        transform = torchvision_transform(augment, b.mean, b.std, b.image_size,
-                                          stored_size=split.images.shape[-1])
+        transform = torchvision_transform(
+            augment, b.input.mean, b.input.std, b.input.size, stored_size=split.images.shape[-1],
+            repeat_grey=repeats_grey(split.images.shape[1], b.input))
         return WorkerLoader(split, batch_size, transform, device=b.device, workers=count,
                             shuffle=train, drop_last=train, seed=b.seed,
                             channels_last=b.channels_last, pin_memory=pin_memory,

@@ -4,14 +4,16 @@ types and ranges live in its schema (training/options.py)."""
 
 from __future__ import annotations
 
+import inspect
 from numbers import Real
 
+from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from experiments.errors import ConfigError
-from experiments.models.pretrained import PRETRAINED_KEYS
-from experiments.models.resnet import SMALL_IMAGES
+from experiments.models.pretrained import PRETRAINED_KEYS, wants_pretrained
+from experiments.models.resnet import SMALL_IMAGES, TIMM_MODEL
 from experiments.training.metrics import METRIC_MODES, VAL_METRICS
 from experiments.training.options import TrainerOptions
 
@@ -67,15 +69,19 @@ def _pair_in_0_1(value) -> bool:
 # only with sched=onecycle, ...): values torch would refuse with a traceback, mid-run for some
 # (StepLR's step_size=0 divides by zero at the first epoch's end), or, worse, accept and train
 # silently wrong (label smoothing or EMA decay above 1, a negative warm-up).
+# the optimizer's own keys, checked on the optimizer that steps (`optim`, or `optim.base` under
+# optim=sam: see optimizer_key)
+OPTIMIZER_RANGES = {
+    "momentum": (_in(0, 1, open_high=True), "a number in [0, 1)"),
+    "weight_decay": (_in(0, INF), "a number >= 0"),
+    "ns_steps": (lambda v: _is_int(v) and v >= 1, "a positive integer (Newton-Schulz steps)"),
+    "adamw_lr": (_in(0, INF, open_low=True), "a number > 0"),
+    "adamw_betas": (_pair_in_0_1, "two numbers in [0, 1)"),
+    "adamw_eps": (_in(0, INF, open_low=True), "a number > 0"),
+    "adamw_weight_decay": (_in(0, INF), "a number >= 0"),
+}
 RANGES = {
-    "optim.momentum": (_in(0, 1, open_high=True), "a number in [0, 1)"),
-    "optim.weight_decay": (_in(0, INF), "a number >= 0"),
     "optim.rho": (_in(0, INF, open_low=True), "a number > 0 (SAM's neighbourhood size)"),
-    "optim.ns_steps": (lambda v: _is_int(v) and v >= 1, "a positive integer (Newton-Schulz steps)"),
-    "optim.adamw_lr": (_in(0, INF, open_low=True), "a number > 0"),
-    "optim.adamw_betas": (_pair_in_0_1, "two numbers in [0, 1)"),
-    "optim.adamw_eps": (_in(0, INF, open_low=True), "a number > 0"),
-    "optim.adamw_weight_decay": (_in(0, INF), "a number >= 0"),
     "sched.warmup_epochs": (_in(0, INF), "a number of epochs >= 0"),
     "sched.min_lr_ratio": (_in(0, 1), "a fraction of optim.lr in [0, 1]"),
     "sched.step_size": (lambda v: _is_int(v) and v >= 1, "a positive integer (epochs)"),
@@ -101,9 +107,21 @@ RANGES = {
 ABSENT = object()
 
 
+def optimizer_key(cfg: DictConfig) -> str:
+    """Where the optimizer that steps is configured: `optim`, or, under an optimizer that wraps
+    another (optim=sam), the wrapped one: `optim.base`."""
+    key = "optim"
+    while isinstance(OmegaConf.select(cfg, f"{key}.base"), DictConfig):
+        key += ".base"
+    return key
+
+
 def check_ranges(cfg: DictConfig) -> None:
-    """RANGES, and a mixing option that would mix nothing (timm's Mixup asserts on it)."""
-    for key, (test, expected) in RANGES.items():
+    """RANGES, OPTIMIZER_RANGES, and a mixing option that would mix nothing (timm's Mixup
+    asserts on it)."""
+    base = optimizer_key(cfg)
+    checks = {**RANGES, **{f"{base}.{k}": rule for k, rule in OPTIMIZER_RANGES.items()}}
+    for key, (test, expected) in checks.items():
         value = OmegaConf.select(cfg, key, default=ABSENT)
         if value is not ABSENT and not test(value):
             raise ConfigError(f"{key} must be {expected}, got {value!r}")
@@ -125,17 +143,59 @@ def trainer_options(cfg: DictConfig) -> TrainerOptions:
         raise
 
 
+# the groups whose keys are the arguments of their `_target_` (the trainer group has a schema:
+# Hydra refuses its unknown keys itself)
+TARGET_GROUPS = ("data", "loader", "model", "aug", "mix", "optim", "sched", "logger")
+HIDDEN = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+
+
+def accepted_keys(target: str) -> list[str] | None:
+    """The keyword arguments `target` takes, or None when it passes any on (**kwargs)."""
+    params = inspect.signature(get_object(target)).parameters.values()
+    if any(p.kind == inspect.Parameter.VAR_KEYWORD for p in params):
+        return None
+    return [p.name for p in params if p.kind not in HIDDEN]
+
+
+def check_group_keys(cfg: DictConfig) -> None:
+    """A key added to a group (`+optim.foo=1`, `+optim.foreach=false` under optim=muon) must be
+    an argument of what the group builds: one message naming it and the keys there are, rather
+    than a TypeError from deep inside instantiate. Nested targets (SAM's `optim.base`) too;
+    a target that passes **kwargs on (timm's models) is checked where it is built."""
+    def check(node: DictConfig, key: str) -> None:
+        target = node.get("_target_")
+        if target is None:  # mix=none: an option that builds nothing takes no keys
+            if node:
+                raise ConfigError(f"{key} builds nothing (its option has no _target_), yet sets "
+                                  f"{', '.join(f'{key}.{k}' for k in node)}: choose an option "
+                                  f"that uses them (e.g. {key}=...) or drop them")
+            return
+        accepted = accepted_keys(target)
+        for name, value in node.items():
+            if isinstance(value, DictConfig) and "_target_" in value:
+                check(value, f"{key}.{name}")
+            elif accepted is not None and not name.startswith("_") and name not in accepted:
+                raise ConfigError(f"{key}.{name} is not a key of {key} ({target}): it takes "
+                                  f"{', '.join(accepted)}")
+
+    for group in TARGET_GROUPS:
+        if group in cfg:
+            check(cfg[group], group)
+
+
 def check_config(cfg: DictConfig) -> TrainerOptions:
     """Reject values that would fail late or, worse, train silently wrong; returns the trainer's
     options, checked."""
+    check_group_keys(cfg)
     options = trainer_options(cfg)
-    positive_number(cfg, "optim.lr")
+    positive_number(cfg, f"{optimizer_key(cfg)}.lr")
     if not _is_int(cfg.seed):
         raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
     val_size = cfg.data.val_size
     if not (_is_int(val_size) and val_size >= 0) and not (isinstance(val_size, float) and 0 <= val_size < 1):
         raise ConfigError(f"data.val_size must be a count >= 0 or a fraction in [0, 1), got {val_size!r}")
     one_of(cfg, "logger.wandb.mode", ("offline", "online", "disabled"))
+    check_normalization(cfg)
     check_ranges(cfg)
     check_validation_users(cfg, options)
     check_combinations(cfg, options)
@@ -147,10 +207,11 @@ def check_config(cfg: DictConfig) -> TrainerOptions:
 def check_combinations(cfg: DictConfig, options: TrainerOptions) -> None:
     """Options that each make sense alone but not together: refuse them rather than train
     silently wrong."""
-    optim = cfg.optim
+    key = optimizer_key(cfg)
+    optim = OmegaConf.select(cfg, key)
     if optim.get("nesterov") and not optim.get("momentum"):
-        raise ConfigError("optim.nesterov=true needs optim.momentum > 0 (plain SGD: "
-                          "optim.momentum=0 optim.nesterov=false)")
+        raise ConfigError(f"{key}.nesterov=true needs {key}.momentum > 0 (plain SGD: "
+                          f"{key}.momentum=0 {key}.nesterov=false)")
     metric, mode = cfg.sched.get("monitor"), cfg.sched.get("mode")
     if mode is not None:
         one_of(cfg, "sched.mode", ("min", "max"))
@@ -175,11 +236,24 @@ def check_combinations(cfg: DictConfig, options: TrainerOptions) -> None:
                                   f"images within a batch: {key} must be even, got {size}")
 
 
+def check_normalization(cfg: DictConfig) -> None:
+    """One mean and one std per channel (a pretrained model brings its own: not checked)."""
+    data = cfg.data
+    if wants_pretrained(cfg.model):
+        return
+    for key in ("mean", "std"):
+        values = list(data[key])
+        if len(values) != data.channels:
+            raise ConfigError(
+                f"data.{key} has {len(values)} values but data.channels={data.channels}: give one "
+                f"per channel, e.g. data.{key}=[{', '.join(['0.5'] * data.channels)}]")
+
+
 def check_pretrained_model(cfg: DictConfig) -> None:
     """Only model=timm loads pretrained weights; a preset that asks for them (experiment=finetune)
     with another model would otherwise fail on an unexpected keyword, deep in instantiate."""
     model = cfg.model
-    if model.get("_target_") != "experiments.models.timm_model" and any(k in model for k in PRETRAINED_KEYS):
+    if model.get("_target_") != TIMM_MODEL and any(k in model for k in PRETRAINED_KEYS):
         raise ConfigError(
             f"{model.get('_target_')} trains from scratch: only model=timm loads pretrained weights "
             "(experiment=finetune uses it: pick the network by model.name=..., e.g. resnet50).")

@@ -1,37 +1,17 @@
-"""The OmegaConf resolvers the config tree uses (job directory names, data=folder's class count),
-and the masking of secrets before a config is logged or saved."""
+"""The OmegaConf resolvers the config tree uses (job directory names, data=folder's class count)."""
 
 from __future__ import annotations
 
-import os
-import re
+import functools
+import logging
 import sys
-from typing import Any
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from experiments.config.groups import NAMED_GROUPS
 
-
-SECRET_NAME = re.compile(r"api[_-]?key|token|secret|passw(or)?d|credential", re.IGNORECASE)
-
-
-def redact_secrets(config: Any) -> Any:
-    """Mask values that look secret before any config is logged or saved: keys named like
-    secrets, and any value equal to a secret-named environment variable (e.g. WANDB_API_KEY)."""
-    secrets = {v for k, v in os.environ.items() if SECRET_NAME.search(k) and len(v) >= 6}
-
-    def clean(node, key=""):
-        if isinstance(node, dict):
-            return {k: clean(v, str(k)) for k, v in node.items()}
-        if isinstance(node, list):
-            return [clean(v, key) for v in node]
-        if node is not None and (SECRET_NAME.search(key) or (isinstance(node, str) and node in secrets)):
-            return "***"
-        return node
-
-    return clean(config)
+log = logging.getLogger(__name__)
 
 
 def swept_keys(argv: list[str]) -> set[str]:
@@ -66,16 +46,42 @@ def named_choices(choices) -> str:
     return "-".join(str(choices[group]) for group in NAMED_GROUPS)
 
 
-def from_scratch_only(value, *, _root_):
-    """`value` for a model trained from scratch, null for a pretrained one: its weights fix its
-    size, so size=smoke narrows every model but a pretrained one."""
+def smoke_width(value, *, _root_):
+    """size=smoke's model.width: `value` for a model with a width knob trained from scratch;
+    null (its standard size, said once in the log) for a pretrained model, whose weights fix its
+    size, and for a timm architecture that has no width setting (EfficientNet, ViT, ...)."""
     from experiments.models.pretrained import wants_pretrained  # here: timm only when it is used
+    from experiments.models.resnet import has_width
 
-    return None if wants_pretrained(_root_.get("model") or {}) else value
+    model = _root_.get("model") or {}
+    if wants_pretrained(model):
+        return None
+    if not has_width(model):
+        log_standard_size(str(model.get("name")))
+        return None
+    return value
+
+
+@functools.lru_cache(maxsize=None)
+def log_standard_size(name: str) -> None:
+    """Once per model: a resolver runs each time its value is read."""
+    log.info("size=smoke: timm's %s has no width setting, so it keeps its standard size", name)
+
+
+# ImageNet's per-channel statistics (what photos are normalized with unless data.mean/std say
+# otherwise), and for grey images the mean over the three channels
+IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
+
+
+def imagenet_stats(which: str, channels: int) -> list[float]:
+    """`data=folder`'s default mean or std for its `data.channels` (3, or 1 for grey)."""
+    values = IMAGENET[which]
+    return list(values) if channels == 3 else [round(sum(values) / 3, 4)] * channels
 
 
 def register_resolvers() -> None:
     for name, fn in (("job_suffix", job_suffix), ("folder_classes", folder_classes),
-                     ("named_choices", named_choices), ("from_scratch_only", from_scratch_only)):
+                     ("named_choices", named_choices), ("smoke_width", smoke_width),
+                     ("imagenet_stats", imagenet_stats)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -2,8 +2,9 @@
 local Hugging Face / torch-hub cache or from a file, the classifier replaced for our classes.
 
 The weights fix the architecture, so a pretrained model keeps timm's stem (the CIFAR stem would
-discard the pretrained one) and its width; its input size and normalization are the pretrained
-ones (`input_spec`), which the batch pipeline resizes and normalizes to on the device.
+discard the pretrained one), its width and its input channels; its input size and normalization
+are the pretrained ones. What any model takes is decided once, where the job builds
+it (`input_for`); the batch pipeline resizes, repeats grey channels and normalizes to that on the device.
 """
 
 from __future__ import annotations
@@ -38,13 +39,32 @@ def create_at_size(name: str, image_size: int | None, **kwargs) -> nn.Module:
 
 
 @dataclass(frozen=True)
-class PretrainedInput:
-    """What a pretrained model expects, and where its weights came from (for summary.json)."""
+class ModelInput:
+    """What a model takes: `size` x `size` images with `channels`, normalized with mean and
+    std; and where its pretrained weights came from (None: trained from scratch)."""
 
     size: int  # square input side, pixels
+    channels: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    source: str  # the weights file, or the cache entry timm read
+    weights: str | None = None  # the weights file, or the cache entry timm read
+
+
+def input_for(model_cfg, data_cfg, model: nn.Module) -> ModelInput:
+    """A model from scratch takes the dataset as it is (its size, channels and statistics);
+    a pretrained one what its weights were trained on (timm's pretrained config)."""
+    if not wants_pretrained(model_cfg):
+        return ModelInput(data_cfg.image_size, data_cfg.channels, tuple(data_cfg.mean),
+                          tuple(data_cfg.std))
+    data = timm.data.resolve_model_data_config(model)
+    file = model_cfg.get("pretrained_file")
+    if file:
+        weights = str(Path(file).expanduser().resolve())
+    else:
+        cfg = default_cfg(model_cfg.name)
+        weights = cached_weights(cfg) or f"{cfg.hf_hub_id or cfg.url} (downloaded)"
+    return ModelInput(model_cfg.get("image_size") or int(data["input_size"][-1]),
+                      int(data["input_size"][0]), tuple(data["mean"]), tuple(data["std"]), weights)
 
 
 def default_cfg(name: str):
@@ -100,13 +120,14 @@ def classifier_rows(state: dict, classifier: str | tuple | None) -> int | None:
     return None if weight is None else int(weight.shape[0])
 
 
-def pretrained_model(name: str, num_classes: int, in_chans: int, image_size: int | None,
-                     file: str | None, **timm_kwargs) -> nn.Module:
+def pretrained_model(name: str, num_classes: int, image_size: int | None, file: str | None,
+                     **timm_kwargs) -> nn.Module:
     """timm's `name` with pretrained weights and a new classifier for `num_classes`.
 
     The weights load strictly with their own classifier (a file for another architecture, or
     with other key names, fails here instead of half-loading), then `reset_classifier` replaces
-    the classifier: only it starts from random.
+    the classifier: only it starts from random. The input channels stay the weights' (grey data
+    is repeated to them on the way in: `input_for`).
     """
     cfg = default_cfg(name) if file is None else timm.models.get_pretrained_cfg(name)
     head = cfg.num_classes if cfg else 1000
@@ -117,11 +138,8 @@ def pretrained_model(name: str, num_classes: int, in_chans: int, image_size: int
             raise UserError(f"model.pretrained_file={file}: no such file")
         state = read_weights(path)  # read once, and handed to timm's loader as they are
         head = classifier_rows(state, cfg.classifier if cfg else None) or head
-        overlay, source = dict(state_dict=state, num_classes=head), str(path)
-    else:
-        source = cached_weights(cfg)
-    kwargs = dict(pretrained=True, num_classes=head, in_chans=in_chans,
-                  pretrained_cfg_overlay=overlay, **timm_kwargs)
+        overlay = dict(state_dict=state, num_classes=head)
+    kwargs = dict(pretrained=True, num_classes=head, pretrained_cfg_overlay=overlay, **timm_kwargs)
     try:
         model = create_at_size(name, image_size, **kwargs)
     except Exception as err:  # hub and torch.load errors have many types (httpx, OSError, ...)
@@ -130,13 +148,4 @@ def pretrained_model(name: str, num_classes: int, in_chans: int, image_size: int
                             f"{str(err)[:400]}") from None
         raise missing_weights(name, err) from None
     model.reset_classifier(num_classes)  # always new: the same count is not the same classes
-    data = timm.data.resolve_model_data_config(model)
-    size = image_size or int(data["input_size"][-1])
-    model.pretrained_input = PretrainedInput(size, tuple(data["mean"]), tuple(data["std"]),
-                                             source or f"{cfg.hf_hub_id or cfg.url} (downloaded)")
     return model
-
-
-def input_spec(model: nn.Module) -> PretrainedInput | None:
-    """The pretrained input of a model built here, or None for a model trained from scratch."""
-    return getattr(model, "pretrained_input", None)

@@ -13,6 +13,16 @@ from experiments.models.checks import check_timm_name, check_width
 from experiments.models.pretrained import create_at_size, pretrained_model
 
 SMALL_IMAGES = 64  # px: up to here CIFAR-style recipes apply (a stride-1 stem, a padding crop)
+TIMM_MODEL = "experiments.models.timm_model"  # model=timm's _target_
+
+
+def has_width(model_cfg) -> bool:
+    """Whether a model config's model has `model.width`: every model here does; of timm's
+    (model=timm), only the ResNet family, through timm's `channels`."""
+    if model_cfg.get("_target_") != TIMM_MODEL:
+        return True
+    name = model_cfg.get("name")
+    return isinstance(name, str) and timm.models.is_model_in_modules(name, ["resnet"])
 
 
 def _conv(in_chans: int, out_chans: int, kernel: int, stride: int) -> nn.Conv2d:
@@ -65,16 +75,16 @@ def timm_model(name: str, num_classes: int, in_chans: int = 3, image_size: int |
         if width is not None:
             raise ConfigError(f"model.width={width}: a pretrained model's size is its weights'; "
                               "use model.width=null (or a smaller variant by model.name)")
-        # timm's own stem, never the CIFAR one: that would discard the pretrained stem
-        return pretrained_model(name, num_classes, in_chans, image_size, pretrained_file,
-                                **timm_kwargs)
+        # timm's own stem and input channels, never the CIFAR stem: that would discard the
+        # pretrained one (in_chans: the weights'; grey data is repeated to them)
+        return pretrained_model(name, num_classes, image_size, pretrained_file, **timm_kwargs)
     if image_size is None:
         raise ConfigError("model.image_size=null means the pretrained input size: it needs "
                           "model.pretrained=true; from scratch, give a size (e.g. ${data.image_size})")
     kwargs = dict(pretrained=False, num_classes=num_classes, in_chans=in_chans, **timm_kwargs)
     if width is not None:
         check_width(width)
-        if not timm.models.is_model_in_modules(name, ["resnet"]):
+        if not has_width({"_target_": TIMM_MODEL, "name": name}):
             raise ConfigError(
                 f"model.width={width}: timm's {name} has no width setting (only timm's ResNet "
                 "family has one here). Use model.width=null for its standard size, or a smaller "

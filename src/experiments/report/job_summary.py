@@ -9,6 +9,7 @@ name that is not one of them.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from dataclasses import dataclass, field, fields
@@ -17,6 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from experiments.atomic import atomic_write
+
+log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
@@ -115,8 +118,16 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def read_summary(job_dir: Path) -> dict[str, Any] | None:
+    """summary.json, or None when there is none or it does not parse (a torn file from a killed
+    writer of an older version, or a truncated disk: the job's state is then unknown)."""
     path = Path(job_dir) / SUMMARY_FILE
-    return json.loads(path.read_text()) if path.exists() else None
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as err:
+        log.warning("%s is unreadable (%s): the job's state is unknown", path, err)
+        return None
 
 
 def identity(job) -> dict[str, Any]:
@@ -125,25 +136,66 @@ def identity(job) -> dict[str, Any]:
             "output_dir": str(job.output_dir)}
 
 
+def progress(fit) -> dict[str, Any]:
+    """What the fit (the trainer's FitState, None before the first epoch) has done and chosen
+    so far: a running, failed or interrupted summary carries it too, so a reader sees the
+    epochs that are done and checkpointed and the job's own selection, never a re-derivation."""
+    if fit is None:
+        return {}
+    return {"best_val_acc": fit.best_val.get("acc"), "best_val_loss": fit.best_val.get("loss"),
+            "best_epoch": fit.best_epoch, "epochs_completed": fit.epoch,
+            "early_stopped": fit.early_stopped, "train_time_s": round(fit.train_time_s, 3),
+            "images_per_s": round(fit.images_per_s, 1) if fit.images_per_s else None}
+
+
 def completed_summary(job, fit, test: dict[str, float], extra: dict[str, Any]) -> dict[str, Any]:
     """`fit` is the trainer's FitState at the end, `test` what the job measured on the test set,
     `extra` the other keys the job knows (a name that is no key raises a TypeError)."""
     return JobSummary(
-        COMPLETED, **identity(job),
+        COMPLETED, **identity(job), **progress(fit),
         test_acc=test["acc"], test_acc_final=test["acc_final"], test_tta_acc=test["tta_acc"],
-        test_loss=test["loss"],
-        best_val_acc=fit.best_val.get("acc"), best_val_loss=fit.best_val.get("loss"),
-        best_epoch=fit.best_epoch, epochs_completed=fit.epoch, early_stopped=fit.early_stopped,
-        train_time_s=round(fit.train_time_s, 3),
-        images_per_s=round(fit.images_per_s, 1) if fit.images_per_s else None,
-        **extra).to_json()
+        test_loss=test["loss"], **extra).to_json()
 
 
-def running_summary(job) -> dict[str, Any]:
-    """Written when a job starts: `summarize` shows it as running while this process lives."""
-    return JobSummary(RUNNING, **identity(job), pid=os.getpid(), host=socket.gethostname(),
-                      started_at=now()).to_json()
+def running_summary(job, fit=None, started_at: str | None = None) -> dict[str, Any]:
+    """Written when a job starts, and after every epoch with its progress: `summarize` shows it
+    as running while this process lives."""
+    return JobSummary(RUNNING, **identity(job), **progress(fit), pid=os.getpid(),
+                      host=socket.gethostname(), started_at=started_at or now()).to_json()
 
 
-def failed_summary(job, message: str) -> dict[str, Any]:
-    return JobSummary(FAILED, **identity(job), error=message).to_json()
+def failed_summary(job, message: str, fit=None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """With the progress made before the failure (the epochs done and checkpointed)."""
+    return JobSummary(FAILED, **identity(job), **progress(fit), error=message,
+                      **(extra or {})).to_json()
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process of this host with that pid lives (another user's counts as alive)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SummaryFile:
+    """One job's summary.json through its life: running (with the progress after every epoch),
+    then completed or failed. The start time and the last progress are kept here, so a failed
+    summary still says how far the job got."""
+
+    def __init__(self, job):
+        self.job, self.path = job, Path(job.output_dir) / SUMMARY_FILE
+        self.started_at, self.fit = now(), None
+
+    def running(self, fit=None) -> None:
+        self.fit = fit if fit is not None else self.fit
+        write_json(self.path, running_summary(self.job, self.fit, self.started_at))
+
+    def completed(self, summary: dict[str, Any]) -> None:
+        write_json(self.path, summary)
+
+    def failed(self, message: str) -> None:
+        write_json(self.path, failed_summary(self.job, message, self.fit))

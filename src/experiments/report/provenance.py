@@ -13,7 +13,6 @@ import hashlib
 import importlib.metadata
 import logging
 import platform
-import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 
 import torch
 
+from experiments.config.secrets import redact_command
 from experiments.data import make_source
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def data_source(data_cfg) -> dict[str, Any]:
 def collect(cfg, device: torch.device) -> dict[str, Any]:
     """Everything above for one job (call it after the data is loaded, so its cache exists)."""
     return {"code": code_state(), "versions": versions(), "device_name": device_name(device),
-            "data": data_source(cfg.data), "command": shlex.join(["python", *sys.argv])}
+            "data": data_source(cfg.data), "command": redact_command(sys.argv)}
 
 
 def resumed_code_change(checkpoint: dict, code: dict[str, Any]) -> dict[str, Any] | None:

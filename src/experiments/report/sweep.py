@@ -8,8 +8,6 @@ In a notebook: `from experiments.report import load_sweep; df = load_sweep("mult
 from __future__ import annotations
 
 import csv
-import json
-import os
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +17,8 @@ import pandas as pd
 import yaml
 
 from experiments.config.groups import CONFIG_GROUPS
-from experiments.report.job_summary import COUNTS, FLOATS, NESTED, RESULT_COLUMNS, SUMMARY_FILE
+from experiments.report.job_summary import (COUNTS, FLOATS, NESTED, RESULT_COLUMNS, pid_alive,
+                                            read_summary)
 from experiments.report.tracking import METRICS_FILE
 from experiments.training.metrics import VAL_ACC
 
@@ -69,16 +68,6 @@ def read_overrides(job_dir: Path) -> dict[str, str]:
     return {k.lstrip("+~"): v for k, v in pairs if not k.lstrip("+~").startswith("hydra")}
 
 
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def live_status(summary: dict[str, Any] | None) -> str:
     """`running` only while the process that wrote it still lives (when we can tell)."""
     if summary is None:
@@ -86,15 +75,11 @@ def live_status(summary: dict[str, Any] | None) -> str:
     if summary.get("status") != "running":
         return summary.get("status", "unknown")
     same_host = summary.get("host") == socket.gethostname()
-    return "interrupted" if same_host and not process_alive(summary.get("pid", -1)) else "running"
+    return "interrupted" if same_host and not pid_alive(summary.get("pid", -1)) else "running"
 
 
 def load_job(job_dir: Path, sweep: str) -> Job:
-    path = job_dir / SUMMARY_FILE
-    try:
-        summary = json.loads(path.read_text()) if path.exists() else None
-    except json.JSONDecodeError:
-        summary = None
+    summary = read_summary(job_dir)
     job = Job(job_dir, sweep, dict(summary or {}), read_overrides(job_dir), read_metrics(job_dir))
     job.summary["status"] = live_status(summary)
     if job.summary["status"] in ("running", "interrupted", "unknown") and job.metrics:

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from experiments.errors import DiskFull, out_of_space
 from experiments.report.job_summary import LOGGED_RESULTS
 from experiments.training.metrics import EPOCH
 
@@ -45,12 +46,17 @@ class MetricsCSV:
             self.write(row)
 
     def write(self, row: dict[str, Any]) -> None:
-        if self.columns is None:
-            self.columns = list(row)
-            with open(self.path, "w", newline="") as f:
-                csv.DictWriter(f, self.columns).writeheader()
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.columns, extrasaction="ignore").writerow(row)
+        try:
+            if self.columns is None:
+                self.columns = list(row)
+                with open(self.path, "w", newline="") as f:
+                    csv.DictWriter(f, self.columns).writeheader()
+            with open(self.path, "a", newline="") as f:
+                csv.DictWriter(f, self.columns, extrasaction="ignore").writerow(row)
+        except OSError as err:  # a full disk's write error names no file: say which
+            if out_of_space(err):
+                raise DiskFull(self.path) from err
+            raise
 
 
 class Tracker:

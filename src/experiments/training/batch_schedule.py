@@ -46,8 +46,14 @@ class BatchSchedule:
         accumulation group may be short but still steps."""
         return math.ceil((n_train // self.size(epoch)) / self.accum)
 
-    def total_steps(self, n_train: int, epochs: int) -> int:
-        return sum(self.steps_per_epoch(n_train, e) for e in range(1, epochs + 1))
+    def steps_until(self, n_train: int, epochs: float) -> int:
+        """Optimizer steps taken after `epochs` (a fraction counts that share of the next
+        epoch's steps): where a warm-up of `epochs` ends, what a run of `epochs` takes. Each
+        epoch counts its own steps, so a batch size that changes during a warm-up (or any time)
+        moves every schedule's step counts with it."""
+        whole = int(epochs)
+        steps = sum(self.steps_per_epoch(n_train, e) for e in range(1, whole + 1))
+        return steps + round((epochs - whole) * self.steps_per_epoch(n_train, whole + 1))
 
     def apply(self, epoch: int, loader, schedule) -> None:
         """Before `epoch`: give the loader this epoch's batch size (and scale the lr with it)."""

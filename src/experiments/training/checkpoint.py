@@ -1,5 +1,6 @@
 """Per-job checkpoints, so a killed job or sweep resumes where it stopped. `Checkpoint` owns
-resuming: "resume or start" before training, "save" after every epoch.
+resuming: the file is read (and refused, when it is unreadable or from another config) before the
+job writes anything, restored into the trainer once it is built, and saved after every epoch.
 
 Written atomically after every epoch; loaded with `torch.load(weights_only=True)`, so a checkpoint
 holds only tensors and plain containers (RNG states included), never pickled code.
@@ -18,7 +19,7 @@ import numpy as np
 import torch
 
 from experiments.atomic import atomic_write
-from experiments.errors import UserError
+from experiments.errors import Refusal, UserError
 from experiments.training.backends import precision_name
 from experiments.training.trainer import FitState, Trainer
 
@@ -31,8 +32,9 @@ NOT_IN_FINGERPRINT = ("logger", "paths", "data.root", "data.cache_dir", "data.do
                       "trainer.keep_checkpoint")
 
 
-class CheckpointError(UserError):
-    pass
+class CheckpointError(Refusal):
+    """The checkpoint cannot be resumed (unreadable, another format, another config): raised
+    before the job writes anything, so the directory stays as it was."""
 
 
 def semantic_config(config: dict) -> dict:
@@ -177,7 +179,7 @@ def restore(payload: dict, trainer: Trainer,
     try:
         trainer.load_state_dict(for_this_device(payload["trainer"], trainer))
     except (RuntimeError, KeyError, ValueError) as err:
-        raise CheckpointError(f"checkpoint does not fit this model: {str(err)[:300]}") from None
+        raise UserError(f"checkpoint does not fit this model: {str(err)[:300]}") from None
     fresh = set_rng_state(payload["rng"], generators)
     saved, here = payload.get("device"), device_setup(trainer)
     note = None
@@ -206,19 +208,24 @@ class Resumed:
 
 class Checkpoint:
     """One job's checkpoint file: the trainer, the fit so far, every RNG (the training loader's
-    shuffling generator included) and what the job adds (its W&B run id, its code version)."""
+    shuffling generator included) and what the job adds (its W&B run id, its code version).
 
-    def __init__(self, job_dir: Path, config: dict, train_loader):
+    Read when made (when `resume` and the file exists): a checkpoint this job must not resume
+    raises CheckpointError here, before the job has written anything."""
+
+    def __init__(self, job_dir: Path, config: dict, resume: bool = True):
         self.path, self.config = Path(job_dir) / CHECKPOINT_FILE, config
-        self.generators = [train_loader.generator]
+        self.payload = load_checkpoint(self.path, config) if resume and self.path.exists() else None
+        self.generators: list[torch.Generator] = []
 
-    def resume_or_start(self, trainer: Trainer, resume: bool = True) -> Resumed:
-        """Load the checkpoint into `trainer` when there is one (and `resume`): refused with a
-        clear message when it is unreadable or from another config."""
-        if not (resume and self.path.exists()):
+    def resume(self, trainer: Trainer, generators: list[torch.Generator]) -> Resumed:
+        """Load the checkpoint read at the start into `trainer` and `generators` (the training
+        loader's), or a fresh start without one. `save` checkpoints the same generators."""
+        self.generators = generators
+        if self.payload is None:
             return Resumed()
-        payload = load_checkpoint(self.path, self.config)
-        state, note = restore(payload, trainer, self.generators)
+        payload, self.payload = self.payload, None  # restored once; its memory is not kept
+        state, note = restore(payload, trainer, generators)
         known = {"format", "fingerprint", "config", "trainer", "rng", "device"}
         return Resumed(state, note, {k: v for k, v in payload.items() if k not in known})
 

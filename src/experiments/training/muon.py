@@ -16,7 +16,9 @@ The split, over all parameters in registration order: 2-D and 4-D parameters go 
 the first and the last of them (the stem conv or input layer, and the classifier); the rest
 (biases, norms, ndim-3 tokens or position embeddings, and those two) go to AdamW, torch's
 decoupled AdamW math. Each input group becomes up to two groups, marked `use_muon`, so a
-state_dict round trip is exact. A group's `lr_scale` (timm's per-group multiplier) scales its
+state_dict round trip is exact. A group's own `weight_decay` is its decay on both sides (so
+timm's no-decay groups exempt their biases and norms from AdamW's decay too), unless it also
+gives `adamw_weight_decay`. A group's `lr_scale` (timm's per-group multiplier) scales its
 Muon lr and its AdamW lr, once, here, unless the group gives its own `lr` (`adamw_lr`), which is
 taken as it is (training/param_groups.py gives the final lr): the schedules then scale every
 group's lr alike.
@@ -84,7 +86,11 @@ def split_groups(params, settings: dict) -> list[dict]:
         if adamw:
             out.append({**rest, "params": adamw, "use_muon": False,
                         **{key: s[arg] for arg, key in ADAMW_KEYS.items()},
-                        "lr": own.get("adamw_lr", s["adamw_lr"] * scale)})
+                        "lr": own.get("adamw_lr", s["adamw_lr"] * scale),
+                        # a group's own weight decay holds on both sides (timm's no-decay groups
+                        # of biases and norms: 0), unless it gives the AdamW side its own
+                        "weight_decay": own.get("adamw_weight_decay",
+                                                own.get("weight_decay", s["adamw_weight_decay"]))})
     return out
 
 

@@ -36,8 +36,14 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_s
             raise ConfigError(f"param_groups.layer_decay: {type(model).__name__} does not define "
                               "timm's layer grouping; use param_groups.backbone_lr_scale instead")
         # timm's groups also exempt biases and norms from weight decay, as its fine-tuning
-        # recipes do
-        groups = param_groups_layer_decay(model, weight_decay=weight_decay, layer_decay=layer_decay)
+        # recipes do (a group of weight_decay 0). The other groups leave the decay to the
+        # optimizer's own setting: timm is given a stand-in to tell the two apart, since with
+        # weight_decay 0 (Muon's default) they would look alike and Muon could not exempt the
+        # biases and norms on its AdamW side as well (training/muon.py)
+        groups = param_groups_layer_decay(model, weight_decay=1.0, layer_decay=layer_decay)
+        for group in groups:
+            if group["weight_decay"]:
+                del group["weight_decay"]
     elif backbone_lr_scale != 1.0:
         head = {id(p) for p in classifier(model).parameters()}
         params = [p for p in model.parameters() if p.requires_grad]

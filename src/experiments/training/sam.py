@@ -2,22 +2,27 @@
 
 Each update takes two gradient evaluations: the gradient g at w, then the gradient at the
 perturbed weights w + rho * g / ||g|| (elementwise |w|-scaled when `adaptive`, ASAM), which the
-base optimizer applies at w. The trainer drives the two passes (`Trainer.sam_second_pass`), so
+base optimizer applies at w. The trainer drives the two passes (training/steps.py, `SamStep`), so
 gradient accumulation, autocast and fp16 loss scaling work as in ordinary steps.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 
 class SAM(torch.optim.Optimizer):
-    def __init__(self, params, base_optimizer: type[torch.optim.Optimizer], rho: float = 0.05,
-                 adaptive: bool = False, **kwargs):
+    """`base` makes the base optimizer from parameter groups: any optimizer option's partial
+    (conf/optim/sam.yaml composes one as `optim.base`), e.g. functools.partial(SGD, lr=0.1)."""
+
+    def __init__(self, params, base: Callable[..., torch.optim.Optimizer], rho: float = 0.05,
+                 adaptive: bool = False):
         if rho <= 0:
             raise ValueError(f"SAM's rho must be > 0, got {rho}")
-        super().__init__(params, dict(rho=rho, adaptive=adaptive, **kwargs))
-        self.base_optimizer = base_optimizer(self.param_groups, **kwargs)
+        super().__init__(params, dict(rho=rho, adaptive=adaptive))
+        self.base_optimizer = base(self.param_groups)  # its defaults fill in every group
         self.param_groups = self.base_optimizer.param_groups  # one lr for schedulers to change
         self.defaults.update(self.base_optimizer.defaults)
 
@@ -61,7 +66,13 @@ class SAM(torch.optim.Optimizer):
         self.base_optimizer.zero_grad(set_to_none=set_to_none)
 
     def state_dict(self) -> dict:
-        return {"base": self.base_optimizer.state_dict()}
+        """The base optimizer's, as it is: SAM keeps no state between steps (the perturbation
+        is undone within each), and its param_groups are the base's, so a checkpoint of SAM
+        has the shape of any optimizer's (what resuming on another device adjusts)."""
+        return self.base_optimizer.state_dict()
 
     def load_state_dict(self, state_dict: dict) -> None:
-        self.base_optimizer.load_state_dict(state_dict["base"])
+        self.base_optimizer.load_state_dict(state_dict)
+        # torch's load_state_dict gives the base NEW group dicts: share them again, or the lr
+        # schedules would keep setting the learning rate on the old ones, which no step reads
+        self.param_groups = self.base_optimizer.param_groups

@@ -1,12 +1,15 @@
 """Learning-rate schedules for the `sched` config group.
 
-Each factory is `_partial_` in its config; the trainer completes it with the optimizer and the run's
-length, and gets back a Schedule that says when it must be stepped.
+Each factory is `_partial_` in its config; the job completes it with the optimizer, the run's
+length in epochs and `steps(epochs)`, the optimizer steps taken after that many epochs (which
+follows trainer.batch_schedule: training/batch_schedule.py), and gets back a Schedule that says
+when it must be stepped.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from torch.optim import Optimizer
@@ -49,14 +52,15 @@ class Schedule:
                 self.scheduler.base_lrs[i] *= factor
 
 
-def warmup_cosine(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, total_steps: int,
-                  warmup_epochs: float, min_lr_ratio: float) -> Schedule:
-    """Linear warm-up from ~0 to the base lr, then half a cosine down to min_lr_ratio * lr.
+Steps = Callable[[float], int]  # optimizer steps after a (fractional) number of epochs
 
-    `total_steps` is the run's optimizer steps (not epochs * steps_per_epoch when a batch-size
-    schedule changes the steps per epoch)."""
-    total = max(1, total_steps)
-    warmup = min(total, round(warmup_epochs * steps_per_epoch))
+
+def warmup_cosine(optimizer: Optimizer, *, epochs: int, steps: Steps, warmup_epochs: float,
+                  min_lr_ratio: float) -> Schedule:
+    """Linear warm-up from ~0 to the base lr over `warmup_epochs`, then half a cosine down to
+    min_lr_ratio * lr at the run's last step."""
+    total = max(1, steps(epochs))
+    warmup = min(total, steps(warmup_epochs))
 
     def factor(step: int) -> float:
         if step < warmup:
@@ -67,8 +71,7 @@ def warmup_cosine(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, to
     return Schedule(optimizer, LambdaLR(optimizer, factor), "step")
 
 
-def plateau(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, total_steps: int,
-            monitor: str, mode: str, factor: float, patience: int, threshold: float,
+def plateau(optimizer: Optimizer, *, epochs: int, steps: Steps, monitor: str, mode: str, factor: float, patience: int, threshold: float,
             min_lr: float) -> Schedule:
     """ReduceLROnPlateau on a validation metric (there must be a validation split)."""
     scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience,
@@ -76,24 +79,25 @@ def plateau(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, total_st
     return Schedule(optimizer, scheduler, "epoch", monitor)
 
 
-def step(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, total_steps: int,
-         step_size: int, gamma: float) -> Schedule:
-    """Multiply the lr by gamma every step_size epochs."""
+def step(optimizer: Optimizer, *, epochs: int, steps: Steps, step_size: int,
+         gamma: float) -> Schedule:
+    """Multiply the lr by gamma every step_size epochs (stepped per epoch: the batch size does
+    not move it)."""
     return Schedule(optimizer, StepLR(optimizer, step_size=step_size, gamma=gamma), "epoch")
 
 
-def one_cycle(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int, total_steps: int,
-              pct_start: float, div_factor: float, final_div_factor: float,
-              anneal_strategy: str) -> Schedule:
-    """OneCycleLR up to the optimizer's lr (as max_lr) and down, over the whole run."""
+def one_cycle(optimizer: Optimizer, *, epochs: int, steps: Steps, pct_start: float,
+              div_factor: float, final_div_factor: float, anneal_strategy: str) -> Schedule:
+    """OneCycleLR up to the optimizer's lr (as max_lr) and down, over the whole run; the peak
+    after `pct_start` of the run's epochs."""
     max_lrs = [group["lr"] for group in optimizer.param_groups]
-    scheduler = OneCycleLR(optimizer, max_lr=max_lrs, total_steps=max(1, total_steps),
-                           pct_start=pct_start, div_factor=div_factor,
+    total = max(1, steps(epochs))
+    peak = steps(pct_start * epochs) / total  # the share of the run's steps before the peak
+    scheduler = OneCycleLR(optimizer, max_lr=max_lrs, total_steps=total, pct_start=peak, div_factor=div_factor,
                            final_div_factor=final_div_factor, anneal_strategy=anneal_strategy,
                            cycle_momentum=False)
     return Schedule(optimizer, scheduler, "step")
 
 
-def constant(optimizer: Optimizer, *, epochs: int, steps_per_epoch: int,
-             total_steps: int) -> Schedule:
+def constant(optimizer: Optimizer, *, epochs: int, steps: Steps) -> Schedule:
     return Schedule(optimizer, None, "epoch")

@@ -5,6 +5,7 @@ best-validation weights. The test set never enters here: `fit` selects on valida
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -168,7 +169,11 @@ class Trainer:
     @torch.inference_mode()
     def evaluate(self, batches, tta_flip: bool = False) -> dict[str, float]:
         """Loss and accuracy of `eval_model`; with tta_flip, of the mean of the softmax of each
-        image and its mirror image (reported apart, never mixed into the plain accuracy)."""
+        image and its mirror image (reported apart, never mixed into the plain accuracy).
+
+        The loss is computed in log space (log-softmax; log-sum-exp for the mean of two
+        softmaxes): the log of a clamped softmax capped a confidently wrong prediction at 27.6
+        per image (a true 53.4 read 22.7), and val/loss drives selection and stopping."""
         model = self.eval_model
         model.eval()
         loss_sum = torch.zeros((), device=self.device)
@@ -176,11 +181,12 @@ class Trainer:
         seen = 0
         for images, labels in batches:
             with self.autocast():
-                probs = model(images).float().softmax(dim=1)
+                log_probs = model(images).float().log_softmax(dim=1)
                 if tta_flip:
-                    probs = (probs + model(images.flip(3)).float().softmax(dim=1)) / 2
-            loss_sum += nn.functional.nll_loss(probs.clamp_min(1e-12).log(), labels, reduction="sum")
-            correct += (probs.argmax(dim=1) == labels).sum()
+                    mirrored = model(images.flip(3)).float().log_softmax(dim=1)
+                    log_probs = torch.logaddexp(log_probs, mirrored) - math.log(2)
+            loss_sum += nn.functional.nll_loss(log_probs, labels, reduction="sum")
+            correct += (log_probs.argmax(dim=1) == labels).sum()
             seen += len(labels)
         return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen}
 

@@ -1,0 +1,64 @@
+"""Jobs in forked copies of the test process: real processes, killed for real (SIGKILL), that
+skip the 8 s of imports a new interpreter pays on a 2-core machine (the test process has them).
+
+Each child computes on one thread: a reference run and a killed-and-resumed run forked the same
+way are bit-comparable, and two side by side do not oversubscribe the 2 cores (spinning OpenMP
+threads of two 2-thread processes made a 6 s job take 20 to 70 s).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import traceback
+from collections.abc import Callable
+
+import torch
+
+from experiments.training.checkpoint import Checkpoint
+from experiments.training.trainer import Trainer
+
+
+def fork(fn: Callable[[], object]) -> int:
+    """Run `fn` in a child process; returns its pid. The child exits with 0, SystemExit's code,
+    or 1 after printing an exception; it never returns into the test."""
+    pid = os.fork()
+    if pid:
+        return pid
+    code = 1
+    try:
+        torch.set_num_threads(1)
+        fn()
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    except BaseException:  # noqa: BLE001  (reported, then the child ends)
+        traceback.print_exc()
+    finally:
+        os._exit(code)
+
+
+def wait(pid: int) -> int:
+    """The child's exit code; -N when signal N killed it."""
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+def kill_after_checkpoint(steps_later: int = 2) -> None:
+    """In a child: SIGKILL this process `steps_later` optimizer steps after its first checkpoint,
+    i.e. inside the next epoch, whose work so far is lost, as in a real crash."""
+    save, step = Checkpoint.save, Trainer.optimizer_step
+    state = {"saved": False, "steps": 0}
+
+    def saving(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        state["saved"] = True
+
+    def stepping(self, *args, **kwargs):
+        step(self, *args, **kwargs)
+        if state["saved"]:
+            state["steps"] += 1
+            if state["steps"] >= steps_later:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    Checkpoint.save, Trainer.optimizer_step = saving, stepping
