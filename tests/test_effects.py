@@ -43,10 +43,14 @@ GRID = {("sgd", "basic", 0): 50, ("sgd", "basic", 1): 52, ("adamw", "basic", 0):
         ("adamw", "advanced", 0): 50, ("adamw", "advanced", 1): 51}
 
 
-def fabricate(sweep, grid, failed=()):
+def fabricate(sweep, grid, failed=(), val=None):
+    """`val`: the best validation accuracy (%) of some jobs, by the same keys as `grid`
+    (otherwise test + 1)."""
     for num, ((optim, aug, seed), acc) in enumerate(grid.items()):
+        key, done = (optim, aug, seed), (optim, aug, seed) not in failed
         job_dir(sweep, num, {"optim": optim, "aug": aug}, seed, acc,
-                status="failed" if (optim, aug, seed) in failed else "completed")
+                status="completed" if done else "failed",
+                **({"best_val_acc": val[key] / 100} if done and key in (val or {}) else {}))
     return report.write_tables([sweep], sweep)
 
 
@@ -299,3 +303,47 @@ def test_a_tie_for_the_pick_is_said(tmp_path):
     assert "1 other configuration ties with it on validation accuracy" in md
     assert fabricate(tmp_path / "t", GRID).pick["ties"] == 0
     assert "ties with it" not in (tmp_path / "t" / "summary.md").read_text()
+
+
+def test_a_tie_for_the_pick_goes_to_the_sweeps_order_not_to_test_accuracy(tmp_path):
+    grid = {("sgd", "basic", 0): 50, ("adamw", "basic", 0): 60}  # the second tests higher
+    result = fabricate(tmp_path / "s", grid, val={k: 70 for k in grid})
+    assert result.pick["config"]["optim"] == "sgd" and result.pick["ties"] == 1
+    md = (tmp_path / "s" / "summary.md").read_text()
+    assert ("**optim=sgd**: best validation accuracy 70.00 (one seed); its test accuracy 50.00. "
+            "1 other configuration ties with it on validation accuracy (the first in the sweep's "
+            "order is shown)") in md
+
+
+def test_the_pick_compares_over_the_seeds_every_configuration_completed(tmp_path):
+    # validation (%): sgd/basic 70 70 40, adamw/basic 65 65 (seed 2 failed), sgd/advanced 50 50 50.
+    # Over all seeds adamw/basic leads (65 against 60); over seeds 0 and 1 sgd/basic does (70).
+    val = {("sgd", "basic", 0): 70, ("sgd", "basic", 1): 70, ("sgd", "basic", 2): 40,
+           ("adamw", "basic", 0): 65, ("adamw", "basic", 1): 65, ("adamw", "basic", 2): 99,
+           ("sgd", "advanced", 0): 50, ("sgd", "advanced", 1): 50, ("sgd", "advanced", 2): 50}
+    grid = {k: v - 1 for k, v in val.items()}
+    result = fabricate(tmp_path / "s", grid, failed={("adamw", "basic", 2)})
+    pick = result.pick
+    assert (pick["config"]["optim"], pick["config"]["aug"]) == ("sgd", "basic")
+    assert (pick["seeds"], pick["left_out"], pick["ties"]) == (["0", "1"], 2, 0)
+    # the numbers reported are over all of its completed jobs; only the choice is over seeds 0 1
+    assert pick["row"]["n"] == 3 and pick["row"]["best_val_acc_mean"] == pytest.approx(0.6)
+    md = (tmp_path / "s" / "summary.md").read_text()
+    assert ("**optim=sgd aug=basic**: best validation accuracy 60.00 +- 17.32 (mean +- std over 3 "
+            "seeds); its test accuracy 59.00 +- 17.32. The configurations were compared over seeds "
+            "0 1, the seeds every configuration completed; 2 jobs of other seeds are left out of "
+            "the choice (the numbers above are over all of this configuration's completed jobs).") in md
+    full = fabricate(tmp_path / "t", GRID)  # every seed completed: nothing to say
+    assert (full.pick["seeds"], full.pick["left_out"]) == (["0", "1"], 0)
+    assert "compared over seeds" not in (tmp_path / "t" / "summary.md").read_text()
+
+
+def test_a_pick_over_different_seeds_says_so(tmp_path):
+    grid = {("sgd", "basic", 0): 50, ("sgd", "basic", 1): 52, ("adamw", "basic", 2): 60}
+    result = fabricate(tmp_path / "s", grid)  # no seed is common: every mean over its own seeds
+    assert result.pick["config"]["optim"] == "adamw"
+    md = (tmp_path / "s" / "summary.md").read_text()
+    assert ("its test accuracy 60.00. The configurations completed different seeds: their means "
+            "are over different seeds (none is common to all), so the choice is not like for "
+            "like.") in md
+    assert (result.pick["seeds"], result.pick["left_out"]) == ([], 0)

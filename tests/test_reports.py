@@ -5,6 +5,7 @@ import csv
 import importlib.metadata
 import json
 import os
+import socket
 import statistics
 
 import pytest
@@ -15,6 +16,7 @@ from conftest import run_train
 from experiments import summarize
 from experiments.report import sweep_report as report
 from experiments.report.job_summary import write_json
+from experiments.report.sweep import load_job
 from experiments.training.backends import resolve_device
 
 SMOKE = ["experiment=smoke", "logger=none", "trainer.epochs=1"]
@@ -62,8 +64,6 @@ def test_seed_aggregation_math(tmp_path):
 def test_partial_sweeps_show_running_and_interrupted_jobs(tmp_path):
     sweep = tmp_path / "s"
     fake_job(sweep, "0-preact-sgd-basic", ["optim=sgd"], test_acc=0.5, best_val_acc=0.5)
-    import socket
-
     live = fake_job(sweep, "1-preact-sgd-basic", ["optim=sgd"], status="running",
                     pid=os.getpid(), host=socket.gethostname())
     (live / "metrics.csv").write_text("epoch,val/acc\n1,0.25\n2,0.375\n")
@@ -75,6 +75,41 @@ def test_partial_sweeps_show_running_and_interrupted_jobs(tmp_path):
     assert status["1-preact-sgd-basic"]["epochs_completed"] == 2
     assert status["1-preact-sgd-basic"]["best_val_acc"] == 0.375
     assert status["2-preact-sgd-basic"]["status"] == "interrupted"
+
+
+# a val/loss job's epochs: the lowest loss (epoch 2) is not the highest accuracy (epoch 3)
+LOSS_AND_ACC = "epoch,val/loss,val/acc\n1,1.0,0.5\n2,0.8,0.4\n3,0.9,0.6\n"
+
+
+def running_job(sweep, name, monitor=None, **summary):
+    """A job still training, with three epochs in its metrics.csv; `monitor`: its config's
+    trainer.monitor (None: no config.yaml)."""
+    job = fake_job(sweep, name, ["optim=sgd"], status="running", pid=os.getpid(),
+                   host=socket.gethostname(), **summary)
+    (job / "metrics.csv").write_text(LOSS_AND_ACC)
+    if monitor is not None:
+        (job / "config.yaml").write_text(yaml.safe_dump({"trainer": {"monitor": monitor}}))
+    return job
+
+
+def test_a_running_job_keeps_the_selection_its_summary_has(tmp_path):
+    # the job writes its selection after every epoch; metrics.csv is written first, so it is
+    # an epoch ahead here
+    job = running_job(tmp_path, "0-preact-sgd-basic", "val/loss", best_val_acc=0.4,
+                      best_val_loss=0.8, best_epoch=2, epochs_completed=2)
+    summary = load_job(job, "s").summary
+    assert (summary["status"], summary["best_val_acc"], summary["best_val_loss"]) == ("running", 0.4, 0.8)
+    assert (summary["best_epoch"], summary["epochs_completed"]) == (2, 3)
+
+
+def test_a_running_job_without_a_selection_gets_the_one_its_monitor_makes(tmp_path):
+    by_loss = load_job(running_job(tmp_path, "0-preact-sgd-basic", "val/loss"), "s").summary
+    assert by_loss["best_val_acc"] == 0.4  # not the highest val/acc, 0.6
+    assert (by_loss["best_val_loss"], by_loss["best_epoch"], by_loss["epochs_completed"]) == (0.8, 2, 3)
+    by_acc = load_job(running_job(tmp_path, "1-preact-sgd-basic", "val/acc"), "s").summary
+    assert (by_acc["best_val_acc"], by_acc["best_epoch"]) == (0.6, 3)
+    unsaid = load_job(running_job(tmp_path, "2-preact-sgd-basic"), "s").summary  # no config.yaml
+    assert (unsaid["best_val_acc"], unsaid["best_epoch"]) == (0.6, 3)
 
 
 def test_summarize_combines_several_sweeps(tmp_path, capsys):

@@ -49,6 +49,6 @@ class SweepReport:
 def analyse(jobs: list[Job]) -> SweepReport:
     df = jobs_frame(jobs)
     configs = effects.by_config(df, df.attrs["config_columns"])
-    pick = effects.pick(configs, df.attrs["config_columns"])
+    pick = effects.pick(df, configs, df.attrs["config_columns"])
     return SweepReport(df, job_table(df, pick), configs, pick,
                        effects.analyse(df, df.attrs["config_columns"]))

@@ -51,7 +51,7 @@ def levels(df: pd.DataFrame, factor: str) -> list[str]:
 def by_config(df: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     """Completed jobs grouped by configuration (every column but the seed): the count, the seeds,
     and mean and sample standard deviation (NaN with one seed) of each metric. Sorted by mean
-    test accuracy."""
+    test accuracy, for reading: `pick` never looks at this order."""
     done = completed(df)
     if done.empty:
         return pd.DataFrame(columns=[*columns, "n", "seeds"])
@@ -66,14 +66,49 @@ def seed_order(seed: str) -> tuple:
     return (len(seed), seed)  # "2" before "10"
 
 
-def pick(configs: pd.DataFrame, columns: list[str]) -> dict | None:
-    """The configuration with the best mean validation accuracy (never chosen on test)."""
-    ranked = configs.dropna(subset=["best_val_acc_mean"]) if "best_val_acc_mean" in configs else configs[:0]
-    if ranked.empty:
+def sweep_order(df: pd.DataFrame, columns: list[str]) -> pd.Series:
+    """Each job's configuration as a number in the sweep's order: 0 for the configuration of the
+    first job (failed ones included), 1 for the next new one, and so on."""
+    return df.groupby(list(columns), sort=False, dropna=False).ngroup()
+
+
+def candidates(df: pd.DataFrame) -> pd.DataFrame:
+    """The jobs a configuration is chosen on: completed, with a validation accuracy."""
+    return completed(df).dropna(subset=["best_val_acc"]) if "best_val_acc" in df else df[:0]
+
+
+def common_seeds(jobs: pd.DataFrame, config_id: pd.Series) -> set[str]:
+    """The seeds that every configuration (`config_id`: each job's) has a job of."""
+    return set.intersection(*(set(seeds) for _, seeds in jobs.groupby(config_id)[SEED]))
+
+
+def config_row(configs: pd.DataFrame, config: dict) -> pd.Series:
+    """The row of `by_config`'s table for one configuration."""
+    return configs[(configs[list(config)] == pd.Series(config)).all(axis=1)].iloc[0]
+
+
+def pick(df: pd.DataFrame, configs: pd.DataFrame, columns: list[str]) -> dict | None:
+    """The configuration with the best mean validation accuracy, never chosen on test.
+
+    A mean over seeds {0, 1, 2} against one over {0, 1} (a failed seed) is not like for like,
+    so the candidates are compared over the seeds every one of them completed (over all seeds
+    when there is no such seed). A tie goes to the first in the sweep's order: any order that
+    involved test accuracy would let it choose. Returns `config`; its `row` of `configs` (its
+    means over all its completed jobs, the numbers reported); how many other configurations
+    `ties` with it; the `seeds` compared over (empty: none is common, all were used); and how
+    many candidate jobs, of other seeds, were `left_out` of the choice."""
+    scored = candidates(df)
+    if scored.empty:
         return None
-    best = ranked.loc[ranked["best_val_acc_mean"].idxmax()]
-    ties = int((ranked["best_val_acc_mean"] == best["best_val_acc_mean"]).sum()) - 1
-    return {"config": {c: best[c] for c in columns}, "row": best, "ties": ties}
+    config_id = sweep_order(df, columns)[scored.index]
+    seeds = common_seeds(scored, config_id)
+    compared = scored[scored[SEED].isin(seeds)] if seeds else scored
+    means = compared.groupby(config_id[compared.index])["best_val_acc"].mean()  # in sweep order
+    best = means.idxmax()  # the first of equal means
+    config = scored.loc[config_id == best, list(columns)].iloc[0].to_dict()
+    return {"config": config, "row": config_row(configs, config),
+            "ties": int((means == means[best]).sum()) - 1,
+            "seeds": sorted(seeds, key=seed_order), "left_out": len(scored) - len(compared)}
 
 
 # --- paired differences ----------------------------------------------------------------------

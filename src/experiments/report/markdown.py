@@ -52,7 +52,22 @@ def pick_section(result: SweepReport) -> list[str]:
             f"**{configuration(result.pick['config'], varying)}**: best validation accuracy "
             f"{mean_pm_std('best_val_acc', row['best_val_acc_mean'], row['best_val_acc_std'])} ({over}); "
             f"its test accuracy {mean_pm_std('test_acc', row['test_acc_mean'], row['test_acc_std'])}."
+            + compared(result.pick["seeds"], result.pick["left_out"])
             + tied(result.pick.get("ties", 0)), "", jobs, ""]
+
+
+def compared(seeds: list[str], left_out: int) -> str:
+    """Which seeds the choice was made on, when not on every completed job: the numbers shown
+    are over all of the pick's completed jobs, the choice was not."""
+    if not seeds:
+        return (" The configurations completed different seeds: their means are over different "
+                "seeds (none is common to all), so the choice is not like for like.")
+    if not left_out:
+        return ""
+    jobs = f"{left_out} job{'s' if left_out > 1 else ''} of other seeds {'are' if left_out > 1 else 'is'}"
+    return (f" The configurations were compared over seeds {' '.join(seeds)}, the seeds every "
+            f"configuration completed; {jobs} left out of the choice (the numbers above are over "
+            "all of this configuration's completed jobs).")
 
 
 def tied(others: int) -> str:

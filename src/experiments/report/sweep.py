@@ -20,9 +20,12 @@ from experiments.config.groups import CONFIG_GROUPS
 from experiments.report.job_summary import (COUNTS, FLOATS, NESTED, RESULT_COLUMNS, pid_alive,
                                             read_summary)
 from experiments.report.tracking import METRICS_FILE
-from experiments.training.metrics import VAL_ACC
+from experiments.training.metrics import EPOCH, METRIC_MODES, VAL_ACC, VAL_LOSS
 
 SEED = "seed"  # the replicate: a column of its own, never part of a configuration
+CONFIG_FILE = "config.yaml"  # the job's resolved config, written by experiments.job
+DEFAULT_MONITOR = VAL_ACC  # trainer.monitor when a job's config does not say (conf/trainer)
+UNFINISHED = ("running", "interrupted", "unknown")
 
 
 @dataclass
@@ -82,11 +85,38 @@ def load_job(job_dir: Path, sweep: str) -> Job:
     summary = read_summary(job_dir)
     job = Job(job_dir, sweep, dict(summary or {}), read_overrides(job_dir), read_metrics(job_dir))
     job.summary["status"] = live_status(summary)
-    if job.summary["status"] in ("running", "interrupted", "unknown") and job.metrics:
-        # not finished: show what the epochs so far say
-        vals = [m[VAL_ACC] for m in job.metrics if VAL_ACC in m]
-        job.summary.update(epochs_completed=len(job.metrics), best_val_acc=max(vals) if vals else None)
+    if job.summary["status"] in UNFINISHED and job.metrics:
+        job.summary.update(selection_so_far(job))
     return job
+
+
+def selection_so_far(job: Job) -> dict[str, Any]:
+    """What the epochs so far say about an unfinished job: its own selection when its summary
+    has one (the job writes it after every epoch), else the same selection made from its
+    metrics.csv (a summary written by an older version, at the start only)."""
+    # metrics.csv is written before the summary: it can be an epoch ahead
+    epochs = max(len(job.metrics), job.summary.get("epochs_completed") or 0)
+    if job.summary.get("best_val_acc") is not None:
+        return {"epochs_completed": epochs}
+    return {"epochs_completed": epochs, **selected_epoch(job.metrics, monitored(job.path))}
+
+
+def monitored(job_dir: Path) -> str:
+    """The metric the job selects its epoch on: trainer.monitor in its config."""
+    path = job_dir / CONFIG_FILE
+    config = yaml.safe_load(path.read_text()) if path.exists() else None
+    return ((config or {}).get("trainer") or {}).get("monitor") or DEFAULT_MONITOR
+
+
+def selected_epoch(metrics: list[dict[str, float]], monitor: str) -> dict[str, Any]:
+    """The epoch the job selects, as experiments.training.selection.Monitor does: the best by
+    `monitor` (the lowest val/loss is not always the highest val/acc), the first of equals."""
+    watched = [row for row in metrics if monitor in row]
+    if not watched:
+        return {"best_val_acc": None, "best_val_loss": None, "best_epoch": None}
+    best = (max if METRIC_MODES[monitor] == "max" else min)(watched, key=lambda row: row[monitor])
+    return {"best_val_acc": best.get(VAL_ACC), "best_val_loss": best.get(VAL_LOSS),
+            "best_epoch": int(best[EPOCH]) if EPOCH in best else None}
 
 
 def load_sweeps(roots: list[Path]) -> list[Job]:
