@@ -99,7 +99,7 @@ def test_bad_input_gives_one_message_and_exit_code_2(outcomes, name):
     (["trainer.ema_decay=1.5"], "trainer.ema_decay must be null or a decay in (0, 1)"),
     (["trainer.early_stopping.patience=-1"], "trainer.early_stopping.patience must be null"),
     (["trainer.channels_last=maybe"], "trainer.channels_last must be auto, true or false"),
-    (["trainer.monitor_mode=maximum"], "trainer.monitor_mode must be one of ['min', 'max']"),
+    (["trainer.monitor=train/acc"], "trainer.monitor must be one of ['val/acc', 'val/loss']"),
     (["loader=dataloader", "loader.workers=-1"], "loader.workers must be auto or a number"),
     (["data.image_size=0"], "data.image_size must be a positive integer"),
     (["param_groups.backbone_lr_scale=0"], "param_groups.backbone_lr_scale must be a fraction"),
@@ -150,8 +150,8 @@ def test_a_checkpoint_of_another_format_is_refused(tmp_path):
 
 
 def test_control_flow_checks_are_errors_not_asserts():
-    with pytest.raises(ConfigError, match="the mode for val/acc must be min or max"):
-        Monitor("val/acc", "maximum")
+    with pytest.raises(ConfigError, match="train/acc cannot be monitored"):
+        Monitor("train/acc")
     sam = SAM([torch.nn.Parameter(torch.zeros(1))], functools.partial(torch.optim.SGD, lr=0.1))
     with pytest.raises(TypeError, match="SAM.step takes no closure"):
         sam.step(lambda: 0.0)

@@ -238,7 +238,7 @@ def test_truncated_idx_file_is_reported(tmp_path, compose_cfg):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["optim=sam", "sched=plateau", "sched.mode=min"], "sched.mode=min would treat a worse val/acc as better"),
+    (["optim=sam", "sched=plateau", "sched.monitor=train/acc"], "sched.monitor must be one of"),
     (["optim.momentum=0"], "optim.nesterov=true needs optim.momentum > 0"),
     (["data=mnist", "aug=basic"], "aug.flip=true mirrors images"),
     (["data=mnist", "aug=none", "trainer.tta=flip"], "trainer.tta=flip mirrors"),

@@ -226,9 +226,9 @@ def test_finetune_preset_runs_from_a_weights_file(weights, tmp_path):
 def test_muon_takes_the_groups_rates_once():
     """param_groups gives each group its final lr (and lr_scale as a record): Muon must not
     scale it again; its AdamW side is scaled from adamw_lr."""
-    from experiments.training.muon import Muon
+    from test_muon import make_muon
     model = timm.create_model(NAME, num_classes=10)
-    optimizer = Muon(param_groups(model, lr=0.24, weight_decay=0.0, backbone_lr_scale=0.1),
+    optimizer = make_muon(param_groups(model, lr=0.24, weight_decay=0.0, backbone_lr_scale=0.1),
                      lr=0.24, adamw_lr=3e-4)
     rates = {(g["use_muon"], g["lr_scale"]): g["lr"] for g in optimizer.param_groups}
     assert rates[(True, 0.1)] == pytest.approx(0.024)  # backbone matrices

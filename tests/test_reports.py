@@ -269,11 +269,23 @@ def test_provenance_goes_to_tensorboard_and_wandb(tmp_path, monkeypatch):
 
 
 def test_data_provenance_identifies_the_cache_without_reading_it(tmp_path, compose_cfg):
+    from experiments.data import make_source
     from experiments.report.provenance import data_source
 
     url = "https://example.org/cifar-10-python.tar.gz"
     cfg = compose_cfg(["data=cifar10", f"data.root={tmp_path}", f"data.url={url}"]).data
-    assert data_source(cfg) == {"name": "cifar10", "source": url, "cache": None, "cache_id": None}
+    source = make_source(cfg)
+    assert data_source(cfg, source) == {"name": "cifar10", "source": url, "cache": None, "cache_id": None}
+    cache = tmp_path / "cifar10.uint8.pt"  # where experiments.data.cifar decodes CIFAR-10 to
+    cache.write_bytes(b"x" * 10)
+    first = data_source(cfg, source)
+    assert first["cache"] == str(cache.resolve()) and len(first["cache_id"]) == 16
+    assert data_source(cfg, source) == first
+    os.utime(cache, ns=(0, cache.stat().st_mtime_ns + 10**9))  # rewritten: same size, new mtime
+    assert data_source(cfg, source)["cache_id"] != first["cache_id"]
+    synthetic = compose_cfg(["data=synthetic"]).data
+    assert data_source(synthetic, make_source(synthetic)) == {
+        "name": "synthetic", "source": "generated", "cache": None, "cache_id": None}
     cache = tmp_path / "cifar10.uint8.pt"  # where experiments.data.cifar decodes CIFAR-10 to
     cache.write_bytes(b"x" * 10)
     first = data_source(cfg)

@@ -134,17 +134,16 @@ def build_optimizer(cfg: DictConfig, options: TrainerOptions, model: torch.nn.Mo
 
 
 def build_trainer(cfg: DictConfig, options: TrainerOptions, model: torch.nn.Module,
-                  device: torch.device, n_train: int) -> Trainer:
-    """Optimizer, lr schedule (over the run's real optimizer steps, batch-size schedule
-    included), mixing, EMA and the model, compiled if asked, in one Trainer."""
+                  device: torch.device, n_train: int, plan: BatchSchedule) -> Trainer:
+    """Optimizer, lr schedule (over the run's real optimizer steps under the batch-size
+    schedule `plan`), mixing, EMA and the model, compiled if asked, in one Trainer."""
     optimizer = build_optimizer(cfg, options, model, device)
     ema = ModelEmaV3(model, decay=options.ema_decay) if options.ema_decay else None  # before compiling
     mixup = instantiate(cfg.mix) if cfg.mix.get("_target_") else None
-    plan = BatchSchedule(options)
     schedule = instantiate(cfg.sched)(
         optimizer, epochs=options.epochs, steps=functools.partial(plan.steps_until, n_train))
     return Trainer(maybe_compile(model, options.compile), optimizer, schedule, options,
-                   device=device, mixup=mixup, ema=ema)
+                   device=device, batch_schedule=plan, mixup=mixup, ema=ema)
 
 
 def test_once(trainer: Trainer, fit: FitState, test_batches, tta: str) -> dict[str, float | None]:
@@ -174,11 +173,12 @@ def train(cfg: DictConfig, job: JobInfo, config: dict, checkpoint: Checkpoint,
     splits = load_splits(cfg.data)
     log.info("data %s: %d train / %d val / %d test images, %d classes", cfg.data.name,
              len(splits.train), len(splits.val or ()), len(splits.test), len(splits.classes))
-    BatchSchedule(options).check_fits(len(splits.train), cfg.data.val_size)
-    provenance = collect_provenance(cfg, device)  # after the data: its cache now exists
+    plan = BatchSchedule(options)  # the batch size of every epoch: once per job
+    plan.check_fits(len(splits.train), cfg.data.val_size)
+    provenance = collect_provenance(cfg, device, splits.source)  # after the data: its cache exists
     model, model_input = build_model(cfg, device, channels_last)
     loaders = build_loaders(cfg, options, splits, model_input, device, channels_last)
-    trainer = build_trainer(cfg, options, model, device, len(splits.train))
+    trainer = build_trainer(cfg, options, model, device, len(splits.train), plan)
     log.info("model %s (%.2fM parameters) on %s, autocast %s", job.choices.get("model"),
              sum(p.numel() for p in model.parameters()) / 1e6, device, trainer.amp_dtype)
 

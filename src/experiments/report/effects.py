@@ -200,7 +200,7 @@ def interaction(table: pd.DataFrame, df: pd.DataFrame, factor: str, other: str) 
 # --- the whole analysis ----------------------------------------------------------------------
 
 @dataclass
-class Analysis:
+class Effects:
     factors: list[str] = field(default_factory=list)  # swept, with few enough levels
     searched: list[str] = field(default_factory=list)  # swept, with too many levels
     levels: pd.DataFrame = field(default_factory=pd.DataFrame)  # per (factor, level)
@@ -228,10 +228,10 @@ def is_balanced(df: pd.DataFrame, factors: list[str]) -> bool:
     return len(counts) == math.prod(len(levels(df, f)) for f in factors) and counts.nunique() <= 1
 
 
-def analyse(df: pd.DataFrame, columns: list[str]) -> Analysis:
+def estimate(df: pd.DataFrame, columns: list[str]) -> Effects:
     all_swept = swept(df, columns)
     factors = [f for f in all_swept if len(levels(df, f)) <= MAX_LEVELS]
-    result = Analysis(factors, [f for f in all_swept if f not in factors])
+    result = Effects(factors, [f for f in all_swept if f not in factors])
     if not factors or completed(df).empty:
         return result
     table = cells(df, all_swept)

@@ -38,7 +38,7 @@ def mean_pm_std(column: str, mean: float, std: float) -> str:
     return fmt(column, mean) if missing(std) else f"{fmt(column, mean)} +- {fmt(column, std)}"
 
 
-def markdown(table: pd.DataFrame, columns: list[str] | None = None) -> str:
+def markdown_table(table: pd.DataFrame, columns: list[str] | None = None) -> str:
     """A Markdown table; string cells are shown as they are."""
     if table.empty:
         return "(no jobs)\n"

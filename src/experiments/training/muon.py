@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import torch
 
+from experiments.values import MOMENTUM, NON_NEGATIVE, POSITIVE, integer, pair
+
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the reference's quintic: steepest slope at zero
 MATRIX_NDIMS = (2, 4)  # linear weights, conv kernels
 MUON_KEYS = ("lr", "momentum", "nesterov", "ns_steps", "weight_decay")
@@ -94,23 +96,27 @@ def split_groups(params, settings: dict) -> list[dict]:
     return out
 
 
-class Muon(torch.optim.Optimizer):
-    """Muon + AdamW in one optimizer. The keyword defaults are the reference's (Muon and its
-    auxiliary Adam); conf/optim/muon.yaml sets the CIFAR-10 speedrun's."""
+# the constructor's arguments: what each must be (config/checks.py checks the same keys of the
+# config before the job builds anything)
+MUON_RULES = {"ns_steps": integer(1, "a positive integer (Newton-Schulz steps)"),
+              "adamw_lr": POSITIVE, "adamw_betas": pair(MOMENTUM, "two numbers in [0, 1)", False),
+              "adamw_eps": POSITIVE, "adamw_weight_decay": NON_NEGATIVE}
+RULES = {"lr": POSITIVE, "momentum": MOMENTUM, "weight_decay": NON_NEGATIVE, **MUON_RULES}
 
-    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
-                 ns_steps: int = 5, weight_decay: float = 0.0, adamw_lr: float = 3e-4,
-                 adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
-                 adamw_weight_decay: float = 0.0):
+
+class Muon(torch.optim.Optimizer):
+    """Muon + AdamW in one optimizer. Every setting is given (conf/optim/muon.yaml holds them,
+    with their sources): no second set of defaults here."""
+
+    def __init__(self, params, *, lr: float, momentum: float, nesterov: bool, ns_steps: int,
+                 weight_decay: float, adamw_lr: float, adamw_betas: tuple[float, float],
+                 adamw_eps: float, adamw_weight_decay: float):
         adamw_betas = tuple(float(b) for b in adamw_betas)
         settings = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
                         weight_decay=weight_decay, adamw_lr=adamw_lr, adamw_betas=adamw_betas,
                         adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay)
-        if not (min(lr, adamw_lr, weight_decay, adamw_weight_decay) >= 0 and adamw_eps > 0
-                and len(adamw_betas) == 2 and all(0 <= b < 1 for b in (momentum, *adamw_betas))
-                and isinstance(ns_steps, int) and ns_steps >= 1):
-            raise ValueError("Muon: lrs and weight decays must be >= 0, adamw_eps > 0, momentum "
-                             f"and adamw_betas in [0, 1), ns_steps a positive integer: {settings}")
+        for key, rule in RULES.items():
+            rule.check(f"Muon's {key}", settings[key])
         # no defaults to fill in: every group is complete, with only its own side's settings
         super().__init__(split_groups(params, settings), {})
         self.settings = settings

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLROnPlateau, StepLR
 
+from experiments.training.metrics import METRIC_MODES
+
 
 @dataclass
 class Schedule:
@@ -71,15 +73,16 @@ def warmup_cosine(optimizer: Optimizer, *, epochs: int, steps: Steps, warmup_epo
     return Schedule(optimizer, LambdaLR(optimizer, factor), "step")
 
 
-def plateau(optimizer: Optimizer, *, epochs: int, steps: Steps, monitor: str, mode: str, factor: float, patience: int, threshold: float,
-            min_lr: float) -> Schedule:
-    """ReduceLROnPlateau on a validation metric (there must be a validation split)."""
-    scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience,
-                                  threshold=threshold, min_lr=min_lr)
+def plateau(optimizer: Optimizer, *, epochs: int, steps: Steps, monitor: str, factor: float,
+            patience: int, threshold: float, min_lr: float) -> Schedule:
+    """ReduceLROnPlateau on a validation metric (there must be a validation split); which way
+    is better follows from the metric."""
+    scheduler = ReduceLROnPlateau(optimizer, mode=METRIC_MODES[monitor], factor=factor,
+                                  patience=patience, threshold=threshold, min_lr=min_lr)
     return Schedule(optimizer, scheduler, "epoch", monitor)
 
 
-def step(optimizer: Optimizer, *, epochs: int, steps: Steps, step_size: int,
+def step_decay(optimizer: Optimizer, *, epochs: int, steps: Steps, step_size: int,
          gamma: float) -> Schedule:
     """Multiply the lr by gamma every step_size epochs (stepped per epoch: the batch size does
     not move it)."""
