@@ -75,8 +75,3 @@ def test_the_import_graph_has_no_cycle():
     for m in sorted(GRAPH):
         if m not in state:
             visit(m)
-
-
-def test_no_module_is_over_300_lines():
-    long = {m: n for m, p in MODULES.items() if (n := len(p.read_text().splitlines())) > 300}
-    assert not long, f"split these modules: {long}"

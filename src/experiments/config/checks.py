@@ -129,7 +129,7 @@ def check_group_keys(cfg: DictConfig) -> None:
                                   f"that uses them (e.g. {key}=...) or drop them")
             return
         accepted = accepted_keys(target)
-        for name, value in node.items():
+        for name, value in node.items_ex(resolve=False):  # (data.root=${hydra:...} needs Hydra)
             if isinstance(value, DictConfig) and "_target_" in value:
                 check(value, f"{key}.{name}")
             elif accepted is not None and not name.startswith("_") and name not in accepted:
@@ -144,6 +144,7 @@ def check_group_keys(cfg: DictConfig) -> None:
 def check_config(cfg: DictConfig) -> TrainerOptions:
     """Reject values that would fail late or, worse, train silently wrong; returns the trainer's
     options, checked."""
+    check_pretrained_model(cfg)  # (its own message: a preset's pretrained keys on another model)
     check_group_keys(cfg)
     options = trainer_options(cfg)
     check_ranges(cfg)
@@ -169,7 +170,6 @@ def check_combinations(cfg: DictConfig, options: TrainerOptions) -> None:
             raise ConfigError(f"trainer.tta=flip mirrors data={cfg.data.name} images, which "
                               "changes their class: use trainer.tta=none")
     check_augmentation_fits_data(cfg)
-    check_pretrained_model(cfg)
     if cfg.mix.get("_target_"):
         # timm's Mixup pairs image i with image n-1-i: an odd batch fails mid-run, at the epoch
         # where the schedule reaches that size

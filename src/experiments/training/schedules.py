@@ -95,7 +95,9 @@ def one_cycle(optimizer: Optimizer, *, epochs: int, steps: Steps, pct_start: flo
     after `pct_start` of the run's epochs."""
     max_lrs = [group["lr"] for group in optimizer.param_groups]
     total = max(1, steps(epochs))
-    peak = steps(pct_start * epochs) / total  # the share of the run's steps before the peak
+    # the share of the run's steps before the peak; OneCycleLR needs 2 steps or more in each of
+    # its phases (a phase of 1 step divides by zero), which a tiny run's rounding could miss
+    peak = min(max(steps(pct_start * epochs), 2), total - 2) / total if total > 4 else pct_start
     scheduler = OneCycleLR(optimizer, max_lr=max_lrs, total_steps=total, pct_start=peak, div_factor=div_factor,
                            final_div_factor=final_div_factor, anneal_strategy=anneal_strategy,
                            cycle_momentum=False)
