@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import ROOT
+from support.jobs import run_here
 from experiments.training.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from hydra.errors import ConfigCompositionException
 
@@ -51,19 +52,24 @@ CASES = {
 }
 
 
+# cases that need a new interpreter: a flag (-O drops `assert`s), or an environment read at
+# import (Hugging Face's offline switch and cache); the others run in this process
+IN_A_SUBPROCESS = ("... also under python -O", "pretrained weights neither cached nor downloadable")
+
+
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    """Every case's (exit code, console output), all started at once: most of each is start-up."""
+    """(exit code, console output) of each case that needs its own interpreter, started at once."""
     tmp = tmp_path_factory.mktemp("bad")
     # no network, and an empty Hugging Face cache: pretrained weights cannot be found
     env = {**os.environ, "WANDB_SILENT": "true", "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp / "hf"),
-           "OMP_NUM_THREADS": "1"}  # all at once on 2 cores: one thread each
+           "OMP_NUM_THREADS": "1"}  # side by side on 2 cores: one thread each
     procs = {}
-    for i, (name, (flags, overrides, _)) in enumerate(CASES.items()):
-        args = [o.format(tmp=tmp) for o in overrides]
+    for i, name in enumerate(IN_A_SUBPROCESS):
+        flags, overrides, _ = CASES[name]
         out = open(tmp / f"{i}.txt", "w+")
         procs[name] = (out, subprocess.Popen(
-            [sys.executable, *flags, str(ROOT / "train.py"), *BASE, *args,
+            [sys.executable, *flags, str(ROOT / "train.py"), *BASE, *overrides,
              f"hydra.run.dir={tmp / str(i)}"], cwd=tmp, env=env, stdout=out, stderr=subprocess.STDOUT))
     results = {}
     for name, (out, proc) in procs.items():
@@ -73,13 +79,25 @@ def outcomes(tmp_path_factory):
     return results
 
 
-@pytest.mark.parametrize("name", CASES)
+@pytest.mark.parametrize("name", IN_A_SUBPROCESS)
 def test_bad_input_gives_one_message_and_exit_code_2(outcomes, name):
     code, text = outcomes[name]
     assert code == 2, text[-3000:]
     assert "Traceback" not in text and "InstantiationException" not in text, text[-3000:]
     for message in CASES[name][2]:
         assert message in text, text[-3000:]
+
+
+@pytest.mark.parametrize("name", [n for n in CASES if n not in IN_A_SUBPROCESS])
+def test_bad_input_stops_the_job_with_one_message(tmp_path, caplog, name):
+    """The task function, in this process: exit code 2, the message, no traceback logged."""
+    _, overrides, messages = CASES[name]
+    with pytest.raises(SystemExit) as exited:
+        run_here([*BASE, *(o.format(tmp=tmp_path) for o in overrides)], tmp_path / "run")
+    assert exited.value.code == 2
+    for message in messages:
+        assert message in caplog.text, caplog.text[-3000:]
+    assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -12,7 +12,7 @@ from experiments.job import build_optimizer, build_trainer
 from experiments.config.checks import check_config
 from experiments.models import MLP, timm_resnet18
 from experiments.training.batch_schedule import BatchSchedule
-from experiments.training.muon import Muon, zeropower_via_newtonschulz5
+from experiments.training.muon import Muon
 from experiments.training.sam import SAM
 
 # the reference's defaults (github.com/KellerJordan/Muon, muon.py: Muon and its auxiliary Adam):
@@ -66,8 +66,11 @@ def test_tokens_and_vectors_go_to_adamw():
 
 @pytest.mark.parametrize("shape", [(32, 64), (64, 32), (16, 144)])
 def test_newton_schulz_orthogonalizes(shape):
+    """timm's iteration with the reference's coefficients (what Muon here steps with)."""
+    from timm.optim.muon import _COEFFICIENTS, zeropower_via_newtonschulz
+
     G = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    X = zeropower_via_newtonschulz5(G, steps=5)
+    X = zeropower_via_newtonschulz(G, 5, _COEFFICIENTS["original"])
     assert X.dtype == torch.bfloat16 and X.shape == G.shape
     s = torch.linalg.svdvals(X.float())
     assert BAND[0] <= s.min() and s.max() <= BAND[1], s

@@ -135,8 +135,10 @@ def interval(diffs: pd.Series, n_seeds: int) -> tuple[float | None, float | None
     n = len(diffs)
     if n_seeds < 2 or n < 2:
         return None, None
-    half = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * diffs.std(ddof=1) / math.sqrt(n)
-    return float(diffs.mean() - half), float(diffs.mean() + half)
+    if diffs.std(ddof=1) == 0:  # scipy gives (nan, nan) for a zero spread; the mean is exact
+        return float(diffs.mean()), float(diffs.mean())
+    low, high = stats.t.interval(CONFIDENCE, n - 1, loc=diffs.mean(), scale=stats.sem(diffs))
+    return float(low), float(high)
 
 
 def compare(diffs: pd.Series, factor: str, level: str, vs: str, metric: str) -> Comparison:

@@ -22,7 +22,7 @@ from experiments.values import INF, POSITIVE, POSITIVE_INT, Rule, integer, numbe
 @dataclass
 class EarlyStopping:
     patience: Optional[int] = None  # epochs without improvement before stopping; None = off
-    monitor: str = "${trainer.monitor}"  # a validation metric (its direction follows from it)
+    monitor: Optional[str] = None  # a validation metric; None: the trainer's `monitor`
     min_delta: float = 0.0  # an improvement must beat the best by more than this
 
 
@@ -69,6 +69,8 @@ class TrainerOptions:
     early_stopping: EarlyStopping = field(default_factory=EarlyStopping)
 
     def __post_init__(self) -> None:
+        if self.early_stopping.monitor is None:
+            self.early_stopping.monitor = self.monitor
         for key, rule in RULES.items():
             rule.check(f"trainer.{key}", get(self, key))
         schedule = self.batch_schedule
@@ -105,7 +107,7 @@ RULES = {  # trainer.<key>: what it must be
     "tta": one_of("none", "flip"),
     "precision": one_of("auto", *PRECISIONS),
     "monitor": one_of(*VAL_METRICS),
-    "early_stopping.monitor": one_of(*VAL_METRICS),
+    "early_stopping.monitor": one_of(None, *VAL_METRICS),
     "early_stopping.patience": integer(1, "").or_null(
         "null (off) or a positive number of epochs"),
     "early_stopping.min_delta": number(0, INF, "a number >= 0"),

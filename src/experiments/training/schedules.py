@@ -60,7 +60,10 @@ Steps = Callable[[float], int]  # optimizer steps after a (fractional) number of
 def warmup_cosine(optimizer: Optimizer, *, epochs: int, steps: Steps, warmup_epochs: float,
                   min_lr_ratio: float) -> Schedule:
     """Linear warm-up from ~0 to the base lr over `warmup_epochs`, then half a cosine down to
-    min_lr_ratio * lr at the run's last step."""
+    min_lr_ratio * lr at the run's last step. torch's LambdaLR with this factor, rather than
+    SequentialLR(LinearLR, CosineAnnealingLR): CosineAnnealingLR's floor is one absolute
+    eta_min for every group, so a floor relative to each group's rate (fine-tuning's 10x lower
+    backbone) cannot be said; timm's CosineLRScheduler is no torch LRScheduler (step_update)."""
     total = max(1, steps(epochs))
     warmup = min(total, steps(warmup_epochs))
 
