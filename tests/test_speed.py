@@ -8,6 +8,7 @@ import torch
 from conftest import run_train
 from experiments import bench
 from experiments.batches.augment import BatchAugment
+from experiments.batches.baselines import PilLoader, UnseededSplit, pil_transform, unseeded
 from experiments.data import Split
 from experiments.batches.device import DeviceLoader, Normalize
 from experiments.batches.workers import WorkerLoader, torchvision_transform
@@ -101,7 +102,7 @@ def test_the_usual_pil_baseline_runs_the_same_augmentation():
     (a flat grey image shows only image, black fill and erased values, as in the check above)."""
     split = Split(torch.full((64, 3, 32, 32), 200, dtype=torch.uint8), torch.zeros(64, dtype=torch.long))
     aug = BatchAugment(4, True, 15.0, 0.5)
-    images, labels = next(iter(bench.PilLoader(split, 64, bench.pil_transform(aug, MEAN, STD, 32),
+    images, labels = next(iter(PilLoader(split, 64, pil_transform(aug, MEAN, STD, 32),
                                                torch.device("cpu"))))
     assert images.shape == (64, 3, 32, 32) and images.dtype == torch.float32 and labels.tolist() == [0] * 64
     image_value = Normalize(MEAN, STD, "cpu")(split.images[:1])[0, 0, 0, 0]
@@ -116,9 +117,9 @@ def test_the_unseeded_variant_draws_from_the_global_rng():
     split = Split(torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8), torch.arange(32))
     transform = torchvision_transform(BatchAugment(4, True, 15.0, 0.5), MEAN, STD, 32)
     seeded = WorkerLoader(split, 16, transform, device="cpu", workers=0, seed=1)
-    plain = bench.unseeded(WorkerLoader(split, 16, transform, device="cpu", workers=0, seed=1),
+    plain = unseeded(WorkerLoader(split, 16, transform, device="cpu", workers=0, seed=1),
                            split, transform)
-    assert isinstance(plain.dataset, bench.UnseededSplit) and len(plain) == len(seeded) == 2
+    assert isinstance(plain.dataset, UnseededSplit) and len(plain) == len(seeded) == 2
     torch.manual_seed(0)
     first = torch.cat([x for x, _ in plain])
     torch.manual_seed(0)
