@@ -6,8 +6,11 @@ import functools
 import hashlib
 import http.server
 import os
+import pickle
+import pickletools
 import subprocess
 import sys
+import tarfile
 import threading
 import time
 from pathlib import Path
@@ -20,9 +23,12 @@ import experiments
 from experiments.data import Source, Split, load_splits, make_source
 from experiments.data import cifar as cifar_mod
 from experiments.data.base import split_validation
-from experiments.data.cifar import CIFAR_FORMATS, read_cifar_archive
+from conftest import run_train
+from experiments.data.cifar import (CIFAR_FORMATS, Python2Pickler, cifar_members,
+                                    pickle_like_the_official_files, read_cifar_archive, write_members)
 from experiments.errors import ConfigError, DataError
 from support.archives import write_cifar_archive
+from support.pickles import RunsOnLoad, creates
 
 
 def md5(path):
@@ -39,6 +45,87 @@ def test_reads_the_official_layout(tmp_path, dataset):
     assert data.train.labels.tolist() == written["train_labels"]
     assert data.test.labels.tolist() == written["test_labels"]
     assert len(data.classes) == (100 if dataset == "cifar100" else 10)
+
+
+def protocol_2_globals(payload: bytes) -> set[str]:
+    return {arg for op, arg, _ in pickletools.genops(payload) if op.name == "GLOBAL"}
+
+
+def test_the_writer_pickles_as_the_official_files_are():
+    """Protocol 2, as Python 2 wrote it: Python 3's own protocol 2 pickles each bytes object as a
+    call of _codecs.encode, a global the official files never name (and the reader refuses)."""
+    batch = cifar_members("cifar10", n_train=50, n_test=20, seed=0, noise=None)["data_batch_1"]
+    payload = pickle_like_the_official_files(batch)
+    assert payload[:2] == b"\x80\x02"  # PROTO 2
+    assert protocol_2_globals(payload) == {"numpy.core.multiarray _reconstruct", "numpy ndarray",
+                                           "numpy dtype"}
+    assert "_codecs encode" in protocol_2_globals(pickle.dumps(batch, protocol=2))
+
+
+class Numpy2Names(Python2Pickler):
+    reconstructor_module = "numpy._core.multiarray"
+
+
+@pytest.mark.parametrize("dump,reconstructor", [
+    (pickle_like_the_official_files, b"cnumpy.core.multiarray\n_reconstruct\n"),  # as the official files
+    (lambda obj: pickle_like_the_official_files(obj, Numpy2Names), b"cnumpy._core.multiarray\n_reconstruct\n"),
+    (lambda obj: pickle.dumps(obj, protocol=4), b"numpy._core.multiarray"),
+], ids=["numpy-1 names, protocol 2", "numpy-2 names, protocol 2", "re-pickled by numpy 2, protocol 4"])
+def test_the_array_reconstructor_loads_under_both_numpy_names(tmp_path, dump, reconstructor):
+    members = cifar_members("cifar10", n_train=50, n_test=20, seed=0, noise=None)
+    payloads = {name: dump(obj) for name, obj in members.items()}
+    assert reconstructor in payloads["data_batch_1"]
+    write_members(tmp_path / "archive.tar.gz", "cifar10", payloads)
+    data = read_cifar_archive(tmp_path / "archive.tar.gz", CIFAR_FORMATS["cifar10"])
+    assert np.array_equal(data.test.images.reshape(20, -1).numpy(), members["test_batch"][b"data"])
+    assert data.test.labels.tolist() == members["test_batch"][b"labels"]
+
+
+CRAFTED = {  # call: how the member is pickled (both opcodes that name a global: GLOBAL, STACK_GLOBAL)
+    "os.system": lambda marker: pickle_like_the_official_files(  # protocol 2, GLOBAL posix.system
+        {b"data": RunsOnLoad(os.system, f"touch {marker}")}),
+    "builtins.exec": lambda marker: pickle.dumps({b"data": creates(marker)},  # protocol 4,
+                                                 protocol=4),  # STACK_GLOBAL builtins.exec
+}
+
+
+def crafted_archive(root: Path, marker: Path, call: str) -> Path:
+    """cifar-10-python.tar.gz, official but for its first training batch, which creates `marker`
+    (by `call`) when unpickled."""
+    payloads = {name: pickle_like_the_official_files(obj)
+                for name, obj in cifar_members("cifar10", 50, 20, 0, None).items()}
+    payloads["data_batch_1"] = CRAFTED[call](marker)
+    write_members(root / "cifar-10-python.tar.gz", "cifar10", payloads)
+    return root / "cifar-10-python.tar.gz"
+
+
+@pytest.mark.parametrize("call", CRAFTED)
+def test_a_crafted_archive_is_refused_and_nothing_in_it_runs(tmp_path, compose_cfg, call):
+    """data.md5=null skips the checksum: the unpickler itself refuses every global but numpy's."""
+    marker = tmp_path / "ran"
+    archive = crafted_archive(tmp_path, marker, call)
+    cfg = compose_cfg(["data=cifar10", f"data.root={tmp_path}", "data.md5=null"]).data
+    with pytest.raises(DataError) as err:
+        load_splits(cfg)
+    message = str(err.value)
+    assert "(cifar-10-batches-py/data_batch_1) asks to call " in message
+    assert f".{call.split('.')[1]} when unpickled" in message  # e.g. posix.system
+    assert "not the official python-version CIFAR archive" in message and "nothing in it was run" in message
+    assert not marker.exists()
+    with tarfile.open(archive) as tar:  # the test is not vacuous: a plain pickle.load runs it
+        pickle.load(tar.extractfile("cifar-10-batches-py/data_batch_1"), encoding="bytes")
+    assert marker.exists()
+
+
+def test_a_job_on_a_crafted_archive_stops_with_the_message(tmp_path):
+    marker = tmp_path / "ran"
+    crafted_archive(tmp_path / "data", marker, "os.system")
+    proc = run_train("data=cifar10", f"data.root={tmp_path / 'data'}", "data.md5=null", "logger=none",
+                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text[-3000:]
+    assert "not the official python-version CIFAR archive" in text and "Traceback" not in text, text[-3000:]
+    assert not marker.exists()
 
 
 def cifar_cfg(compose_cfg, root, *extra):

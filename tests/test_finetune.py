@@ -5,6 +5,7 @@ per-group learning rates; image folders of photos at larger sizes; what is refus
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import numpy as np
@@ -27,6 +28,7 @@ from experiments.errors import ConfigError, DataError, UserError
 from experiments.models import timm_model
 from experiments.training.param_groups import param_groups
 from experiments.training.schedules import warmup_cosine
+from support.pickles import creates
 
 NAME = "test_resnet"  # timm's 0.5M-parameter test model, pretrained at 160 px, mean/std 0.5
 
@@ -83,6 +85,31 @@ def test_a_timm_checkpoint_and_a_file_with_another_head_load_too(source, tmp_pat
     assert_loaded_but_head(model, tuned, 100)
     assert_loaded_but_head(timm_model(NAME, 37, image_size=None, pretrained_file=str(tmp_path / "pets.pth")),
                            tuned, 37)  # as many classes as the file's: still a new classifier
+
+
+def test_a_timm_training_checkpoint_loads_its_ema_weights(source, tmp_path):
+    """As timm's train.py saves it: optimizer state, the run's argparse.Namespace, EMA weights."""
+    other = timm.create_model(NAME)
+    optimizer = torch.optim.SGD(other.parameters(), lr=0.1, momentum=0.9)
+    other(torch.randn(2, 3, 32, 32)).sum().backward()
+    optimizer.step()
+    torch.save({"epoch": 3, "arch": NAME, "state_dict": other.state_dict(),
+                "optimizer": optimizer.state_dict(), "version": 2,
+                "args": argparse.Namespace(model=NAME, lr=0.1), "metric": 12.5,
+                "state_dict_ema": source.state_dict()}, tmp_path / "last.pth.tar")
+    model = timm_model(NAME, 10, image_size=None, pretrained_file=str(tmp_path / "last.pth.tar"))
+    assert_loaded_but_head(model, source, 10)
+
+
+def test_a_weights_file_that_runs_code_is_refused_unrun(source, tmp_path):
+    marker = tmp_path / "ran"
+    torch.save({"state_dict": source.state_dict(), "hook": creates(marker)}, tmp_path / "w.pth")
+    with pytest.raises(UserError) as err:
+        timm_model(NAME, 10, image_size=None, pretrained_file=str(tmp_path / "w.pth"))
+    assert "holds pickled Python objects (builtins.exec) besides tensors" in str(err.value)
+    assert "nothing in it was run" in str(err.value) and not marker.exists()
+    torch.load(tmp_path / "w.pth", weights_only=False)  # the test is not vacuous: this runs it
+    assert marker.exists()
 
 
 def test_the_cache_is_read_without_network(source, tmp_path):

@@ -8,6 +8,7 @@ import torch
 from conftest import run_train
 from experiments import bench
 from experiments.batches.augment import BatchAugment
+from experiments.batches.baselines import PilLoader, UnseededSplit, pil_transform, unseeded
 from experiments.data import Split
 from experiments.batches.device import DeviceLoader, Normalize
 from experiments.batches.workers import WorkerLoader, torchvision_transform
@@ -76,10 +77,51 @@ def test_quick_benchmark_writes_the_documented_json(tmp_path, capsys):
     out = tmp_path / "bench.json"
     bench.main(["--quick", "--out", str(out)])
     result = json.loads(out.read_text())
-    for name in ("basic", "advanced", "rrc"):
-        assert result["aug"][name]["device_img_s"] > 0 and result["aug"][name]["dataloader_img_s"] > 0
+    assert set(result["aug"]) == set(bench.AUG_ROWS) == {"basic", "advanced", "rrc"}
+    for row in result["aug"].values():
+        # the device path, our DataLoader with and without its reseeding, the usual PIL one
+        assert all(row[f"{path}_img_s"] > 0 for path in
+                   ("device", "dataloader", "dataloader_unseeded", "pil_dataloader"))
+        assert row["baseline"] in bench.DATALOADERS  # the faster of the two ways
+        assert row[f"{row['baseline']}_img_s"] == max(row[f"{p}_img_s"] for p in bench.DATALOADERS)
+        assert math.isclose(row["ratio"], row["device_img_s"] / row[f"{row['baseline']}_img_s"],
+                            rel_tol=0.01)
+        assert math.isclose(row["reseed_cost_pct"], 100 * (row["dataloader_unseeded_img_s"]
+                                                           / row["dataloader_img_s"] - 1), abs_tol=0.1)
+    assert isinstance(result["reseed_us_per_image"], float)
     assert result["load"]["archive_s"] > 0 and result["load"]["cache_s"] > 0
     assert result["step"]["framework_ms"] > 0 and result["step"]["bare_ms"] > 0
     printed = capsys.readouterr().out
     assert "| aug `basic` 32 px" in printed and "| aug `rrc` 64 px" in printed
+    assert "DataLoader, usual (v1, PIL)" in printed and "per-image reseeding" in printed
     assert result["aug"]["rrc"]["image_px"] == 64
+
+
+def test_the_usual_pil_baseline_runs_the_same_augmentation():
+    """The benchmark's usual-way DataLoader: v1 ops on PIL images, with our path's semantics
+    (a flat grey image shows only image, black fill and erased values, as in the check above)."""
+    split = Split(torch.full((64, 3, 32, 32), 200, dtype=torch.uint8), torch.zeros(64, dtype=torch.long))
+    aug = BatchAugment(4, True, 15.0, 0.5)
+    images, labels = next(iter(PilLoader(split, 64, pil_transform(aug, MEAN, STD, 32),
+                                               torch.device("cpu"))))
+    assert images.shape == (64, 3, 32, 32) and images.dtype == torch.float32 and labels.tolist() == [0] * 64
+    image_value = Normalize(MEAN, STD, "cpu")(split.images[:1])[0, 0, 0, 0]
+    black_value = Normalize(MEAN, STD, "cpu")(torch.zeros(1, 3, 1, 1, dtype=torch.uint8))[0, 0, 0, 0]
+    pixels = images[:, 0]
+    assert (((pixels - image_value).abs() < 1e-4) | ((pixels - black_value).abs() < 1e-4)
+            | (pixels == 0)).all()
+    assert ((pixels - black_value).abs() < 1e-4).any() and (pixels == 0).any()  # padded, erased
+
+
+def test_the_unseeded_variant_draws_from_the_global_rng():
+    split = Split(torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8), torch.arange(32))
+    transform = torchvision_transform(BatchAugment(4, True, 15.0, 0.5), MEAN, STD, 32)
+    seeded = WorkerLoader(split, 16, transform, device="cpu", workers=0, seed=1)
+    plain = unseeded(WorkerLoader(split, 16, transform, device="cpu", workers=0, seed=1),
+                           split, transform)
+    assert isinstance(plain.dataset, UnseededSplit) and len(plain) == len(seeded) == 2
+    torch.manual_seed(0)
+    first = torch.cat([x for x, _ in plain])
+    torch.manual_seed(0)
+    assert torch.equal(first, torch.cat([x for x, _ in plain]))  # it draws from the global RNG
+    assert not torch.equal(first, torch.cat([x for x, _ in seeded]))

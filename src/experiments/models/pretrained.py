@@ -105,12 +105,30 @@ def missing_weights(name: str, err: Exception) -> UserError:
 
 def read_weights(file: Path) -> dict:
     """A state dict or timm checkpoint, read once, by timm's own reader (EMA weights preferred,
-    `module.` prefixes removed)."""
+    `module.` prefixes removed), as tensors and plain containers only: a weights file never runs
+    code. weights_only=True is timm's default from 1.0.26, which pyproject.toml requires (1.0.9
+    to 1.0.25 read local files with weights_only=False); passed all the same, so that no
+    library default decides it."""
     try:
-        return timm.models.load_state_dict(str(file))
+        return timm.models.load_state_dict(str(file), weights_only=True)
     except Exception as err:  # torch.load / safetensors raise many types for a bad file
+        code = pickled_objects(file)
+        if code:
+            raise UserError(f"model.pretrained_file={file} holds pickled Python objects ("
+                            f"{', '.join(code)}) besides tensors: refused, and nothing in it was "
+                            "run. A weights file holds tensors only: save `model.state_dict()` "
+                            "with torch.save, or as .safetensors.") from None
         raise UserError(f"model.pretrained_file={file}: not a readable state dict or timm "
                         f"checkpoint ({type(err).__name__}: {err})") from None
+
+
+def pickled_objects(file: Path) -> list[str]:
+    """The globals a torch.save file names beyond torch's weights-only allowlist, found by
+    reading its pickle's opcodes, not by running them ([] for any other kind of file)."""
+    try:
+        return torch.serialization.get_unsafe_globals_in_checkpoint(str(file))
+    except Exception:  # not a torch.save zip file (or torch < 2.5, which lacks the function)
+        return []
 
 
 def classifier_rows(state: dict, classifier: str | tuple | None) -> int | None:
