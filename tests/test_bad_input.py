@@ -9,18 +9,17 @@ import sys
 
 import pytest
 import torch
-
-from conftest import ROOT
-from support.jobs import run_here
-from experiments.training.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from hydra.errors import ConfigCompositionException
 
+from conftest import ROOT
 from experiments.config.checks import check_config
 from experiments.data import load_splits
 from experiments.errors import ConfigError
 from experiments.training.batch_schedule import BatchSchedule
+from experiments.training.checkpoint import FORMAT, CheckpointError, load_checkpoint
 from experiments.training.sam import SAM
 from experiments.training.selection import Monitor
+from support.jobs import run_here
 
 BASE = ["experiment=smoke", "logger=none", "trainer.epochs=1", "trainer.progress=false"]
 # name: (python flags, overrides, what the message must say); the smoke training set has 768 images

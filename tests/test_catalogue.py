@@ -16,13 +16,13 @@ from PIL import Image
 from experiments.config.checks import check_config
 from experiments.data import load_splits
 from experiments.errors import ConfigError, DataError
-from support.batches import PreMadeBatches as Batches
-from support.archives import write_mnist_files
+from experiments.training.options import TrainerOptions
 from experiments.training.sam import SAM
 from experiments.training.schedules import constant
-from support.jobs import train_here
-from experiments.training.options import TrainerOptions
 from experiments.training.trainer import Trainer
+from support.archives import write_mnist_files
+from support.batches import PreMadeBatches as Batches
+from support.jobs import train_here
 
 TINY_DATA = ["data=synthetic", "data.train_size=128", "data.val_size=32", "data.test_size=32"]
 TINY_RUN = ["trainer.epochs=1", "trainer.batch_size=32", "trainer.eval_batch_size=64",

@@ -5,9 +5,9 @@ import csv
 import json
 
 from conftest import CONF, run_train
-from experiments.report import sweep_report as report
-from experiments.config.schema import SCHEMAS
 from experiments.config.groups import CONFIG_GROUPS, NAMED_GROUPS
+from experiments.config.schema import SCHEMAS
+from experiments.report import sweep_report as report
 from experiments.report.job_summary import write_json
 
 HYDRA_OWN = {"hydra"}  # Hydra's groups (launcher, sweeper, ...): not the job's choices

@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 import timm
 import torch
-from omegaconf import OmegaConf
 import yaml
+from omegaconf import OmegaConf
 from PIL import Image
 from torchvision.transforms import v2
 
 from conftest import run_train
 from experiments.batches import Batching
-from experiments.models.pretrained import ModelInput, input_for
 from experiments.batches.augment import BatchAugment
 from experiments.batches.device import DeviceLoader, Normalize, check_fits_device, device_loaders
 from experiments.data import Split, Splits
 from experiments.data.folder import check_decoded_size, decode
 from experiments.errors import ConfigError, DataError, UserError
 from experiments.models import timm_model
+from experiments.models.pretrained import ModelInput, input_for
 from experiments.training.param_groups import param_groups
 from experiments.training.schedules import warmup_cosine
 from support.pickles import creates

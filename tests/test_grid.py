@@ -14,9 +14,9 @@ from conftest import CONF
 from experiments.config.checks import check_config
 from experiments.data import load_splits
 from experiments.errors import ConfigError
-from support.batches import PreMadeBatches
 from experiments.job import build_loaders, build_model, build_trainer
 from experiments.training.batch_schedule import BatchSchedule
+from support.batches import PreMadeBatches
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

@@ -7,9 +7,9 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from conftest import run_train
-from support.jobs import run_here
 from experiments.report.job_summary import COMPLETED, LOGGED_RESULTS, keys_for
 from experiments.training.metrics import EPOCH, EPOCH_METRICS
+from support.jobs import run_here
 
 TAGS = {"train/loss", "train/acc", "val/loss", "val/acc", "train/lr"}
 

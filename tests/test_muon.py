@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from experiments.job import build_optimizer, build_trainer
 from experiments.config.checks import check_config
+from experiments.job import build_optimizer, build_trainer
 from experiments.models import MLP, timm_resnet18
 from experiments.training.batch_schedule import BatchSchedule
 from experiments.training.muon import Muon

@@ -15,14 +15,21 @@ from experiments.config.checks import check_config
 from experiments.data import Split
 from experiments.errors import ConfigError
 from experiments.report import job_summary
-from experiments.report.job_summary import (COMPLETED, FAILED, KEYS, RUNNING, JobSummary,
-                                            completed_summary, failed_summary, keys_for,
-                                            running_summary)
+from experiments.report.job_summary import (
+    COMPLETED,
+    FAILED,
+    KEYS,
+    RUNNING,
+    JobSummary,
+    completed_summary,
+    failed_summary,
+    keys_for,
+    running_summary,
+)
 from experiments.report.tracking import Tracker
-from experiments.training.metrics import (EPOCH, EPOCH_METRICS, METRIC_MODES, VAL_METRICS,
-                                          VAL_PREFIX)
-from experiments.training.schedules import constant
+from experiments.training.metrics import EPOCH, EPOCH_METRICS, METRIC_MODES, VAL_METRICS, VAL_PREFIX
 from experiments.training.options import TrainerOptions
+from experiments.training.schedules import constant
 from experiments.training.trainer import FitState, Trainer
 
 

@@ -13,10 +13,10 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import ROOT, run_train
-from support.jobs import run_here
 from experiments.data import load_splits
-from support.archives import write_cifar_archive
 from experiments.job import explain
+from support.archives import write_cifar_archive
+from support.jobs import run_here
 
 SMOKE = ["experiment=smoke", "trainer.epochs=4", "logger=tensorboard"]
 

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from support.jobs import run_here
-from support.jobs import train_here
+from support.jobs import run_here, train_here
 
 
 @pytest.mark.parametrize("model", ["timm", "mlp", "lenet"])

@@ -4,15 +4,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from experiments.data import Split
 from experiments.batches.device import DeviceLoader, Normalize
-from support.batches import PreMadeBatches as Batches
+from experiments.data import Split
 from experiments.models import PreActResNet18
-from experiments.training.schedules import constant, warmup_cosine
 from experiments.training.backends import resolve_precision
 from experiments.training.options import EarlyStopping, TrainerOptions
+from experiments.training.schedules import constant, warmup_cosine
 from experiments.training.selection import Monitor
 from experiments.training.trainer import Trainer
+from support.batches import PreMadeBatches as Batches
 
 
 def separable(n: int, classes: int = 4, seed: int = 0) -> Split:

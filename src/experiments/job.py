@@ -21,8 +21,8 @@ from typing import NoReturn
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
@@ -35,13 +35,19 @@ from experiments.config.secrets import redact_overrides, redact_secrets
 from experiments.data import Splits, load_splits
 from experiments.errors import ConfigError, JobFailed, Refusal, UserError, user_error_in
 from experiments.job_dir import JobDir
-from experiments.report.provenance import collect as collect_provenance, resumed_code_change
-from experiments.report.job_summary import CONFIG_FILE, COMPLETED, SummaryFile, completed_summary
-from experiments.report.tracking import Tracker
 from experiments.models.pretrained import ModelInput, input_for
-from experiments.training.backends import (CompileWatch, configure_backends, maybe_compile,
-                                           precision_name, resolve_device,
-                                           use_channels_last)
+from experiments.report.job_summary import COMPLETED, CONFIG_FILE, SummaryFile, completed_summary
+from experiments.report.provenance import collect as collect_provenance
+from experiments.report.provenance import resumed_code_change
+from experiments.report.tracking import Tracker
+from experiments.training.backends import (
+    CompileWatch,
+    configure_backends,
+    maybe_compile,
+    precision_name,
+    resolve_device,
+    use_channels_last,
+)
 from experiments.training.batch_schedule import BatchSchedule
 from experiments.training.checkpoint import Checkpoint, fingerprint
 from experiments.training.options import TrainerOptions
@@ -302,7 +308,7 @@ def run(cfg: DictConfig) -> float:
             except Refusal:
                 raise
             except Exception as raised:
-                fail(raised, cfg, job, summary)
+                fail(raised, cfg, job, job_dir, summary)
     except Refusal as refused:  # nothing was written: the directory is as it was
         stop(job, str(refused), user_error=True, log_file=False)
     log.info("done: test_acc=%s best_val_acc=%s -> %s", result["test_acc"],
@@ -311,12 +317,15 @@ def run(cfg: DictConfig) -> float:
     return float("nan") if value is None else float(value)
 
 
-def fail(raised: Exception, cfg: DictConfig, job: JobInfo, summary: SummaryFile) -> None:
-    """A failed job: its summary marked failed with the reason (and the epochs it completed),
-    its memory released, then `stop`."""
+def fail(raised: Exception, cfg: DictConfig, job: JobInfo, job_dir: JobDir,
+         summary: SummaryFile) -> None:
+    """A failed job (its directory held no completed job: `start` refuses those): Hydra's record
+    and its summary, marked failed with the reason and the epochs it completed, so that a sweep's
+    report lists it; its memory released, then `stop`."""
     err = user_error_in(raised)  # e.g. a ConfigError that Hydra's instantiate wrapped
     message = explain(err, cfg)
     try:
+        job_dir.write_hydra_record(cfg)
         summary.failed(message)
     except OSError as write_error:  # e.g. the disk is still full
         log.error("could not mark %s failed: %s", summary.path, write_error)

@@ -18,8 +18,19 @@ from experiments.models.resnet import SMALL_IMAGES, TIMM_MODEL
 from experiments.training.metrics import VAL_METRICS
 from experiments.training.muon import MUON_RULES
 from experiments.training.options import TrainerOptions
-from experiments.values import (INF, MOMENTUM, NON_NEGATIVE, POSITIVE, POSITIVE_INT, PROBABILITY,
-                                Rule, integer, is_int, number, one_of)
+from experiments.values import (
+    INF,
+    MOMENTUM,
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_INT,
+    PROBABILITY,
+    Rule,
+    integer,
+    is_int,
+    number,
+    one_of,
+)
 
 
 def select(cfg: DictConfig, key: str):

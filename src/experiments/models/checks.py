@@ -8,7 +8,6 @@ import timm
 from experiments.errors import ConfigError
 from experiments.values import integer
 
-
 WIDTH = integer(1, "a positive integer (the first stage's channels)")
 
 

@@ -13,8 +13,14 @@ from experiments.report import effects
 from experiments.report.analysis import SweepAnalysis
 from experiments.report.effects import Comparison, completed, levels
 from experiments.report.plots import PLOTS
-from experiments.report.tables import (by_config_shown, markdown_table, mean_pm_std, missing,
-                                       shared_and_shown, shared_line)
+from experiments.report.tables import (
+    by_config_shown,
+    markdown_table,
+    mean_pm_std,
+    missing,
+    shared_and_shown,
+    shared_line,
+)
 
 MISSING_CELL = "–"
 PROVENANCE = "provenance."

@@ -17,8 +17,15 @@ import pandas as pd
 import yaml
 
 from experiments.config.groups import CONFIG_GROUPS
-from experiments.report.job_summary import (CONFIG_FILE, COUNTS, FLOATS, NESTED, RESULT_COLUMNS,
-                                            pid_alive, read_summary)
+from experiments.report.job_summary import (
+    CONFIG_FILE,
+    COUNTS,
+    FLOATS,
+    NESTED,
+    RESULT_COLUMNS,
+    pid_alive,
+    read_summary,
+)
 from experiments.report.tracking import METRICS_FILE
 from experiments.training.metrics import EPOCH, METRIC_MODES, VAL_ACC, VAL_LOSS
 

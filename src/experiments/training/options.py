@@ -111,7 +111,7 @@ RULES = {  # trainer.<key>: what it must be
     "early_stopping.patience": integer(1, "").or_null(
         "null (off) or a positive number of epochs"),
     "early_stopping.min_delta": number(0, INF, "a number >= 0"),
-    "channels_last": one_of("auto", True, False),
+    "channels_last": Rule(lambda v: v == "auto" or isinstance(v, bool), "auto, true or false"),
     "device": Rule(lambda v: isinstance(v, str) and bool(DEVICE.fullmatch(v)),
                    "auto, cpu, cuda or cuda:N"),
 }

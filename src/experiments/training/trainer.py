@@ -323,12 +323,12 @@ class EpochTotals:
 @contextmanager
 def frozen_batchnorm_stats(model: nn.Module):
     """SAM's second pass must not count its batch twice in BatchNorm's running statistics."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.momentum = 0.0
+    norms = [n for n in model.modules() if isinstance(n, nn.modules.batchnorm._BatchNorm)]
+    momenta = [n.momentum for n in norms]
+    for norm in norms:
+        norm.momentum = 0.0
     try:
         yield
     finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
