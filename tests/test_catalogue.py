@@ -70,8 +70,7 @@ def run_job(compose_cfg, tmp_path):
 def test_option_trains_a_few_steps(run_job, overrides):
     summary, out = run_job(*overrides)
     assert summary["status"] == "completed"
-    assert np.isfinite(summary["test_loss"]) and 0 <= summary["test_acc"] <= 1
-    assert summary["test_acc_final"] is not None
+    assert np.isfinite(summary["test_loss"]) and summary["test_acc_final"] is not None
 
 
 def test_final_best_and_tta_accuracies_are_reported_apart(run_job):

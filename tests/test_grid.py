@@ -93,6 +93,5 @@ def step_once(cfg):
     assert trainer.steps_taken == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, model_.parameters()))
     assert torch.isfinite(torch.tensor([metrics["train/loss"], metrics["val/loss"], test["loss"]])).all()
-    assert 0 <= test["acc"] <= 1
     assert model_(one_batch[0][0][:2]).shape == (2, cfg.data.num_classes)
     return trainer

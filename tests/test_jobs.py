@@ -26,7 +26,7 @@ def test_smoke_job_writes_a_completed_summary(smoke_job):
     out, _ = smoke_job
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["error"] is None
-    assert 0.0 <= summary["test_acc"] <= 1.0 and 0.0 <= summary["best_val_acc"] <= 1.0
+    assert summary["test_acc"] >= 0.3 and summary["best_val_acc"] >= 0.3  # 3x chance: it learns
     assert summary["epochs_completed"] == 3 and summary["early_stopped"] is False
     assert summary["train_time_s"] > 0 and summary["images_per_s"] > 0
     assert summary["choices"].items() >= {"model": "resnet18", "optim": "sgd", "aug": "basic",
