@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from hydra import compose, initialize_config_dir
 
 import experiments.config  # noqa: F401  (registers the schemas and resolvers with Hydra)
-from hydra import compose, initialize_config_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -27,8 +27,10 @@ def compose_cfg():
     return _compose
 
 
-def run_train(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
-    """Run `python train.py ARGS` the way a user does, with no network for W&B."""
-    env = {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1"}
+def run_train(*args: str, cwd: Path, timeout: int = 300,
+              env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """Run `python train.py ARGS` the way a user does, with no network for W&B (and `env` added
+    to this process's environment)."""
+    env = {**os.environ, "WANDB_SILENT": "true", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)

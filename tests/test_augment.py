@@ -6,16 +6,15 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
 from torchvision.transforms import InterpolationMode
 
-import torch.nn.functional as F
-
 from experiments.batches import augment as augment_mod
 from experiments.batches.augment import BatchAugment, crop_flip_at, erasing_boxes, rotate_by
-from experiments.data import Split
 from experiments.batches.device import DeviceLoader, Normalize
+from experiments.data import Split
 
 N = 4000
 

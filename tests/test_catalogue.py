@@ -16,13 +16,13 @@ from PIL import Image
 from experiments.config.checks import check_config
 from experiments.data import load_splits
 from experiments.errors import ConfigError, DataError
-from support.batches import PreMadeBatches as Batches
-from support.archives import write_mnist_files
+from experiments.training.options import TrainerOptions
 from experiments.training.sam import SAM
 from experiments.training.schedules import constant
-from support.jobs import train_here
-from experiments.training.options import TrainerOptions
 from experiments.training.trainer import Trainer
+from support.archives import write_mnist_files
+from support.batches import PreMadeBatches as Batches
+from support.jobs import train_here
 
 TINY_DATA = ["data=synthetic", "data.train_size=128", "data.val_size=32", "data.test_size=32"]
 TINY_RUN = ["trainer.epochs=1", "trainer.batch_size=32", "trainer.eval_batch_size=64",
@@ -70,8 +70,7 @@ def run_job(compose_cfg, tmp_path):
 def test_option_trains_a_few_steps(run_job, overrides):
     summary, out = run_job(*overrides)
     assert summary["status"] == "completed"
-    assert np.isfinite(summary["test_loss"]) and 0 <= summary["test_acc"] <= 1
-    assert summary["test_acc_final"] is not None
+    assert np.isfinite(summary["test_loss"]) and summary["test_acc_final"] is not None
 
 
 def test_final_best_and_tta_accuracies_are_reported_apart(run_job):
@@ -238,7 +237,7 @@ def test_truncated_idx_file_is_reported(tmp_path, compose_cfg):
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["optim=sam", "sched=plateau", "sched.mode=min"], "sched.mode=min would treat a worse val/acc as better"),
+    (["optim=sam", "sched=plateau", "sched.monitor=train/acc"], "sched.monitor must be one of"),
     (["optim.momentum=0"], "optim.nesterov=true needs optim.momentum > 0"),
     (["data=mnist", "aug=basic"], "aug.flip=true mirrors images"),
     (["data=mnist", "aug=none", "trainer.tta=flip"], "trainer.tta=flip mirrors"),

@@ -5,15 +5,16 @@ import csv
 import json
 
 from conftest import CONF, run_train
-from experiments.report import sweep_report as report
 from experiments.config.groups import CONFIG_GROUPS, NAMED_GROUPS
+from experiments.config.schema import SCHEMAS
+from experiments.report import sweep_report as report
 from experiments.report.job_summary import write_json
 
 HYDRA_OWN = {"hydra"}  # Hydra's groups (launcher, sweeper, ...): not the job's choices
 
 
 def test_every_conf_group_is_listed_once():
-    on_disk = {p.name for p in CONF.iterdir() if p.is_dir()} - HYDRA_OWN
+    on_disk = {p.name for p in CONF.iterdir() if p.is_dir()} - HYDRA_OWN | set(SCHEMAS)
     assert set(CONFIG_GROUPS) == on_disk, "add the new conf/ group to experiments.config.groups"
     assert len(set(CONFIG_GROUPS)) == len(CONFIG_GROUPS)
     assert set(NAMED_GROUPS) <= set(CONFIG_GROUPS)

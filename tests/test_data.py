@@ -20,12 +20,18 @@ import pytest
 import torch
 
 import experiments
+from conftest import run_train
 from experiments.data import Source, Split, load_splits, make_source
 from experiments.data import cifar as cifar_mod
 from experiments.data.base import split_validation
-from conftest import run_train
-from experiments.data.cifar import (CIFAR_FORMATS, Python2Pickler, cifar_members,
-                                    pickle_like_the_official_files, read_cifar_archive, write_members)
+from experiments.data.cifar import (
+    CIFAR_FORMATS,
+    Python2Pickler,
+    cifar_members,
+    pickle_like_the_official_files,
+    read_cifar_archive,
+    write_members,
+)
 from experiments.errors import ConfigError, DataError
 from support.archives import write_cifar_archive
 from support.pickles import RunsOnLoad, creates
@@ -200,7 +206,8 @@ def test_download_verifies_the_checksum(http_root, tmp_path, compose_cfg):
     good = md5(served / "cifar-100-python.tar.gz")
     root = tmp_path / "data"
     with pytest.raises(DataError, match="checksum"):
-        load_splits(cifar_cfg(compose_cfg, root, f"data.url={url}/cifar-100-python.tar.gz", "data.md5=0123abcd", "data.val_size=0"))
+        load_splits(cifar_cfg(compose_cfg, root, f"data.url={url}/cifar-100-python.tar.gz",
+                              "data.md5=0123abcd", "data.val_size=0"))
     assert not (root / "cifar-100-python.tar.gz").exists()  # a bad download never looks complete
     splits = load_splits(cifar_cfg(compose_cfg, root, f"data.url={url}/cifar-100-python.tar.gz",
                                    f"data.md5={good}", "data.val_size=0"))

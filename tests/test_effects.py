@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from experiments.report import effects, load_sweep, sweep_report as report
-from experiments.report.provenance import resumed_code_change
+from experiments.report import effects, load_sweep
+from experiments.report import sweep_report as report
 from experiments.report.job_summary import write_json
+from experiments.report.provenance import resumed_code_change
 
 T_975 = {2: 4.302653, 3: 3.182446}  # t quantiles (0.975; 2 and 3 degrees of freedom), from tables
 CODE = {"commit": "c0ffee", "dirty": False, "diff_sha256": None}

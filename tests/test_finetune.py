@@ -12,20 +12,20 @@ import numpy as np
 import pytest
 import timm
 import torch
-from omegaconf import OmegaConf
 import yaml
+from omegaconf import OmegaConf
 from PIL import Image
 from torchvision.transforms import v2
 
 from conftest import run_train
 from experiments.batches import Batching
-from experiments.models.pretrained import ModelInput, input_for
 from experiments.batches.augment import BatchAugment
 from experiments.batches.device import DeviceLoader, Normalize, check_fits_device, device_loaders
 from experiments.data import Split, Splits
 from experiments.data.folder import check_decoded_size, decode
 from experiments.errors import ConfigError, DataError, UserError
 from experiments.models import timm_model
+from experiments.models.pretrained import ModelInput, input_for
 from experiments.training.param_groups import param_groups
 from experiments.training.schedules import warmup_cosine
 from support.pickles import creates
@@ -253,9 +253,9 @@ def test_finetune_preset_runs_from_a_weights_file(weights, tmp_path):
 def test_muon_takes_the_groups_rates_once():
     """param_groups gives each group its final lr (and lr_scale as a record): Muon must not
     scale it again; its AdamW side is scaled from adamw_lr."""
-    from experiments.training.muon import Muon
+    from test_muon import make_muon
     model = timm.create_model(NAME, num_classes=10)
-    optimizer = Muon(param_groups(model, lr=0.24, weight_decay=0.0, backbone_lr_scale=0.1),
+    optimizer = make_muon(param_groups(model, lr=0.24, weight_decay=0.0, backbone_lr_scale=0.1),
                      lr=0.24, adamw_lr=3e-4)
     rates = {(g["use_muon"], g["lr_scale"]): g["lr"] for g in optimizer.param_groups}
     assert rates[(True, 0.1)] == pytest.approx(0.024)  # backbone matrices

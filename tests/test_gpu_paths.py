@@ -8,21 +8,20 @@ import pytest
 import torch
 import torch.nn as nn
 from omegaconf import OmegaConf
+from test_catalogue import TINY_DATA, TINY_RUN, write_png_tree
 
-from experiments.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint
+from experiments.batches.device import DeviceLoader, Normalize
 from experiments.config.checks import check_config
 from experiments.data import Split, load_splits
 from experiments.errors import ConfigError, DataError, UserError
-from support.archives import write_cifar_archive, write_mnist_files
-from experiments.batches.device import DeviceLoader, Normalize
-from experiments.training.schedules import constant
-from experiments.job import (CompileWatch, build_optimizer, configure_backends, explain,
-                             maybe_compile)
-from support.jobs import train_here
+from experiments.job import CompileWatch, build_optimizer, configure_backends, explain, maybe_compile
 from experiments.training.backends import resolve_device, resolve_precision
+from experiments.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint
 from experiments.training.options import TrainerOptions
+from experiments.training.schedules import constant
 from experiments.training.trainer import FitState, Trainer
-from test_catalogue import TINY_DATA, TINY_RUN, write_png_tree
+from support.archives import write_cifar_archive, write_mnist_files
+from support.jobs import train_here
 
 CUDA0, CUDA1 = torch.device("cuda", 0), torch.device("cuda", 1)
 

@@ -14,8 +14,9 @@ from conftest import CONF
 from experiments.config.checks import check_config
 from experiments.data import load_splits
 from experiments.errors import ConfigError
-from support.batches import PreMadeBatches
 from experiments.job import build_loaders, build_model, build_trainer
+from experiments.training.batch_schedule import BatchSchedule
+from support.batches import PreMadeBatches
 
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
@@ -82,16 +83,15 @@ def step_once(cfg):
     model_, model_input = build_model(cfg, CPU, channels_last=False)
     train_batches, val_batches, test_batches = build_loaders(cfg, options, splits, model_input, CPU,
                                                              channels_last=False)
-    trainer = build_trainer(cfg, options, model_, CPU, len(splits.train))
+    trainer = build_trainer(cfg, options, model_, CPU, len(splits.train), BatchSchedule(options))
     before = [p.detach().clone() for p in model_.parameters()]
 
     one_batch = PreMadeBatches([next(iter(train_batches))])
     metrics = trainer.run_epoch(one_batch, val_batches)  # one step, validation, schedule
     test = trainer.evaluate(test_batches, tta_flip=cfg.trainer.tta == "flip")
 
-    assert trainer.steps == 1
+    assert trainer.steps_taken == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, model_.parameters()))
     assert torch.isfinite(torch.tensor([metrics["train/loss"], metrics["val/loss"], test["loss"]])).all()
-    assert 0 <= test["acc"] <= 1
     assert model_(one_batch[0][0][:2]).shape == (2, cfg.data.num_classes)
     return trainer

@@ -64,7 +64,7 @@ def test_a_refused_job_of_a_sweep_fails_alone_and_is_left_as_it_was(tmp_path):
     assert files(out) == before
 
 
-def test_a_checkpoint_of_another_config_is_refused_before_anything_is_written(tmp_path):
+def test_a_checkpoint_of_another_config_is_refused_before_anything_is_written(tmp_path, caplog):
     out = tmp_path / "run"
 
     def crash():
@@ -76,6 +76,7 @@ def test_a_checkpoint_of_another_config_is_refused_before_anything_is_written(tm
     with pytest.raises(SystemExit) as exited:
         run_here([*TINY, "trainer.epochs=3", "model.width=8"], out)
     assert exited.value.code == 2 and files(out) == before
+    assert "was written by a different config (model.width: 16 -> 8)" in caplog.text
     assert summary(out)["status"] == "running"  # still the killed job's, to resume
 
 
@@ -150,16 +151,20 @@ def test_an_atomic_write_that_runs_out_of_space_says_where(tmp_path):
 def test_secrets_typed_on_the_command_line_reach_no_file(tmp_path):
     """A sweep of one job with TensorBoard and W&B: the secret is in no file of the sweep, Hydra's
     records included, while the job still got it."""
-    sweep, secret = tmp_path / "sweep", "tok_9f8e7d6c5b4a39281706"
+    sweep, secret, in_env = tmp_path / "sweep", "tok_9f8e7d6c5b4a39281706", "s3cr3t-value-123456"
     proc = run_train("-m", "experiment=smoke", "trainer.epochs=1", "logger=default",
-                     f"+logger.wandb.api_key={secret}", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+                     f"+logger.wandb.api_key={secret}", "+extra.note=${oc.env:MY_SERVICE_TOKEN}",
+                     f"hydra.sweep.dir={sweep}", cwd=tmp_path, env={"MY_SERVICE_TOKEN": in_env})
     assert proc.returncode == 0, proc.stderr[-2000:]
     written = [p for p in sweep.rglob("*") if p.is_file()]
     assert {"multirun.yaml", "summary.md", "summary.csv", "overrides.yaml", "hydra.yaml",
             "config.yaml", "summary.json", "train.log"} <= {p.name for p in written}
     assert any(p.suffix == ".wandb" for p in written) and any("tfevents" in p.name for p in written)
-    leaks = [str(p.relative_to(sweep)) for p in written if secret.encode() in p.read_bytes()]
+    leaks = [str(p.relative_to(sweep)) for p in written
+             if secret.encode() in p.read_bytes() or in_env.encode() in p.read_bytes()]
     assert not leaks
     assert secret not in proc.stdout + proc.stderr
     job = next(sweep.glob("0-*"))
     assert "+logger.wandb.api_key=***" in summary(job)["overrides"]
+    config = (job / "config.yaml").read_text()
+    assert "api_key: '***'" in config and "note: '***'" in config

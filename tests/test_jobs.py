@@ -9,6 +9,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from conftest import run_train
 from experiments.report.job_summary import COMPLETED, LOGGED_RESULTS, keys_for
 from experiments.training.metrics import EPOCH, EPOCH_METRICS
+from support.jobs import run_here
 
 TAGS = {"train/loss", "train/acc", "val/loss", "val/acc", "train/lr"}
 
@@ -25,7 +26,7 @@ def test_smoke_job_writes_a_completed_summary(smoke_job):
     out, _ = smoke_job
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["error"] is None
-    assert 0.0 <= summary["test_acc"] <= 1.0 and 0.0 <= summary["best_val_acc"] <= 1.0
+    assert summary["test_acc"] >= 0.3 and summary["best_val_acc"] >= 0.3  # 3x chance: it learns
     assert summary["epochs_completed"] == 3 and summary["early_stopped"] is False
     assert summary["train_time_s"] > 0 and summary["images_per_s"] > 0
     assert summary["choices"].items() >= {"model": "resnet18", "optim": "sgd", "aug": "basic",
@@ -76,43 +77,53 @@ def test_progress_bar_shows_epochs_with_eta(smoke_job):
 @pytest.mark.parametrize("overrides,message", [
     (["model=resnet50x"], "Available options"),
     (["trainer.epochs=abc"], "could not be converted to Integer"),  # Hydra, from the schema
-    (["trainer.epochs=-1"], "trainer.epochs must be a positive integer"),
-    (["optim.lr=-0.1"], "optim.lr must be a number > 0"),
-    (["trainer.batch_size=0"], "trainer.batch_size must be a positive integer"),
     (["trainer.epochs=1", "trainer.nope=1"], "Could not override 'trainer.nope'"),
-    (["sched=plateau", "data.val_size=0"], "needs a validation split"),
 ])
-def test_bad_input_fails_with_a_clear_message(tmp_path, overrides, message):
+def test_composition_errors_are_hydras_one_message(tmp_path, overrides, message):
+    """Hydra refuses these while composing, before any job directory exists."""
     out = tmp_path / "run"
     proc = run_train("experiment=smoke", f"hydra.run.dir={out}", *overrides, cwd=tmp_path)
     assert proc.returncode != 0
     assert message in proc.stdout + proc.stderr
     assert "Traceback" not in proc.stderr
-    summary = out / "summary.json"
-    assert not summary.exists() or json.loads(summary.read_text())["status"] == "failed"
+    assert not (out / "summary.json").exists()
 
 
-def test_missing_data_without_network_fails_clearly(tmp_path):
+@pytest.mark.parametrize("overrides,message", [
+    (["trainer.epochs=-1"], "trainer.epochs must be a positive integer"),
+    (["optim.lr=-0.1"], "optim.lr must be a number > 0"),
+    (["trainer.batch_size=0"], "trainer.batch_size must be a positive integer"),
+    (["sched=plateau", "data.val_size=0"], "needs a validation split"),
+])
+def test_bad_values_fail_the_job_with_a_clear_message(tmp_path, caplog, overrides, message):
     out = tmp_path / "run"
-    proc = run_train(f"hydra.run.dir={out}", f"data.root={tmp_path / 'data'}",
-                     "data.url=http://127.0.0.1:9/cifar-100-python.tar.gz", cwd=tmp_path)
-    assert proc.returncode != 0
-    text = proc.stdout + proc.stderr
-    assert "cifar-100-python.tar.gz is missing" in text and "experiment=smoke" in text
-    assert "Traceback" not in proc.stderr
+    with pytest.raises(SystemExit) as exited:
+        run_here(["experiment=smoke", "logger=none", *overrides], out)
+    assert exited.value.code == 2 and message in caplog.text
     assert json.loads((out / "summary.json").read_text())["status"] == "failed"
 
 
-def test_corrupt_archive_and_corrupt_cache_fail_clearly(tmp_path):
+def test_missing_data_without_network_fails_clearly(tmp_path, caplog):
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as exited:
+        run_here(["logger=none", f"data.root={tmp_path / 'data'}",
+                  "data.url=http://127.0.0.1:9/cifar-100-python.tar.gz"], out)
+    assert exited.value.code == 2
+    assert "cifar-100-python.tar.gz is missing" in caplog.text and "experiment=smoke" in caplog.text
+    assert json.loads((out / "summary.json").read_text())["status"] == "failed"
+
+
+def test_corrupt_archive_and_corrupt_cache_fail_clearly(tmp_path, caplog):
     data = tmp_path / "data"
     data.mkdir()
     (data / "cifar-100-python.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
-    proc = run_train(f"hydra.run.dir={tmp_path / 'a'}", f"data.root={data}", "data.md5=null", cwd=tmp_path)
-    assert proc.returncode == 2 and "is not a readable CIFAR archive" in proc.stdout + proc.stderr
+    with pytest.raises(SystemExit) as exited:
+        run_here(["logger=none", f"data.root={data}", "data.md5=null"], tmp_path / "a")
+    assert exited.value.code == 2 and "is not a readable CIFAR archive" in caplog.text
     (data / "cifar-100-python.tar.gz").unlink()
     (data / "cifar100.uint8.pt").write_bytes(b"corrupt")
-    proc = run_train(f"hydra.run.dir={tmp_path / 'b'}", f"data.root={data}",
-                     "data.url=http://127.0.0.1:9/cifar-100-python.tar.gz", cwd=tmp_path)
-    text = proc.stdout + proc.stderr
-    assert proc.returncode == 2 and "cifar100.uint8.pt is corrupt or stale" in text
-    assert "Traceback" not in proc.stderr
+    with pytest.raises(SystemExit) as exited:
+        run_here(["logger=none", f"data.root={data}",
+                  "data.url=http://127.0.0.1:9/cifar-100-python.tar.gz"], tmp_path / "b")
+    assert exited.value.code == 2 and "cifar100.uint8.pt is corrupt or stale" in caplog.text
+    assert not [r for r in caplog.records if r.exc_info]

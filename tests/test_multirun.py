@@ -33,7 +33,7 @@ def test_grid_writes_eight_named_job_directories(sweep):
         summary = json.loads((sweep_dir / name / "summary.json").read_text())
         model, optim, aug = name.split("-")[1:]
         assert summary["status"] == "completed"
-        assert (summary["choices"]["model"], summary["choices"]["optim"], summary["choices"]["aug"]) == (model, optim, aug)
+        assert tuple(summary["choices"][g] for g in ("model", "optim", "aug")) == (model, optim, aug)
 
 
 def test_every_smoke_job_learns(sweep):

@@ -8,11 +8,21 @@ import pytest
 import torch
 import torch.nn as nn
 
-from experiments.job import build_optimizer, build_trainer
 from experiments.config.checks import check_config
+from experiments.job import build_optimizer, build_trainer
 from experiments.models import MLP, timm_resnet18
-from experiments.training.muon import Muon, zeropower_via_newtonschulz5
+from experiments.training.batch_schedule import BatchSchedule
+from experiments.training.muon import Muon
 from experiments.training.sam import SAM
+
+# the reference's defaults (github.com/KellerJordan/Muon, muon.py: Muon and its auxiliary Adam):
+# what these tests compare with torch.optim.Muon and AdamW under
+REFERENCE = dict(lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0,
+                 adamw_lr=3e-4, adamw_betas=(0.9, 0.95), adamw_eps=1e-10, adamw_weight_decay=0.0)
+
+
+def make_muon(params, **settings):
+    return Muon(params, **{**REFERENCE, **settings})
 
 BAND = (0.65, 1.2)  # where the quintic leaves the singular values (the reference: about 0.7-1.2)
 
@@ -28,7 +38,7 @@ def sides(optimizer, model):
 
 def test_resnet18_split_hidden_convs_to_muon_stem_and_classifier_to_adamw():
     model = timm_resnet18(num_classes=10, in_chans=3, width=8, cifar_stem=True)
-    muon, adamw = sides(Muon(model.parameters()), model)
+    muon, adamw = sides(make_muon(model.parameters()), model)
     assert muon == {*(f"layer{s}.{b}.conv{c}.weight" for s in (1, 2, 3, 4) for b in (0, 1) for c in (1, 2)),
                     *(f"layer{s}.0.downsample.0.weight" for s in (2, 3, 4))}
     assert adamw == {"conv1.weight", "bn1.weight", "bn1.bias", "fc.weight", "fc.bias",
@@ -40,7 +50,7 @@ def test_resnet18_split_hidden_convs_to_muon_stem_and_classifier_to_adamw():
 
 def test_mlp_split_only_the_hidden_matrix_to_muon():
     model = MLP(num_classes=10, in_chans=3, image_size=32, width=8, depth=2)
-    muon, adamw = sides(Muon(model.parameters()), model)
+    muon, adamw = sides(make_muon(model.parameters()), model)
     assert muon == {"net.5.weight"}  # net.1: the input layer, net.9: the classifier
     assert adamw == {"net.1.weight", "net.1.bias", "net.2.weight", "net.2.bias", "net.5.bias",
                      "net.6.weight", "net.6.bias", "net.9.weight", "net.9.bias"}
@@ -49,15 +59,18 @@ def test_mlp_split_only_the_hidden_matrix_to_muon():
 def test_tokens_and_vectors_go_to_adamw():
     tokens, embed, hidden, bias, head = (nn.Parameter(torch.zeros(s)) for s in
                                          [(1, 4, 8), (8, 3, 4, 4), (8, 8), (8,), (10, 8)])
-    opt = Muon([tokens, embed, hidden, bias, head])
+    opt = make_muon([tokens, embed, hidden, bias, head])
     [muon] = [g["params"] for g in opt.param_groups if g["use_muon"]]
     assert muon == [hidden]
 
 
 @pytest.mark.parametrize("shape", [(32, 64), (64, 32), (16, 144)])
 def test_newton_schulz_orthogonalizes(shape):
+    """timm's iteration with the reference's coefficients (what Muon here steps with)."""
+    from timm.optim.muon import _COEFFICIENTS, zeropower_via_newtonschulz
+
     G = torch.randn(shape, generator=torch.Generator().manual_seed(0))
-    X = zeropower_via_newtonschulz5(G, steps=5)
+    X = zeropower_via_newtonschulz(G, 5, _COEFFICIENTS["original"])
     assert X.dtype == torch.bfloat16 and X.shape == G.shape
     s = torch.linalg.svdvals(X.float())
     assert BAND[0] <= s.min() and s.max() <= BAND[1], s
@@ -71,7 +84,7 @@ def test_a_2d_update_equals_torch_muon(shape):
     stem, head = nn.Parameter(torch.randn(4, 4)), nn.Parameter(torch.randn(4, 4))
     p = nn.Parameter(torch.randn(shape, generator=gen))
     q = nn.Parameter(p.detach().clone())
-    ours = Muon([stem, p, head], lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.1)
+    ours = make_muon([stem, p, head], lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.1)
     theirs = torch.optim.Muon([q], lr=0.02, momentum=0.95, nesterov=True, ns_steps=5,
                               weight_decay=0.1, ns_coefficients=(3.4445, -4.7750, 2.0315),
                               adjust_lr_fn="original")
@@ -88,7 +101,7 @@ def test_the_adamw_side_equals_torch_adamw():
     gen = torch.Generator().manual_seed(2)
     p = nn.Parameter(torch.randn(16, generator=gen))
     q = nn.Parameter(p.detach().clone())
-    ours = Muon([p], adamw_lr=1e-3, adamw_betas=(0.9, 0.95), adamw_eps=1e-10, adamw_weight_decay=0.1)
+    ours = make_muon([p], adamw_lr=1e-3, adamw_betas=(0.9, 0.95), adamw_eps=1e-10, adamw_weight_decay=0.1)
     theirs = torch.optim.AdamW([q], lr=1e-3, betas=(0.9, 0.95), eps=1e-10, weight_decay=0.1,
                                foreach=False)
     for _ in range(3):
@@ -105,7 +118,7 @@ def test_conv_kernels_update_through_the_flattened_matrix(kernel, scale):
     sqrt(max(1, rows/cols)): 1 for a 3x3 kernel, sqrt(2) for a 1x1 that doubles the channels."""
     stem, head = nn.Parameter(torch.randn(8, 3, 3, 3)), nn.Parameter(torch.randn(10, 8))
     w = nn.Parameter(torch.randn(kernel))
-    opt = Muon([stem, w, head], lr=1.0, momentum=0.0, nesterov=False, weight_decay=0.0)
+    opt = make_muon([stem, w, head], lr=1.0, momentum=0.0, nesterov=False, weight_decay=0.0)
     before = w.detach().clone()
     w.grad = torch.randn(kernel, generator=torch.Generator().manual_seed(3))
     opt.step()
@@ -118,7 +131,7 @@ def test_conv_kernels_update_through_the_flattened_matrix(kernel, scale):
 def test_lr_scale_scales_the_muon_and_the_adamw_lr_of_its_group():
     stem, hidden, bias, hidden2, head = (nn.Parameter(torch.randn(s)) for s in
                                          [(8, 3, 3, 3), (8, 8, 3, 3), (8,), (16, 8, 3, 3), (10, 16)])
-    opt = Muon([{"params": [stem, hidden, bias], "lr_scale": 0.1}, {"params": [hidden2, head]}],
+    opt = make_muon([{"params": [stem, hidden, bias], "lr_scale": 0.1}, {"params": [hidden2, head]}],
                lr=0.2, adamw_lr=1e-3)
     lrs = [(g["use_muon"], g.get("lr_scale"), g["lr"], len(g["params"])) for g in opt.param_groups]
     assert lrs == [(True, 0.1, pytest.approx(0.02), 1), (False, 0.1, pytest.approx(1e-4), 2),
@@ -143,7 +156,7 @@ def tiny_convnet():
 def test_state_dict_round_trip_continues_bit_exact():
     torch.manual_seed(0)
     model = tiny_convnet()
-    opt = Muon(model.parameters())
+    opt = make_muon(model.parameters())
     train_steps(model, opt, 2, seed=1)
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "opt": opt.state_dict()}, buffer)
@@ -151,7 +164,7 @@ def test_state_dict_round_trip_continues_bit_exact():
     saved = torch.load(buffer, weights_only=True)  # as the checkpoint loads it
     again = tiny_convnet()
     again.load_state_dict(saved["model"])
-    opt_again = Muon(again.parameters(), lr=1.0, adamw_lr=1.0)  # the saved groups' settings win
+    opt_again = make_muon(again.parameters(), lr=1.0, adamw_lr=1.0)  # the saved groups' settings win
     opt_again.load_state_dict(saved["opt"])
     assert [{k: v for k, v in g.items() if k != "params"} for g in opt_again.param_groups] == \
            [{k: v for k, v in g.items() if k != "params"} for g in opt.param_groups]
@@ -166,7 +179,7 @@ def test_grad_scaler_unscales_and_skips_as_for_any_optimizer():
     torch.manual_seed(0)
     model, plain = tiny_convnet(), tiny_convnet()
     plain.load_state_dict(model.state_dict())
-    opt, opt_plain = Muon(model.parameters()), Muon(plain.parameters())
+    opt, opt_plain = make_muon(model.parameters()), make_muon(plain.parameters())
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 12)
     x = torch.randn(8, 3, 8, 8)
     scaler.scale(model(x).square().mean()).backward()
@@ -200,13 +213,12 @@ def test_muon_as_sams_base_optimizer(compose_cfg):
     cfg = compose_cfg(["experiment=smoke", "optim=sam", "optim@optim.base=muon"])
     options = check_config(cfg)
     model = MLP(num_classes=10, in_chans=3, image_size=32, width=16, depth=2)
-    trainer = build_trainer(cfg, options, model, torch.device("cpu"), n_train=768)
+    trainer = build_trainer(cfg, options, model, torch.device("cpu"), 768, BatchSchedule(options))
     assert isinstance(trainer.optimizer, SAM) and isinstance(trainer.optimizer.base_optimizer, Muon)
     assert all("rho" in g for g in trainer.optimizer.param_groups)
     assert {g["use_muon"] for g in trainer.optimizer.param_groups} == {True, False}
     before = [p.detach().clone() for p in model.parameters()]
     batch = (torch.randn(32, 3, 32, 32), torch.randint(0, 10, (32,)))
-    trainer.backward(*batch, 1)
     trainer.optimizer_step([batch])
     assert all(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
@@ -219,7 +231,7 @@ def test_layer_decay_groups_exempt_biases_and_norms_from_weight_decay_on_both_si
     from experiments.training.param_groups import param_groups
 
     model = timm.create_model("test_resnet", num_classes=10)
-    opt = Muon(param_groups(model, lr=0.02, weight_decay=0.0, layer_decay=0.75),
+    opt = make_muon(param_groups(model, lr=0.02, weight_decay=0.0, layer_decay=0.75),
                lr=0.02, weight_decay=0.01, adamw_weight_decay=0.05)
     by_param = {id(p): (g["use_muon"], g["weight_decay"]) for g in opt.param_groups for p in g["params"]}
     params = dict(model.named_parameters())

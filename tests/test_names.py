@@ -15,14 +15,21 @@ from experiments.config.checks import check_config
 from experiments.data import Split
 from experiments.errors import ConfigError
 from experiments.report import job_summary
-from experiments.report.job_summary import (COMPLETED, FAILED, KEYS, RUNNING, JobSummary,
-                                            completed_summary, failed_summary, keys_for,
-                                            running_summary)
+from experiments.report.job_summary import (
+    COMPLETED,
+    FAILED,
+    KEYS,
+    RUNNING,
+    JobSummary,
+    completed_summary,
+    failed_summary,
+    keys_for,
+    running_summary,
+)
 from experiments.report.tracking import Tracker
-from experiments.training.metrics import (EPOCH, EPOCH_METRICS, METRIC_MODES, VAL_METRICS,
-                                          VAL_PREFIX)
-from experiments.training.schedules import constant
+from experiments.training.metrics import EPOCH, EPOCH_METRICS, METRIC_MODES, VAL_METRICS, VAL_PREFIX
 from experiments.training.options import TrainerOptions
+from experiments.training.schedules import constant
 from experiments.training.trainer import FitState, Trainer
 
 
@@ -49,12 +56,21 @@ def test_the_trainer_logs_exactly_the_named_metrics_in_their_order():
 
 
 @pytest.mark.parametrize("metric", VAL_METRICS)
-def test_the_config_checks_accept_the_named_validation_metrics_in_their_mode(compose_cfg, metric):
+def test_selection_stopping_and_plateau_follow_the_direction_of_their_metric(compose_cfg, metric):
+    """The direction (max for accuracy, min for loss) is the metric's (METRIC_MODES), never an
+    option that could contradict it."""
+    from experiments.training.schedules import plateau
+    from experiments.training.selection import Monitor
+
     mode = METRIC_MODES[metric]
-    check_config(compose_cfg([f"trainer.monitor={metric}", f"trainer.monitor_mode={mode}"]))
-    wrong = {"max": "min", "min": "max"}[mode]
-    with pytest.raises(ConfigError, match=f"would treat a worse {metric} as better"):
-        check_config(compose_cfg([f"trainer.monitor={metric}", f"trainer.monitor_mode={wrong}"]))
+    check_config(compose_cfg([f"trainer.monitor={metric}", "sched=plateau", f"sched.monitor={metric}"]))
+    assert Monitor(metric).mode == mode
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = plateau(opt, epochs=1, steps=len, monitor=metric, factor=0.5, patience=0,
+                       threshold=0.0, min_lr=0.0)
+    assert schedule.scheduler.mode == mode
+    with pytest.raises(ConfigError, match="sched.mode is not a key of sched"):
+        check_config(compose_cfg(["sched=plateau", "+sched.mode=max"]))
 
 
 JOB = SimpleNamespace(name="0-resnet18-sgd-basic", choices={"model": "resnet18"},

@@ -18,6 +18,7 @@ from experiments.report import sweep_report as report
 from experiments.report.job_summary import write_json
 from experiments.report.sweep import load_job
 from experiments.training.backends import resolve_device
+from support.jobs import run_here
 
 SMOKE = ["experiment=smoke", "logger=none", "trainer.epochs=1"]
 
@@ -124,10 +125,15 @@ def test_summarize_combines_several_sweeps(tmp_path, capsys):
     assert "| b |" in capsys.readouterr().out
 
 
-def test_three_trial_optuna_search(tmp_path):
-    sweep = tmp_path / "optuna"
-    proc = run_train("hparams_search=optuna", *SMOKE, "hydra.sweeper.n_trials=3",
-                     f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+def test_an_optuna_search_in_sqlite_continues_into_the_same_sweep_directory(tmp_path):
+    """Three trials, then the README's way to continue the search: the same command again, one
+    more trial. Each trial gets the study's number (unique directories, none refused or
+    overwritten), and the seeded sampler, still in its random start-up phase (n_startup_trials 5
+    > 4 trials), draws new values rather than the first run's again."""
+    db, sweep = f"sqlite:///{tmp_path / 'study.db'}", tmp_path / "sweep"
+    command = ["hparams_search=optuna", *SMOKE, f"hydra.sweeper.storage={db}",
+               f"hydra.sweep.dir={sweep}"]
+    proc = run_train(*command, "hydra.sweeper.n_trials=3", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert set(results["best_params"]) == {"optim.lr", "optim.weight_decay", "trainer.batch_size"}
@@ -138,18 +144,8 @@ def test_three_trial_optuna_search(tmp_path):
     best_val = max(float(r["best_val_acc"]) for r in rows)
     assert results["best_value"] == pytest.approx(best_val)  # Optuna saw the validation metric
 
-
-def test_optuna_study_in_sqlite_continues_into_the_same_sweep_directory(tmp_path):
-    """The README's way to continue a search: the same command again. Each run's trials get the
-    study's numbers (unique directories, none refused or overwritten), and the seeded sampler,
-    still in its random start-up phase (n_startup_trials 5 > 4 trials), draws new values rather
-    than the first run's again."""
-    db, sweep = f"sqlite:///{tmp_path / 'study.db'}", tmp_path / "sweep"
-    for _ in range(2):
-        proc = run_train("hparams_search=optuna", *SMOKE, "trainer.epochs=1",
-                         "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage={db}",
-                         f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-        assert proc.returncode == 0, proc.stderr[-2000:]
+    proc = run_train(*command, "hydra.sweeper.n_trials=1", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
     import optuna
 
     study = optuna.load_study(study_name="resnet18-sgd", storage=db)
@@ -216,11 +212,10 @@ def test_report_of_a_real_grid_over_two_seeds(tmp_path):
     assert "model=resnet18,preact" in summary["provenance"]["command"]
 
 
-def test_provenance_in_summary_and_resume_with_changed_code_warns(tmp_path):
+def test_provenance_in_summary_and_resume_with_changed_code_warns(tmp_path, caplog):
     run = tmp_path / "run"
-    args = [*TINY, "trainer.keep_checkpoint=true", f"hydra.run.dir={run}"]
-    proc = run_train(*args, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    args = [*TINY, "trainer.keep_checkpoint=true"]
+    run_here(args, run)
     first = json.loads((run / "summary.json").read_text())
     prov = first["provenance"]
     assert set(prov) == {"code", "versions", "device_name", "data", "command"}
@@ -233,10 +228,8 @@ def test_provenance_in_summary_and_resume_with_changed_code_warns(tmp_path):
     payload["code"] = {"commit": "0" * 40, "dirty": False, "diff_sha256": None}
     torch.save(payload, run / "checkpoint.pt")
     write_json(run / "summary.json", {**first, "status": "running"})
-    proc = run_train(*args, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    log = (run / "train.log").read_text()
-    assert "RESUMING WITH DIFFERENT CODE" in log and "0" * 40 in log
+    run_here(args, run)
+    assert "RESUMING WITH DIFFERENT CODE" in caplog.text and "0" * 40 in caplog.text
     resumed = json.loads((run / "summary.json").read_text())
     assert resumed["resumed_from_epoch"] == 1
     assert resumed["code_changed_on_resume"]["checkpoint"]["commit"] == "0" * 40
@@ -269,18 +262,20 @@ def test_provenance_goes_to_tensorboard_and_wandb(tmp_path, monkeypatch):
 
 
 def test_data_provenance_identifies_the_cache_without_reading_it(tmp_path, compose_cfg):
+    from experiments.data import make_source
     from experiments.report.provenance import data_source
 
     url = "https://example.org/cifar-10-python.tar.gz"
     cfg = compose_cfg(["data=cifar10", f"data.root={tmp_path}", f"data.url={url}"]).data
-    assert data_source(cfg) == {"name": "cifar10", "source": url, "cache": None, "cache_id": None}
+    source = make_source(cfg)
+    assert data_source(cfg, source) == {"name": "cifar10", "source": url, "cache": None, "cache_id": None}
     cache = tmp_path / "cifar10.uint8.pt"  # where experiments.data.cifar decodes CIFAR-10 to
     cache.write_bytes(b"x" * 10)
-    first = data_source(cfg)
+    first = data_source(cfg, source)
     assert first["cache"] == str(cache.resolve()) and len(first["cache_id"]) == 16
-    assert data_source(cfg) == first
+    assert data_source(cfg, source) == first
     os.utime(cache, ns=(0, cache.stat().st_mtime_ns + 10**9))  # rewritten: same size, new mtime
-    assert data_source(cfg)["cache_id"] != first["cache_id"]
+    assert data_source(cfg, source)["cache_id"] != first["cache_id"]
     synthetic = compose_cfg(["data=synthetic"]).data
-    assert data_source(synthetic) == {"name": "synthetic", "source": "generated", "cache": None,
-                                      "cache_id": None}
+    assert data_source(synthetic, make_source(synthetic)) == {
+        "name": "synthetic", "source": "generated", "cache": None, "cache_id": None}

@@ -2,7 +2,6 @@
 (RandomResizedCrop.make_params: area, aspect, fallback rate), the resize exact against
 torchvision's F.resized_crop for fixed boxes, and BatchAugment / the reference transform with it."""
 
-import math
 
 import pytest
 import torch

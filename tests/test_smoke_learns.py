@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from conftest import run_train
-from support.jobs import train_here
+from support.jobs import run_here, train_here
 
 
 @pytest.mark.parametrize("model", ["timm", "mlp", "lenet"])
@@ -23,9 +22,7 @@ def test_a_preset_at_smoke_size_runs_as_typed_and_is_labelled(tmp_path):
     """`experiment=best size=smoke`: the preset's recipe (CutMix/MixUp, EMA, TTA) at CPU size,
     and both choices in summary.json, so its row in a table says what it was."""
     out = tmp_path / "run"
-    proc = run_train("experiment=best", "size=smoke", "logger=none", "trainer.progress=false",
-                     f"hydra.run.dir={out}", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    run_here(["experiment=best", "size=smoke", "logger=none", "trainer.progress=false"], out)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["epochs_completed"] == 3
     assert summary["choices"].items() >= {"experiment": "best", "size": "smoke",

@@ -4,15 +4,15 @@ import pytest
 import torch
 import torch.nn as nn
 
-from experiments.data import Split
 from experiments.batches.device import DeviceLoader, Normalize
-from support.batches import PreMadeBatches as Batches
+from experiments.data import Split
 from experiments.models import PreActResNet18
-from experiments.training.schedules import constant, warmup_cosine
 from experiments.training.backends import resolve_precision
 from experiments.training.options import EarlyStopping, TrainerOptions
+from experiments.training.schedules import constant, warmup_cosine
 from experiments.training.selection import Monitor
 from experiments.training.trainer import Trainer
+from support.batches import PreMadeBatches as Batches
 
 
 def separable(n: int, classes: int = 4, seed: int = 0) -> Split:
@@ -54,7 +54,7 @@ def test_it_learns_and_keeps_the_best_validation_weights():
 def test_early_stopping_after_patience_epochs_without_improvement():
     # no loss can drop by 100 in an epoch: after the first epoch nothing counts as improvement
     trainer = make_trainer(epochs=10, early_stopping=EarlyStopping(
-        patience=2, monitor="val/loss", mode="min", min_delta=100.0))
+        patience=2, monitor="val/loss", min_delta=100.0))
     train, val = loader(separable(64), shuffle=True), loader(separable(64, seed=1))
     result = trainer.fit(train, val)
     assert result.early_stopped and result.epoch == 3
@@ -67,7 +67,7 @@ def test_without_validation_the_last_weights_are_kept():
 
 
 def test_monitor_modes_and_min_delta():
-    m = Monitor("val/loss", "min", min_delta=0.1, patience=1)
+    m = Monitor("val/loss", min_delta=0.1, patience=1)
     assert m.update({"val/loss": 1.0}) and not m.update({"val/loss": 0.95}) and m.exhausted
     assert m.update({"val/loss": 0.8}) and not m.exhausted
 
@@ -260,8 +260,8 @@ def scheduled_lrs(compose_cfg, *overrides, n_train=768):
 
     cfg = compose_cfg(["experiment=smoke", "model=mlp", "model.width=8", *overrides])
     options = check_config(cfg)
-    trainer = build_trainer(cfg, options, nn.Linear(4, 2), torch.device("cpu"), n_train)
     plan, lrs = BatchSchedule(options), []
+    trainer = build_trainer(cfg, options, nn.Linear(4, 2), torch.device("cpu"), n_train, plan)
     for epoch in range(1, options.epochs + 1):
         epoch_lrs = []
         for _ in range(plan.steps_per_epoch(n_train, epoch)):

@@ -33,14 +33,13 @@ from hydra.utils import instantiate
 import experiments.config  # noqa: F401  (registers the schemas and resolvers with Hydra)
 from experiments.batches.baselines import PilLoader, UnseededSplit, pil_transform, unseeded
 from experiments.batches.device import DeviceLoader, Normalize
-from experiments.batches.workers import (TransformedSplit, WorkerLoader, available_cores,
-                                         torchvision_transform)
+from experiments.batches.workers import TransformedSplit, WorkerLoader, available_cores, torchvision_transform
 from experiments.data import Split
 from experiments.data.cache import load_cache, save_cache
 from experiments.data.cifar import CIFAR_FORMATS, read_cifar_archive, write_cifar_archive
-from experiments.training.schedules import constant
 from experiments.training.backends import resolve_device, resolve_precision, synchronize
 from experiments.training.options import TrainerOptions
+from experiments.training.schedules import constant
 from experiments.training.trainer import Trainer
 
 CONF = Path(__file__).resolve().parent / "conf"  # the package's config tree (conf/ in a checkout)
@@ -110,6 +109,23 @@ def reseed_us_per_image(count: int) -> float:
                         - seconds_per_item(UnseededSplit(split, keep))), 1)
 
 
+def loader_paths(split: Split, aug, mean, std, px: int, device: torch.device) -> dict:
+    """A fresh loader of each path the benchmark compares, by name."""
+    ours = torchvision_transform(aug, mean, std, px, stored_size=px)
+
+    def workers() -> WorkerLoader:
+        return WorkerLoader(split, 256, ours, device=device, workers=available_cores(),
+                            shuffle=True, drop_last=True)
+
+    return {
+        "device": lambda: DeviceLoader(split, 256, Normalize(mean, std, device), device=device,
+                                       augment=aug, shuffle=True, drop_last=True),
+        "dataloader": workers,
+        "dataloader_unseeded": lambda: unseeded(workers(), split, ours),
+        "pil_dataloader": lambda: PilLoader(split, 256, pil_transform(aug, mean, std, px), device),
+    }
+
+
 def bench_aug(device: torch.device, size: dict) -> dict:
     gen = torch.Generator().manual_seed(0)
     results = {}
@@ -119,16 +135,7 @@ def bench_aug(device: torch.device, size: dict) -> dict:
                       torch.randint(0, 100, (n,), generator=gen))
         cfg = config(f"aug={name}")
         aug, mean, std = instantiate(cfg.aug), cfg.data.mean, cfg.data.std
-        ours = torchvision_transform(aug, mean, std, px, stored_size=px)
-        workers = lambda: WorkerLoader(split, 256, ours, device=device,  # noqa: E731
-                                       workers=available_cores(), shuffle=True, drop_last=True)
-        paths = {
-            "device": lambda: DeviceLoader(split, 256, Normalize(mean, std, device), device=device,
-                                           augment=aug, shuffle=True, drop_last=True),
-            "dataloader": workers,
-            "dataloader_unseeded": lambda: unseeded(workers(), split, ours),
-            "pil_dataloader": lambda: PilLoader(split, 256, pil_transform(aug, mean, std, px), device),
-        }
+        paths = loader_paths(split, aug, mean, std, px, device)
         counts = {path: size["batches" if path == "device" else "dl_batches"] for path in paths}
         best = best_images_per_s(paths, counts, device, size["rounds"])
         baseline = max(DATALOADERS, key=best.get)

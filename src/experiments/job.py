@@ -21,8 +21,8 @@ from typing import NoReturn
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from timm.utils import ModelEmaV3
@@ -35,13 +35,19 @@ from experiments.config.secrets import redact_overrides, redact_secrets
 from experiments.data import Splits, load_splits
 from experiments.errors import ConfigError, JobFailed, Refusal, UserError, user_error_in
 from experiments.job_dir import JobDir
-from experiments.report.provenance import collect as collect_provenance, resumed_code_change
-from experiments.report.job_summary import COMPLETED, SummaryFile, completed_summary
-from experiments.report.tracking import Tracker
 from experiments.models.pretrained import ModelInput, input_for
-from experiments.training.backends import (CompileWatch, configure_backends, maybe_compile,
-                                           precision_name, resolve_device,
-                                           use_channels_last)
+from experiments.report.job_summary import COMPLETED, CONFIG_FILE, SummaryFile, completed_summary
+from experiments.report.provenance import collect as collect_provenance
+from experiments.report.provenance import resumed_code_change
+from experiments.report.tracking import Tracker
+from experiments.training.backends import (
+    CompileWatch,
+    configure_backends,
+    maybe_compile,
+    precision_name,
+    resolve_device,
+    use_channels_last,
+)
 from experiments.training.batch_schedule import BatchSchedule
 from experiments.training.checkpoint import Checkpoint, fingerprint
 from experiments.training.options import TrainerOptions
@@ -134,17 +140,16 @@ def build_optimizer(cfg: DictConfig, options: TrainerOptions, model: torch.nn.Mo
 
 
 def build_trainer(cfg: DictConfig, options: TrainerOptions, model: torch.nn.Module,
-                  device: torch.device, n_train: int) -> Trainer:
-    """Optimizer, lr schedule (over the run's real optimizer steps, batch-size schedule
-    included), mixing, EMA and the model, compiled if asked, in one Trainer."""
+                  device: torch.device, n_train: int, plan: BatchSchedule) -> Trainer:
+    """Optimizer, lr schedule (over the run's real optimizer steps under the batch-size
+    schedule `plan`), mixing, EMA and the model, compiled if asked, in one Trainer."""
     optimizer = build_optimizer(cfg, options, model, device)
     ema = ModelEmaV3(model, decay=options.ema_decay) if options.ema_decay else None  # before compiling
     mixup = instantiate(cfg.mix) if cfg.mix.get("_target_") else None
-    plan = BatchSchedule(options)
     schedule = instantiate(cfg.sched)(
         optimizer, epochs=options.epochs, steps=functools.partial(plan.steps_until, n_train))
     return Trainer(maybe_compile(model, options.compile), optimizer, schedule, options,
-                   device=device, mixup=mixup, ema=ema)
+                   device=device, batch_schedule=plan, mixup=mixup, ema=ema)
 
 
 def test_once(trainer: Trainer, fit: FitState, test_batches, tta: str) -> dict[str, float | None]:
@@ -160,12 +165,13 @@ def test_once(trainer: Trainer, fit: FitState, test_batches, tta: str) -> dict[s
 
 # --- the job -------------------------------------------------------------------------------
 
-def train(cfg: DictConfig, job: JobInfo, config: dict, checkpoint: Checkpoint,
-          summary: SummaryFile) -> dict:
-    """Check the config, build everything from it, train (resuming from `checkpoint` when it
-    holds one), test once with the chosen weights. `config` is the resolved config, secrets
-    redacted; `summary` is rewritten with the progress after every epoch."""
-    options = check_config(cfg)  # the trainer group as one typed object
+def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
+          checkpoint: Checkpoint, summary: SummaryFile) -> dict:
+    """Build everything from the config, train (resuming from `checkpoint` when it holds one),
+    test once with the chosen weights. `cfg` is what the parts are instantiated from, `options`
+    its trainer group, checked and typed, `record` the resolved config with secrets masked (what
+    is saved, logged and fingerprinted); `summary` is rewritten with the progress after every
+    epoch."""
     device = resolve_device(options.device, job.num)
     configure_backends(options, device)
     seed_everything(cfg.seed)
@@ -174,11 +180,12 @@ def train(cfg: DictConfig, job: JobInfo, config: dict, checkpoint: Checkpoint,
     splits = load_splits(cfg.data)
     log.info("data %s: %d train / %d val / %d test images, %d classes", cfg.data.name,
              len(splits.train), len(splits.val or ()), len(splits.test), len(splits.classes))
-    BatchSchedule(options).check_fits(len(splits.train), cfg.data.val_size)
-    provenance = collect_provenance(cfg, device)  # after the data: its cache now exists
+    plan = BatchSchedule(options)  # the batch size of every epoch: once per job
+    plan.check_fits(len(splits.train), cfg.data.val_size)
+    provenance = collect_provenance(cfg, device, splits.source)  # after the data: its cache exists
     model, model_input = build_model(cfg, device, channels_last)
     loaders = build_loaders(cfg, options, splits, model_input, device, channels_last)
-    trainer = build_trainer(cfg, options, model, device, len(splits.train))
+    trainer = build_trainer(cfg, options, model, device, len(splits.train), plan)
     log.info("model %s (%.2fM parameters) on %s, autocast %s", job.choices.get("model"),
              sum(p.numel() for p in model.parameters()) / 1e6, device, trainer.amp_dtype)
 
@@ -189,9 +196,9 @@ def train(cfg: DictConfig, job: JobInfo, config: dict, checkpoint: Checkpoint,
     if resumed.note:
         log.warning("%s", resumed.note)
     code_changed = resumed_code_change(resumed.saved, provenance["code"]) if resumed.state else None
-    OmegaConf.save(config, job.output_dir / "config.yaml")  # resolved: every number of this job
+    OmegaConf.save(record, job.output_dir / CONFIG_FILE)  # resolved: every number of this job
     make_tracker = instantiate(cfg.logger)  # a partial: the logger options come from the config
-    with (make_tracker(job.output_dir, run_name=job.name, group=job.group, config=config,
+    with (make_tracker(job.output_dir, run_name=job.name, group=job.group, config=record,
                        resumed_after=resumed.epoch,
                        history=resumed.state.history if resumed.state else [],
                        wandb_id=resumed.saved.get("wandb_id"), provenance=provenance) as tracker,
@@ -209,12 +216,12 @@ def train(cfg: DictConfig, job: JobInfo, config: dict, checkpoint: Checkpoint,
             log.warning("trainer.compile: part of this job ran uncompiled: %s", compiled.status)
         result = completed_summary(job, fit, test, {
             "device": str(device), "precision": precision_name(trainer.amp_dtype),
-            "seed": cfg.seed, "fingerprint": fingerprint(config),
+            "seed": cfg.seed, "fingerprint": fingerprint(record),
             "resumed_from_epoch": resumed.epoch, "resume_note": resumed.note,
             "compile": compiled.status, "wandb_id": tracker.wandb_id,
             "pretrained": model_input.weights,
             "provenance": provenance, "code_changed_on_resume": code_changed})
-        tracker.log_results({"choices": job.choices, **config}, result)
+        tracker.log_results({"choices": job.choices, **record}, result)
     torch.save(trainer.eval_weights(), job.output_dir / "model.pt")  # the tested weights
     if not options.keep_checkpoint:
         checkpoint.remove()
@@ -227,12 +234,12 @@ def log_epoch(tracker: Tracker, epoch: int, epochs: int, metrics: dict[str, floa
              " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
 
 
-def stored_result(stored: dict | None, job: JobInfo, config: dict) -> dict | None:
+def stored_result(stored: dict | None, job: JobInfo, record: dict) -> dict | None:
     """The stored summary when this job already ran to the end in its directory; a completed
     job of another config is refused (and left as it is)."""
     if not (stored and stored.get("status") == COMPLETED):
         return None
-    if stored.get("fingerprint") != fingerprint(config):
+    if stored.get("fingerprint") != fingerprint(record):
         raise Refusal(
             f"{job.output_dir} holds a completed job with a different config; refusing to mix "
             "them (its files are left as they are). Use a new output directory "
@@ -248,7 +255,7 @@ EXPECTED_FAILURES = (UserError, DivergedError, torch.OutOfMemoryError)
 def explain(err: BaseException, cfg: DictConfig) -> str:
     """The message a failed job reports: what went wrong, and what to change."""
     if isinstance(err, torch.OutOfMemoryError):
-        b, k = cfg.trainer.batch_size, cfg.trainer.grad_accum_steps
+        b, k = cfg.trainer.batch_size, cfg.trainer.grad_accum_steps  # (from any failing run)
         return (f"out of GPU memory at trainer.batch_size={b}. Use a smaller batch with gradient "
                 f"accumulation for the same effective batch, e.g. trainer.batch_size={max(1, b // 2)} "
                 f"trainer.grad_accum_steps={2 * k}, or a smaller model.width.")
@@ -264,15 +271,17 @@ def release(err: BaseException) -> None:
         torch.cuda.empty_cache()
 
 
-def start(cfg: DictConfig, job: JobInfo, job_dir: JobDir) -> tuple[dict, dict | None, Checkpoint]:
-    """What the directory holds, read before anything is written: the resolved config (secrets
-    masked), a completed result of this config (returned as it is), and the checkpoint to
-    resume. A directory holding a completed job is never written by a run that stops here."""
+def start(cfg: DictConfig, job: JobInfo, job_dir: JobDir):
+    """The checked options and what the directory holds, read before anything is written: the
+    resolved config as recorded (secrets masked), a completed result of this config (returned as
+    it is), and the checkpoint to resume. A directory holding a completed job is never written
+    by a run that stops here."""
     stored = job_dir.summary()
     try:
-        config = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
-        result = stored_result(stored, job, config) if cfg.trainer.resume else None
-        checkpoint = Checkpoint(job.output_dir, config, cfg.trainer.resume) if result is None else None
+        options = check_config(cfg)  # the trainer group as one typed object
+        record = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
+        result = stored_result(stored, job, record) if options.resume else None
+        checkpoint = Checkpoint(job.output_dir, record, options.resume) if result is None else None
     except Refusal:
         raise
     except Exception as err:
@@ -280,7 +289,7 @@ def start(cfg: DictConfig, job: JobInfo, job_dir: JobDir) -> tuple[dict, dict | 
             raise Refusal(f"{job.output_dir} holds a completed job, left as it is: this run "
                           f"stopped before it could compare configs: {explain(user_error_in(err), cfg)}") from err
         raise
-    return config, result, checkpoint
+    return options, record, result, checkpoint
 
 
 def run(cfg: DictConfig) -> float:
@@ -290,16 +299,16 @@ def run(cfg: DictConfig) -> float:
     try:
         with JobDir(job.output_dir) as job_dir:  # refused while another process trains it
             try:
-                config, result, checkpoint = start(cfg, job, job_dir)
+                options, record, result, checkpoint = start(cfg, job, job_dir)
                 if result is None:
                     job_dir.write_hydra_record(cfg)
                     summary.running()
-                    result = train(cfg, job, config, checkpoint, summary)
+                    result = train(cfg, options, job, record, checkpoint, summary)
                     summary.completed(result)
             except Refusal:
                 raise
             except Exception as raised:
-                fail(raised, cfg, job, summary)
+                fail(raised, cfg, job, job_dir, summary)
     except Refusal as refused:  # nothing was written: the directory is as it was
         stop(job, str(refused), user_error=True, log_file=False)
     log.info("done: test_acc=%s best_val_acc=%s -> %s", result["test_acc"],
@@ -308,12 +317,15 @@ def run(cfg: DictConfig) -> float:
     return float("nan") if value is None else float(value)
 
 
-def fail(raised: Exception, cfg: DictConfig, job: JobInfo, summary: SummaryFile) -> None:
-    """A failed job: its summary marked failed with the reason (and the epochs it completed),
-    its memory released, then `stop`."""
+def fail(raised: Exception, cfg: DictConfig, job: JobInfo, job_dir: JobDir,
+         summary: SummaryFile) -> None:
+    """A failed job (its directory held no completed job: `start` refuses those): Hydra's record
+    and its summary, marked failed with the reason and the epochs it completed, so that a sweep's
+    report lists it; its memory released, then `stop`."""
     err = user_error_in(raised)  # e.g. a ConfigError that Hydra's instantiate wrapped
     message = explain(err, cfg)
     try:
+        job_dir.write_hydra_record(cfg)
         summary.failed(message)
     except OSError as write_error:  # e.g. the disk is still full
         log.error("could not mark %s failed: %s", summary.path, write_error)

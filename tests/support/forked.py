@@ -55,10 +55,11 @@ def kill_after_checkpoint(steps_later: int = 2) -> None:
         state["saved"] = True
 
     def stepping(self, *args, **kwargs):
-        step(self, *args, **kwargs)
+        outputs = step(self, *args, **kwargs)
         if state["saved"]:
             state["steps"] += 1
             if state["steps"] >= steps_later:
                 os.kill(os.getpid(), signal.SIGKILL)
+        return outputs
 
     Checkpoint.save, Trainer.optimizer_step = saving, stepping

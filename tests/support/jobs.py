@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import OmegaConf, open_dict, read_write
 
 import experiments.config  # noqa: F401  (registers the schemas and resolvers with Hydra)
+from experiments.config.checks import check_config
 from experiments.job import JobInfo, run, train
 from experiments.report.job_summary import SummaryFile
 from experiments.training.checkpoint import Checkpoint
@@ -29,8 +30,9 @@ CONF = Path(__file__).resolve().parents[2] / "conf"
 def train_here(cfg, out: Path, name: str = "job", overrides=()) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     job = JobInfo(out, name, None, {}, list(overrides), False, 0)
-    config = OmegaConf.to_container(cfg, resolve=True)
-    return train(cfg, job, config, Checkpoint(out, config, cfg.trainer.resume), SummaryFile(job))
+    options = check_config(cfg)
+    record = OmegaConf.to_container(cfg, resolve=True)
+    return train(cfg, options, job, record, Checkpoint(out, record, options.resume), SummaryFile(job))
 
 
 def run_here(overrides, out: Path, multirun: bool = False, num: int = 0) -> float:

@@ -5,12 +5,14 @@ workers.py). Each `loader` config names its factory as `_target_`; both take a `
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from experiments.batches.augment import BatchAugment
+from experiments.data import Splits
 from experiments.errors import UserError
 from experiments.models.pretrained import ModelInput
 
@@ -40,6 +42,39 @@ def repeats_grey(stored_channels: int, model_input: ModelInput) -> bool:
 
 
 class Loaders(NamedTuple):
-    train: object
-    val: object | None  # None without a validation split
-    test: object
+    train: Loader
+    val: Loader | None  # None without a validation split
+    test: Loader
+
+
+class Loader:
+    """What both kinds of loader share: a split of `split_size` images served in batches of
+    `batch_size` (the training split's changes between epochs under trainer.batch_schedule), a
+    ragged last batch dropped (`drop_last`) only where a full batch exists, so tiny datasets
+    still train."""
+
+    def __init__(self, split_size: int, batch_size: int, drop_last: bool):
+        self.split_size, self.want_drop_last = split_size, drop_last
+        self.set_batch_size(batch_size)
+
+    def set_batch_size(self, batch_size: int) -> None:
+        self.batch_size = batch_size
+        self.drop_last = self.want_drop_last and self.split_size >= batch_size
+
+    def __len__(self) -> int:
+        n, b = self.split_size, self.batch_size
+        return n // b if self.drop_last else -(-n // b)
+
+    @property
+    def num_images(self) -> int:
+        """Images served per pass (fewer than the split when the last batch is dropped)."""
+        return min(len(self) * self.batch_size, self.split_size)
+
+
+def make_loaders(splits: Splits, batching: Batching, make: Callable[..., Loader]) -> Loaders:
+    """Train (shuffled, augmented, a ragged last batch dropped), val and test, each made by
+    `make(split, batch_size, augment, train)`."""
+    b = batching
+    return Loaders(make(splits.train, b.batch_size, b.augment, True),
+                   None if splits.val is None else make(splits.val, b.eval_batch_size, None, False),
+                   make(splits.test, b.eval_batch_size, None, False))

@@ -19,14 +19,13 @@ How it stays cheap:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from numbers import Real
 
 import torch
 import torch.nn.functional as F
 
 from experiments.batches.resized_crop import resized_crop, sample_boxes
 from experiments.errors import ConfigError
+from experiments.values import POSITIVE, PROBABILITY, Rule, integer, number, pair, shown
 
 
 def crop_flip_at(stored: torch.Tensor, index: torch.Tensor, padding: int,
@@ -97,45 +96,30 @@ def uniform(n: int, low: float, high: float, gen: torch.Generator, device) -> to
     return torch.rand(n, generator=gen, device=device).mul_(high - low).add_(low)
 
 
-def check_aug(crop_padding, flip, rotate_degrees, erase_p, erase_scale, erase_ratio,
-              rrc_scale=None, rrc_ratio=(3 / 4, 4 / 3)) -> None:
-    """The `aug` group's values, refused with the key to change (the ranges torchvision takes)."""
-    def number(x) -> bool:
-        return isinstance(x, Real) and not isinstance(x, bool)
+FRACTION_PAIR = pair(number(0, 1, open_low=True), "")
+AUG_RULES = {  # aug.<key>: what it must be (the ranges torchvision takes)
+    "crop_padding": integer(0, "an integer >= 0 (pixels of zero padding)"),
+    "flip": Rule(lambda v: isinstance(v, bool), "true or false"),
+    "rotate_degrees": number(0, 180, "a number of degrees in [0, 180] (angles are drawn from [-d, d])"),
+    "erase_p": PROBABILITY,
+    "erase_scale": Rule(FRACTION_PAIR.test, "[min, max] shares of the image area, 0 < min <= max <= 1"),
+    "erase_ratio": pair(POSITIVE, "[min, max] aspect ratios, 0 < min <= max"),
+    "rrc_scale": Rule(FRACTION_PAIR.test, "").or_null(
+        "null (no RandomResizedCrop) or [min, max] shares of the image area, 0 < min <= max <= 1"),
+    "rrc_ratio": pair(POSITIVE, "[min, max] aspect ratios (width / height), 0 < min <= max"),
+}
 
-    def pair(x) -> bool:  # [min, max]
-        return (isinstance(x, Sequence) and not isinstance(x, str) and len(x) == 2
-                and all(number(v) for v in x) and x[0] <= x[1])
 
-    for key, value, ok, expected in (
-        ("crop_padding", crop_padding, isinstance(crop_padding, int) and number(crop_padding)
-         and crop_padding >= 0, "an integer >= 0 (pixels of zero padding)"),
-        ("flip", flip, isinstance(flip, bool), "true or false"),
-        ("rotate_degrees", rotate_degrees, number(rotate_degrees) and 0 <= rotate_degrees <= 180,
-         "a number of degrees in [0, 180] (angles are drawn from [-d, d])"),
-        ("erase_p", erase_p, number(erase_p) and 0 <= erase_p <= 1, "a probability in [0, 1]"),
-        ("erase_scale", erase_scale, pair(erase_scale) and 0 < erase_scale[0] and erase_scale[1] <= 1,
-         "[min, max] shares of the image area, 0 < min <= max <= 1"),
-        ("erase_ratio", erase_ratio, pair(erase_ratio) and 0 < erase_ratio[0],
-         "[min, max] aspect ratios, 0 < min <= max"),
-        ("rrc_scale", rrc_scale, rrc_scale is None or (pair(rrc_scale) and 0 < rrc_scale[0]
-                                                       and rrc_scale[1] <= 1),
-         "null (no RandomResizedCrop) or [min, max] shares of the image area, 0 < min <= max <= 1"),
-        ("rrc_ratio", rrc_ratio, pair(rrc_ratio) and 0 < rrc_ratio[0],
-         "[min, max] aspect ratios (width / height), 0 < min <= max"),
-    ):
-        if not ok:
-            raise ConfigError(f"aug.{key} must be {expected}, got {shown(value)!r}")
-    if rrc_scale is not None:
-        for key, value in (("crop_padding", crop_padding), ("rotate_degrees", rotate_degrees)):
-            if value > 0:
+def check_aug(**values) -> None:
+    """The `aug` group's values, refused with the key to change."""
+    for key, rule in AUG_RULES.items():
+        rule.check(f"aug.{key}", values[key])
+    if values["rrc_scale"] is not None:
+        for key in ("crop_padding", "rotate_degrees"):
+            if values[key] > 0:
                 raise ConfigError(
-                    f"aug.rrc_scale={shown(rrc_scale)} (RandomResizedCrop) cannot be combined with "
-                    f"aug.{key}={value}: set aug.{key}=0, or aug.rrc_scale=null")
-
-
-def shown(value):
-    return list(value) if isinstance(value, Sequence) and not isinstance(value, str) else value
+                    f"aug.rrc_scale={shown(values['rrc_scale'])} (RandomResizedCrop) cannot be "
+                    f"combined with aug.{key}={values[key]}: set aug.{key}=0, or aug.rrc_scale=null")
 
 
 class BatchAugment:
@@ -146,8 +130,9 @@ class BatchAugment:
     def __init__(self, crop_padding: int = 0, flip: bool = False, rotate_degrees: float = 0.0,
                  erase_p: float = 0.0, erase_scale=(0.02, 0.33), erase_ratio=(0.3, 3.3),
                  rrc_scale: list | tuple | None = None, rrc_ratio=(3 / 4, 4 / 3)):
-        check_aug(crop_padding, flip, rotate_degrees, erase_p, erase_scale, erase_ratio,
-                  rrc_scale, rrc_ratio)
+        check_aug(crop_padding=crop_padding, flip=flip, rotate_degrees=rotate_degrees,
+                  erase_p=erase_p, erase_scale=erase_scale, erase_ratio=erase_ratio,
+                  rrc_scale=rrc_scale, rrc_ratio=rrc_ratio)
         self.crop_padding, self.flip, self.rotate_degrees = crop_padding, flip, rotate_degrees
         self.erase_p, self.erase_scale, self.erase_ratio = erase_p, tuple(erase_scale), tuple(erase_ratio)
         self.rrc_scale = None if rrc_scale is None else tuple(float(v) for v in rrc_scale)

@@ -12,7 +12,7 @@ from collections.abc import Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from experiments.batches import Batching, Loaders, repeats_grey
+from experiments.batches import Batching, Loader, Loaders, make_loaders, repeats_grey
 from experiments.batches.augment import BatchAugment
 from experiments.data import Split, Splits
 from experiments.errors import UserError
@@ -44,7 +44,7 @@ def resize_to(images: torch.Tensor, size: int) -> torch.Tensor:
                          align_corners=False)
 
 
-class DeviceLoader:
+class DeviceLoader(Loader):
     """Iterates (images, labels) batches; reshuffles and re-augments on every pass."""
 
     def __init__(self, split: Split, batch_size: int, normalize: Normalize, *, device,
@@ -64,27 +64,9 @@ class DeviceLoader:
         self.normalize, self.augment = normalize, augment
         self.size = size or split.images.shape[-1]  # served batches' side
         self.channels = channels or split.images.shape[1]  # served batches' channels
-        self.shuffle, self.channels_last, self.want_drop_last = shuffle, channels_last, drop_last
-        self.set_batch_size(batch_size)
+        self.shuffle, self.channels_last = shuffle, channels_last
+        super().__init__(len(split), batch_size, drop_last)
         self.generator = torch.Generator(device=device).manual_seed(seed)
-
-    def set_batch_size(self, batch_size: int) -> None:
-        self.batch_size = batch_size
-        # drop a ragged last batch only when there is a full one: tiny datasets still train
-        self.drop_last = self.want_drop_last and len(self.labels) >= batch_size
-
-    def __len__(self) -> int:
-        n = len(self.labels)
-        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
-
-    @property
-    def split_size(self) -> int:
-        return len(self.labels)
-
-    @property
-    def num_images(self) -> int:
-        """Images served per pass (fewer than the split when the last batch is dropped)."""
-        return min(len(self) * self.batch_size, len(self.labels))
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, device = len(self.labels), self.labels.device
@@ -133,19 +115,16 @@ def check_fits_device(splits: Splits, device: torch.device, free: int | None) ->
 
 
 def device_loaders(splits: Splits, batching: Batching) -> Loaders:
-    """`loader=device`: train (shuffled, augmented, a ragged last batch dropped), val and test."""
+    """`loader=device`: train, val and test, each a DeviceLoader."""
     b = batching
     check_fits_device(splits, b.device, free_device_memory(b.device))
     normalize = Normalize(b.input.mean, b.input.std, b.device)
     repeats_grey(splits.train.images.shape[1], b.input)  # refuses what cannot be served
 
-    def make(split: Split, batch_size: int, augment: BatchAugment | None = None,
-             train: bool = False) -> DeviceLoader:
+    def make(split: Split, batch_size: int, augment: BatchAugment | None, train: bool) -> DeviceLoader:
         return DeviceLoader(split, batch_size, normalize, augment=augment, shuffle=train,
                             drop_last=train, seed=b.seed, device=b.device,
                             channels_last=b.channels_last, size=b.input.size,
                             channels=b.input.channels)
 
-    return Loaders(make(splits.train, b.batch_size, b.augment, train=True),
-                   None if splits.val is None else make(splits.val, b.eval_batch_size),
-                   make(splits.test, b.eval_batch_size))
+    return make_loaders(splits, b, make)

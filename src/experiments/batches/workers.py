@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import torch
 
-from experiments.batches import Batching, Loaders, repeats_grey
+from experiments.batches import Batching, Loader, Loaders, make_loaders, repeats_grey
 from experiments.batches.augment import BatchAugment
 from experiments.data import Split, Splits
 
@@ -87,7 +87,7 @@ class TransformedSplit(torch.utils.data.Dataset):
         return image, self.labels[i]
 
 
-class WorkerLoader:
+class WorkerLoader(Loader):
     """A torchvision DataLoader with the usual speed settings, yielding batches on the device.
 
     For data that does not fit on the device, and as the reference the benchmark compares with.
@@ -98,7 +98,7 @@ class WorkerLoader:
                  channels_last: bool = False, pin_memory: bool = True, prefetch_factor: int = 4,
                  persistent_workers: bool = True):
         self.device, self.channels_last = torch.device(device), channels_last
-        self.dataset, self.want_drop_last = TransformedSplit(split, transform), drop_last
+        self.dataset = TransformedSplit(split, transform)
         self.sampler = EpochSampler(len(self.dataset), shuffle, torch.Generator().manual_seed(seed))
         self.options = dict(sampler=self.sampler, num_workers=workers,
                             pin_memory=pin_memory and self.device.type == "cuda",
@@ -107,22 +107,13 @@ class WorkerLoader:
                             # for the workers' base seed only (unused: every image is seeded),
                             # so that starting workers never draws from torch's global RNG
                             generator=torch.Generator().manual_seed(seed))
-        self.set_batch_size(batch_size)
+        super().__init__(len(self.dataset), batch_size, drop_last)
 
     def set_batch_size(self, batch_size: int) -> None:
         """A new DataLoader (and workers) for the new size; the sampler's generator carries on."""
-        self.batch_size = batch_size
-        self.loader = torch.utils.data.DataLoader(
-            self.dataset, batch_size=batch_size,
-            drop_last=self.want_drop_last and len(self.dataset) >= batch_size, **self.options)
-        self.num_images = len(self.loader) * batch_size if self.loader.drop_last else len(self.dataset)
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    @property
-    def split_size(self) -> int:
-        return len(self.dataset)
+        super().set_batch_size(batch_size)
+        self.loader = torch.utils.data.DataLoader(self.dataset, batch_size=batch_size,
+                                                  drop_last=self.drop_last, **self.options)
 
     @property
     def generator(self) -> torch.Generator:
@@ -144,12 +135,11 @@ def available_cores() -> int:
 def worker_loaders(splits: Splits, batching: Batching, *, workers: int | str = "auto",
                    pin_memory: bool = True, prefetch_factor: int = 4,
                    persistent_workers: bool = True) -> Loaders:
-    """`loader=dataloader`: train (shuffled, augmented), val and test, each a WorkerLoader."""
+    """`loader=dataloader`: train, val and test, each a WorkerLoader."""
     b = batching
     count = available_cores() if workers == "auto" else int(workers)
 
-    def make(split: Split, batch_size: int, augment: BatchAugment | None = None,
-             train: bool = False) -> WorkerLoader:
+    def make(split: Split, batch_size: int, augment: BatchAugment | None, train: bool) -> WorkerLoader:
         transform = torchvision_transform(
             augment, b.input.mean, b.input.std, b.input.size, stored_size=split.images.shape[-1],
             repeat_grey=repeats_grey(split.images.shape[1], b.input))
@@ -158,6 +148,4 @@ def worker_loaders(splits: Splits, batching: Batching, *, workers: int | str = "
                             channels_last=b.channels_last, pin_memory=pin_memory,
                             prefetch_factor=prefetch_factor, persistent_workers=persistent_workers)
 
-    return Loaders(make(splits.train, b.batch_size, b.augment, train=True),
-                   None if splits.val is None else make(splits.val, b.eval_batch_size),
-                   make(splits.test, b.eval_batch_size))
+    return make_loaders(splits, b, make)

@@ -1,108 +1,77 @@
-"""Config checks with clear messages: rules across fields and groups, and the ranges of the
-groups whose keys depend on the chosen class (optim, sched, mix, loader, data). The trainer's own
-types and ranges live in its schema (training/options.py)."""
+"""Config checks with clear messages, before anything is built: rules across fields and groups,
+the keys each group's target takes, and the ranges of the groups whose keys are a library's
+arguments (optim, sched, mix, loader) or a dataset's. The trainer's own types and ranges live in
+its schema (training/options.py), the augmentation's in its class (batches/augment.py); every
+rule is one of experiments/values.py's."""
 
 from __future__ import annotations
 
 import inspect
-from numbers import Real
 
 from hydra.utils import get_object
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import ValidationError
 
 from experiments.errors import ConfigError
 from experiments.models.pretrained import PRETRAINED_KEYS, wants_pretrained
 from experiments.models.resnet import SMALL_IMAGES, TIMM_MODEL
-from experiments.training.metrics import METRIC_MODES, VAL_METRICS
+from experiments.training.metrics import VAL_METRICS
+from experiments.training.muon import MUON_RULES
 from experiments.training.options import TrainerOptions
+from experiments.values import (
+    INF,
+    MOMENTUM,
+    NON_NEGATIVE,
+    POSITIVE,
+    POSITIVE_INT,
+    PROBABILITY,
+    Rule,
+    integer,
+    is_int,
+    number,
+    one_of,
+)
 
 
-
-def _is_int(value) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value) -> bool:
-    return isinstance(value, Real) and not isinstance(value, bool)
+def select(cfg: DictConfig, key: str):
+    return OmegaConf.select(cfg, key)
 
 
-def positive_int(cfg: DictConfig, key: str) -> None:
-    value = OmegaConf.select(cfg, key)
-    if not _is_int(value) or value < 1:
-        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
-
-
-def positive_number(cfg: DictConfig, key: str, optional: bool = False) -> None:
-    value = OmegaConf.select(cfg, key)
-    if optional and value is None:
-        return
-    if not _is_number(value) or not value > 0:
-        raise ConfigError(f"{key} must be a number > 0{' or null' if optional else ''}, got {value!r}")
-
-
-def one_of(cfg: DictConfig, key: str, allowed) -> None:
-    value = OmegaConf.select(cfg, key)
-    if value not in allowed:
-        raise ConfigError(f"{key} must be one of {list(allowed)}, got {value!r}")
-
-
-def _in(low, high, *, open_low=False, open_high=False, optional=False):
-    """A test that a value is a number in [low, high] (or (low, high] ..., or null if optional)."""
-    def test(value) -> bool:
-        if value is None:
-            return optional
-        return _is_number(value) and (low < value if open_low else low <= value) and (
-            value < high if open_high else value <= high)
-    return test
-
-
-INF = float("inf")
-
-
-def _pair_in_0_1(value) -> bool:
-    return (isinstance(value, (list, tuple, ListConfig)) and len(value) == 2
-            and all(_in(0, 1, open_high=True)(v) for v in value))
-
-
-# key: (test, what it must be). Checked where the composed config has the key (sched.pct_start
-# only with sched=onecycle, ...): values torch would refuse with a traceback, mid-run for some
-# (StepLR's step_size=0 divides by zero at the first epoch's end), or, worse, accept and train
-# silently wrong (label smoothing or EMA decay above 1, a negative warm-up).
 # the optimizer's own keys, checked on the optimizer that steps (`optim`, or `optim.base` under
-# optim=sam: see optimizer_key)
-OPTIMIZER_RANGES = {
-    "momentum": (_in(0, 1, open_high=True), "a number in [0, 1)"),
-    "weight_decay": (_in(0, INF), "a number >= 0"),
-    "ns_steps": (lambda v: _is_int(v) and v >= 1, "a positive integer (Newton-Schulz steps)"),
-    "adamw_lr": (_in(0, INF, open_low=True), "a number > 0"),
-    "adamw_betas": (_pair_in_0_1, "two numbers in [0, 1)"),
-    "adamw_eps": (_in(0, INF, open_low=True), "a number > 0"),
-    "adamw_weight_decay": (_in(0, INF), "a number >= 0"),
-}
-RANGES = {
-    "optim.rho": (_in(0, INF, open_low=True), "a number > 0 (SAM's neighbourhood size)"),
-    "sched.warmup_epochs": (_in(0, INF), "a number of epochs >= 0"),
-    "sched.min_lr_ratio": (_in(0, 1), "a fraction of optim.lr in [0, 1]"),
-    "sched.step_size": (lambda v: _is_int(v) and v >= 1, "a positive integer (epochs)"),
-    "sched.gamma": (_in(0, 1, open_low=True), "a factor in (0, 1]"),
-    "sched.factor": (_in(0, 1, open_low=True, open_high=True), "a factor in (0, 1)"),
-    "sched.patience": (lambda v: _is_int(v) and v >= 0, "an integer >= 0 (epochs)"),
-    "sched.pct_start": (_in(0, 1, open_low=True, open_high=True), "a fraction in (0, 1)"),
-    "sched.div_factor": (_in(0, INF, open_low=True), "a number > 0"),
-    "sched.final_div_factor": (_in(0, INF, open_low=True), "a number > 0"),
-    "mix.prob": (_in(0, 1), "a probability in [0, 1]"),
-    "mix.switch_prob": (_in(0, 1), "a probability in [0, 1]"),
-    "mix.mixup_alpha": (_in(0, INF), "a number >= 0 (0: no MixUp)"),
-    "mix.cutmix_alpha": (_in(0, INF), "a number >= 0 (0: no CutMix)"),
-    "loader.workers": (lambda v: v == "auto" or (_is_int(v) and v >= 0),
-                       "auto or a number of worker processes >= 0 (0: load in the main process)"),
-    "param_groups.backbone_lr_scale": (_in(0, 1, open_low=True), "a fraction of optim.lr in (0, 1]"),
-    "param_groups.layer_decay": (_in(0, 1, open_low=True, optional=True),
-                                 "a factor in (0, 1] per layer, or null (off)"),
-    "data.image_size": (lambda v: _is_int(v) and v >= 1, "a positive integer (pixels)"),
-    "data.num_classes": (lambda v: _is_int(v) and v >= 1, "a positive integer"),
-    "data.noise": (_in(0, 1), "a weight in [0, 1]"),
+# optim=sam: see optimizer_key); Muon's are its own (training/muon.py)
+OPTIMIZER_RULES = {"momentum": MOMENTUM, "weight_decay": NON_NEGATIVE, **MUON_RULES}
+# key: what it must be. Checked where the composed config has the key (sched.pct_start only
+# with sched=onecycle, ...): values torch would refuse with a traceback, mid-run for some
+# (StepLR's step_size=0 divides by zero at the first epoch's end), or, worse, accept and train
+# silently wrong (a mixing probability above 1, a negative warm-up).
+RULES = {
+    "optim.rho": number(0, INF, "a number > 0 (SAM's neighbourhood size)", open_low=True),
+    "sched.warmup_epochs": number(0, INF, "a number of epochs >= 0"),
+    "sched.min_lr_ratio": number(0, 1, "a fraction of optim.lr in [0, 1]"),
+    "sched.step_size": integer(1, "a positive integer (epochs)"),
+    "sched.gamma": number(0, 1, "a factor in (0, 1]", open_low=True),
+    "sched.factor": number(0, 1, "a factor in (0, 1)", open_low=True, open_high=True),
+    "sched.patience": integer(0, "an integer >= 0 (epochs)"),
+    "sched.pct_start": number(0, 1, "a fraction in (0, 1)", open_low=True, open_high=True),
+    "sched.div_factor": POSITIVE,
+    "sched.final_div_factor": POSITIVE,
+    "sched.monitor": one_of(*VAL_METRICS),
+    "mix.prob": PROBABILITY,
+    "mix.switch_prob": PROBABILITY,
+    "mix.mixup_alpha": number(0, INF, "a number >= 0 (0: no MixUp)"),
+    "mix.cutmix_alpha": number(0, INF, "a number >= 0 (0: no CutMix)"),
+    "loader.workers": Rule(lambda v: v == "auto" or (is_int(v) and v >= 0),
+                           "auto or a number of worker processes >= 0 (0: load in the main process)"),
+    "param_groups.backbone_lr_scale": number(0, 1, "a fraction of optim.lr in (0, 1]", open_low=True),
+    "param_groups.layer_decay": number(0, 1, "", open_low=True).or_null(
+        "a factor in (0, 1] per layer, or null (off)"),
+    "data.image_size": integer(1, "a positive integer (pixels)"),
+    "data.num_classes": POSITIVE_INT,
+    "data.noise": number(0, 1, "a weight in [0, 1]"),
+    "data.val_size": Rule(lambda v: (is_int(v) and v >= 0) or (isinstance(v, float) and 0 <= v < 1),
+                          "a count >= 0 or a fraction in [0, 1)"),
+    "seed": Rule(is_int, "an integer"),
+    "logger.wandb.mode": one_of("offline", "online", "disabled"),
 }
 ABSENT = object()
 
@@ -117,14 +86,14 @@ def optimizer_key(cfg: DictConfig) -> str:
 
 
 def check_ranges(cfg: DictConfig) -> None:
-    """RANGES, OPTIMIZER_RANGES, and a mixing option that would mix nothing (timm's Mixup
-    asserts on it)."""
+    """RULES, OPTIMIZER_RULES (and the optimizer's lr, which every optimizer has), and a mixing
+    option that would mix nothing (timm's Mixup asserts on it)."""
     base = optimizer_key(cfg)
-    checks = {**RANGES, **{f"{base}.{k}": rule for k, rule in OPTIMIZER_RANGES.items()}}
-    for key, (test, expected) in checks.items():
+    POSITIVE.check(f"{base}.lr", select(cfg, f"{base}.lr"))
+    for key, rule in {**RULES, **{f"{base}.{k}": r for k, r in OPTIMIZER_RULES.items()}}.items():
         value = OmegaConf.select(cfg, key, default=ABSENT)
-        if value is not ABSENT and not test(value):
-            raise ConfigError(f"{key} must be {expected}, got {value!r}")
+        if value is not ABSENT:
+            rule.check(key, value)
     mix = cfg.mix
     if mix.get("_target_") and not (mix.get("mixup_alpha") or mix.get("cutmix_alpha")
                                     or mix.get("cutmix_minmax")):
@@ -189,20 +158,11 @@ def check_config(cfg: DictConfig) -> TrainerOptions:
     check_pretrained_model(cfg)  # (its own message: a preset's pretrained keys on another model)
     check_group_keys(cfg)
     options = trainer_options(cfg)
-    positive_number(cfg, f"{optimizer_key(cfg)}.lr")
-    if not _is_int(cfg.seed):
-        raise ConfigError(f"seed must be an integer, got {cfg.seed!r}")
-    val_size = cfg.data.val_size
-    if not (_is_int(val_size) and val_size >= 0) and not (isinstance(val_size, float) and 0 <= val_size < 1):
-        raise ConfigError(f"data.val_size must be a count >= 0 or a fraction in [0, 1), got {val_size!r}")
-    one_of(cfg, "logger.wandb.mode", ("offline", "online", "disabled"))
-    check_normalization(cfg)
     check_ranges(cfg)
+    check_normalization(cfg)
     check_validation_users(cfg, options)
     check_combinations(cfg, options)
     return options
-
-
 
 
 def check_combinations(cfg: DictConfig, options: TrainerOptions) -> None:
@@ -213,12 +173,6 @@ def check_combinations(cfg: DictConfig, options: TrainerOptions) -> None:
     if optim.get("nesterov") and not optim.get("momentum"):
         raise ConfigError(f"{key}.nesterov=true needs {key}.momentum > 0 (plain SGD: "
                           f"{key}.momentum=0 {key}.nesterov=false)")
-    metric, mode = cfg.sched.get("monitor"), cfg.sched.get("mode")
-    if mode is not None:
-        one_of(cfg, "sched.mode", ("min", "max"))
-    if metric in METRIC_MODES and mode is not None and mode != METRIC_MODES[metric]:
-        raise ConfigError(f"sched.mode={mode} would treat a worse {metric} as better: "
-                          f"{metric} needs mode {METRIC_MODES[metric]}")
     if not cfg.data.get("hflip_ok", True):
         if cfg.aug.get("flip"):
             raise ConfigError(f"aug.flip=true mirrors images, which changes the class of "
@@ -280,8 +234,7 @@ def check_validation_users(cfg: DictConfig, options: TrainerOptions) -> None:
     watchers = {"trainer.early_stopping.monitor": options.early_stopping.patience is not None,
                 "sched.monitor": "monitor" in cfg.sched}
     for key, active in watchers.items():
-        if active:
-            one_of(cfg, key, VAL_METRICS)
+        if active:  # (both are validation metrics: the trainer's schema and RULES check it)
             if cfg.data.val_size == 0:
                 raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} needs a validation split, "
                                   "but data.val_size=0. Set data.val_size > 0 (the test set is "

@@ -39,4 +39,4 @@ def load_splits(cfg) -> Splits:
     src = make_source(cfg)
     data = src.load()
     train, val = split_validation(data.train, src.val_size, src.split_seed)
-    return Splits(train, val, data.test, data.classes)
+    return Splits(train, val, data.test, data.classes, src)

@@ -43,6 +43,7 @@ class Splits:
     val: Split | None
     test: Split
     classes: list[str]
+    source: Source | None = None  # where they were read from (its cache, for provenance)
 
 
 @dataclass(kw_only=True)

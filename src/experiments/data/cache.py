@@ -6,7 +6,6 @@ memory-mapped (see `python -m experiments.bench`, "dataset load time").
 
 from __future__ import annotations
 
-import fcntl
 import logging
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from filelock import FileLock
 
 from experiments.atomic import atomic_write
 from experiments.data.base import ImageData, Source, Split
@@ -64,20 +64,20 @@ def load_cache(path: Path, channels: int, size: int, num_classes: int | None,
 
 @contextmanager
 def exclusive(lock_path: Path):
-    """An inter-process lock (parallel jobs of a sweep share the cache): one builds, others wait."""
+    """An inter-process lock (parallel jobs of a sweep share the cache): one builds, others wait
+    (filelock's FileLock: flock on Unix)."""
     try:
         lock_path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(lock_path, "w")
+        lock = FileLock(lock_path)
+        lock.acquire()
     except OSError as err:
         raise DataError(f"cannot write the data cache in {lock_path.parent} ({err.strerror or err}). "
                         "Set data.cache_dir=DIR to a writable folder (e.g. on a read-only data "
                         "mount).") from None
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def cached(cache: Path, build: Callable[[], ImageData], channels: int, size: int,

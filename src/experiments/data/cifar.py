@@ -90,7 +90,7 @@ def read_cifar_archive(path: Path, fmt: CifarFormat) -> ImageData:
                         tar.extractfile(member), f"{path} ({member.name})").load()
     except UNREADABLE as err:
         raise DataError(f"{path} is not a readable CIFAR archive ({err}). Delete it so it is "
-                        "downloaded again, or replace it with the official python-version file.")
+                        "downloaded again, or replace it with the official python-version file.") from None
     missing = sorted(n.split("/")[-1] for n in wanted if n.split("/")[-1] not in found)
     if missing:
         raise DataError(f"{path} lacks {missing} under {fmt.folder}/: it is not the official "

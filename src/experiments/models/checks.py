@@ -6,12 +6,13 @@ import difflib
 import timm
 
 from experiments.errors import ConfigError
+from experiments.values import integer
+
+WIDTH = integer(1, "a positive integer (the first stage's channels)")
 
 
 def check_width(width) -> None:
-    if not (isinstance(width, int) and not isinstance(width, bool) and width >= 1):
-        raise ConfigError(f"model.width must be a positive integer (the first stage's channels), "
-                          f"got {width!r}")
+    WIDTH.check("model.width", width)
 
 
 def check_timm_name(name) -> None:

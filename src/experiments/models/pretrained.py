@@ -18,7 +18,6 @@ import torch.nn as nn
 
 from experiments.errors import ConfigError, UserError
 
-
 PRETRAINED_KEYS = ("pretrained", "pretrained_file")  # the model config keys that ask for weights
 
 

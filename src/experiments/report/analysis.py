@@ -1,4 +1,4 @@
-"""A sweep analysed once (`SweepReport`): one row per job, the job table, the per-configuration
+"""A sweep analysed once (`SweepAnalysis`): one row per job, the job table, the per-configuration
 aggregate, the configuration picked on validation, and the effects. Written out by
 experiments.report.sweep_report and experiments.report.markdown.
 """
@@ -35,7 +35,7 @@ def job_table(df: pd.DataFrame, pick: dict | None) -> pd.DataFrame:
 
 
 @dataclass
-class SweepReport:
+class SweepAnalysis:
     """What one pass over a sweep computed: its jobs, their table, the per-configuration
     aggregate, the pick and the effects."""
 
@@ -43,12 +43,12 @@ class SweepReport:
     table: pd.DataFrame
     configs: pd.DataFrame
     pick: dict | None
-    analysis: effects.Analysis
+    analysis: effects.Effects
 
 
-def analyse(jobs: list[Job]) -> SweepReport:
+def analyse_sweep(jobs: list[Job]) -> SweepAnalysis:
     df = jobs_frame(jobs)
     configs = effects.by_config(df, df.attrs["config_columns"])
     pick = effects.pick(df, configs, df.attrs["config_columns"])
-    return SweepReport(df, job_table(df, pick), configs, pick,
-                       effects.analyse(df, df.attrs["config_columns"]))
+    return SweepAnalysis(df, job_table(df, pick), configs, pick,
+                       effects.estimate(df, df.attrs["config_columns"]))

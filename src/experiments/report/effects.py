@@ -135,8 +135,10 @@ def interval(diffs: pd.Series, n_seeds: int) -> tuple[float | None, float | None
     n = len(diffs)
     if n_seeds < 2 or n < 2:
         return None, None
-    half = stats.t.ppf(0.5 + CONFIDENCE / 2, n - 1) * diffs.std(ddof=1) / math.sqrt(n)
-    return float(diffs.mean() - half), float(diffs.mean() + half)
+    if diffs.std(ddof=1) == 0:  # scipy gives (nan, nan) for a zero spread; the mean is exact
+        return float(diffs.mean()), float(diffs.mean())
+    low, high = stats.t.interval(CONFIDENCE, n - 1, loc=diffs.mean(), scale=stats.sem(diffs))
+    return float(low), float(high)
 
 
 def compare(diffs: pd.Series, factor: str, level: str, vs: str, metric: str) -> Comparison:
@@ -200,7 +202,7 @@ def interaction(table: pd.DataFrame, df: pd.DataFrame, factor: str, other: str) 
 # --- the whole analysis ----------------------------------------------------------------------
 
 @dataclass
-class Analysis:
+class Effects:
     factors: list[str] = field(default_factory=list)  # swept, with few enough levels
     searched: list[str] = field(default_factory=list)  # swept, with too many levels
     levels: pd.DataFrame = field(default_factory=pd.DataFrame)  # per (factor, level)
@@ -228,10 +230,10 @@ def is_balanced(df: pd.DataFrame, factors: list[str]) -> bool:
     return len(counts) == math.prod(len(levels(df, f)) for f in factors) and counts.nunique() <= 1
 
 
-def analyse(df: pd.DataFrame, columns: list[str]) -> Analysis:
+def estimate(df: pd.DataFrame, columns: list[str]) -> Effects:
     all_swept = swept(df, columns)
     factors = [f for f in all_swept if len(levels(df, f)) <= MAX_LEVELS]
-    result = Analysis(factors, [f for f in all_swept if f not in factors])
+    result = Effects(factors, [f for f in all_swept if f not in factors])
     if not factors or completed(df).empty:
         return result
     table = cells(df, all_swept)

@@ -22,6 +22,7 @@ from experiments.atomic import atomic_write
 log = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.json"
+CONFIG_FILE = "config.yaml"  # the job's resolved config (secrets masked): every value it ran with
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
 
 

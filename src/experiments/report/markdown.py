@@ -10,17 +10,23 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.report import effects
-from experiments.report.analysis import SweepReport
+from experiments.report.analysis import SweepAnalysis
 from experiments.report.effects import Comparison, completed, levels
 from experiments.report.plots import PLOTS
-from experiments.report.tables import (by_config_shown, markdown, mean_pm_std, missing,
-                                       shared_and_shown, shared_line)
+from experiments.report.tables import (
+    by_config_shown,
+    markdown_table,
+    mean_pm_std,
+    missing,
+    shared_and_shown,
+    shared_line,
+)
 
 MISSING_CELL = "–"
 PROVENANCE = "provenance."
 
 
-def report_markdown(roots: list[Path], result: SweepReport, out_dir: Path) -> str:
+def report_markdown(roots: list[Path], result: SweepAnalysis, out_dir: Path) -> str:
     same, shown = shared_and_shown(result.table)
     text = ["# Sweep report", "", f"Sweeps: {', '.join(str(r) for r in roots)}", "",
             *pick_section(result), *grid_section(result), *effects_section(result.analysis),
@@ -28,10 +34,10 @@ def report_markdown(roots: list[Path], result: SweepReport, out_dir: Path) -> st
             "## All jobs", "",
             "Sorted by test accuracy (%). `*` marks the jobs of the picked configuration (best "
             "validation accuracy). Test accuracy is for reporting, never for choosing.", "",
-            *([shared_line(same), ""] if same else []), markdown(result.table, shown)]
+            *([shared_line(same), ""] if same else []), markdown_table(result.table, shown)]
     if (result.configs["n"] > 1).any():
         text += ["## Per configuration, over seeds (mean +- std, n seeds)", "",
-                 markdown(by_config_shown(result.configs, same, effects.AGGREGATED))]
+                 markdown_table(by_config_shown(result.configs, same, effects.AGGREGATED))]
     return "\n".join(text)
 
 
@@ -39,7 +45,7 @@ def configuration(config: dict, columns: list[str]) -> str:
     return " ".join(f"{c}={config[c]}" for c in columns) or "the only configuration"
 
 
-def pick_section(result: SweepReport) -> list[str]:
+def pick_section(result: SweepAnalysis) -> list[str]:
     counts = result.df["status"].value_counts()
     jobs = f"{len(result.df)} jobs: " + ", ".join(f"{n} {status}" for status, n in counts.items()) + "."
     if result.pick is None:
@@ -78,7 +84,7 @@ def tied(others: int) -> str:
             "with it on validation accuracy (the first in the sweep's order is shown); see the grid.")
 
 
-def grid_section(result: SweepReport) -> list[str]:
+def grid_section(result: SweepAnalysis) -> list[str]:
     """Test accuracy per cell of the grid: rows the first factor, columns the others."""
     factors, df = result.analysis.factors, result.df
     done = completed(df)
@@ -105,7 +111,7 @@ def grid_section(result: SweepReport) -> list[str]:
     note = "mean +- std over seeds" if (stats["count"] > 1).any() else "one job per cell"
     return ["## Grid: test accuracy (%)", "", f"{note}; `{MISSING_CELL}`: no completed job"
             + ("" if balanced else "; the grid is unbalanced (n = completed jobs per cell)") + ".", "",
-            markdown(table)]
+            markdown_table(table)]
 
 
 def points(x: float | None) -> str:
@@ -123,7 +129,7 @@ def agreeing(c: Comparison) -> int:
     return c.n_better if c.mean >= 0 else c.n_worse
 
 
-def effects_section(analysis: effects.Analysis) -> list[str]:
+def effects_section(analysis: effects.Effects) -> list[str]:
     if not analysis.factors:
         searched = (f" ({', '.join(analysis.searched)} take more than {effects.MAX_LEVELS} values:"
                     " a search, not a grid)") if analysis.searched else ""
@@ -143,7 +149,7 @@ def effects_section(analysis: effects.Analysis) -> list[str]:
         "mean_best_val_acc": "best val acc (%)"})
     for column in ("test acc (%)", "best val acc (%)"):
         levels_table[column] = levels_table[column].map(lambda x: "" if missing(x) else f"{x:.2f}")
-    text += ["### Per level (mean over completed jobs)", "", markdown(levels_table)]
+    text += ["### Per level (mean over completed jobs)", "", markdown_table(levels_table)]
     pairs = pd.DataFrame([{
         "factor": c.factor, "difference": f"{c.level} − {c.vs}", "pairs": c.n_pairs,
         "seeds": c.n_seeds, "agree": f"{agreeing(c)}/{c.n_pairs}" if c.n_pairs else "",
@@ -151,7 +157,7 @@ def effects_section(analysis: effects.Analysis) -> list[str]:
         "best val acc [95%]": with_interval(v)}
         for c, v in zip(*[[c for c in analysis.comparisons if c.metric == m] for m in effects.METRICS])])
     text += ["### Paired differences (points; `agree`: pairs on the side of the mean)", "",
-             markdown(pairs)]
+             markdown_table(pairs)]
     if analysis.interactions:
         rows = pd.DataFrame([{
             "effect": f"{i.factor}: {i.a[0]} − {i.a[1]}",
@@ -162,7 +168,7 @@ def effects_section(analysis: effects.Analysis) -> list[str]:
         text += ["### Interactions of two-level factors (test accuracy, points)", "",
                  "How much one factor's effect changes with another's level, over the other "
                  "choices and seeds where all four jobs completed (`quartets`).", "",
-                 markdown(rows)]
+                 markdown_table(rows)]
     if analysis.searched:
         text += [f"Not analysed per level ({', '.join(analysis.searched)}): more than "
                  f"{effects.MAX_LEVELS} values, a search rather than a grid.", ""]

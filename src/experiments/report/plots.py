@@ -8,8 +8,7 @@ from pathlib import Path
 import pandas as pd
 
 from experiments.report.sweep import SEED, Job, label
-from experiments.training.metrics import (ACCURACIES, EPOCH, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC,
-                                          VAL_LOSS)
+from experiments.training.metrics import ACCURACIES, EPOCH, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 
 CURVES = {  # file name: (metrics.csv column, y label, title)
     "val_acc.png": (VAL_ACC, "validation accuracy (%)", "Validation accuracy per epoch"),

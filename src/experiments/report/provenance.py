@@ -21,7 +21,6 @@ from typing import Any
 import torch
 
 from experiments.config.secrets import redact_command
-from experiments.data import make_source
 
 log = logging.getLogger(__name__)
 
@@ -83,25 +82,25 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
-def data_source(data_cfg) -> dict[str, Any]:
+def data_source(data_cfg, source) -> dict[str, Any]:
     """The dataset's name and where it comes from (its URL, or its folder; synthetic data is
-    generated from the config), and its decode-once cache. `cache_id` hashes the cache file's
-    path, size and modification time: it changes whenever the cache is rewritten, without
-    reading the file."""
-    source = {"name": data_cfg.name, "source": data_cfg.get("url") or data_cfg.get("root") or "generated",
-              "cache": None, "cache_id": None}
-    path = make_source(data_cfg).cache_path
+    generated from the config), and its decode-once cache (of `source`, the data's Source).
+    `cache_id` hashes the cache file's path, size and modification time: it changes whenever
+    the cache is rewritten, without reading the file."""
+    info = {"name": data_cfg.name, "source": data_cfg.get("url") or data_cfg.get("root") or "generated",
+            "cache": None, "cache_id": None}
+    path = source.cache_path if source is not None else None
     if path is not None and path.exists():
         st = path.stat()
-        source.update(cache=str(path.resolve()),
-                      cache_id=sha256(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}"))
-    return source
+        info.update(cache=str(path.resolve()),
+                    cache_id=sha256(f"{path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}"))
+    return info
 
 
-def collect(cfg, device: torch.device) -> dict[str, Any]:
+def collect(cfg, device: torch.device, source) -> dict[str, Any]:
     """Everything above for one job (call it after the data is loaded, so its cache exists)."""
     return {"code": code_state(), "versions": versions(), "device_name": device_name(device),
-            "data": data_source(cfg.data), "command": redact_command(sys.argv)}
+            "data": data_source(cfg.data, source), "command": redact_command(sys.argv)}
 
 
 def resumed_code_change(checkpoint: dict, code: dict[str, Any]) -> dict[str, Any] | None:

@@ -17,13 +17,19 @@ import pandas as pd
 import yaml
 
 from experiments.config.groups import CONFIG_GROUPS
-from experiments.report.job_summary import (COUNTS, FLOATS, NESTED, RESULT_COLUMNS, pid_alive,
-                                            read_summary)
+from experiments.report.job_summary import (
+    CONFIG_FILE,
+    COUNTS,
+    FLOATS,
+    NESTED,
+    RESULT_COLUMNS,
+    pid_alive,
+    read_summary,
+)
 from experiments.report.tracking import METRICS_FILE
 from experiments.training.metrics import EPOCH, METRIC_MODES, VAL_ACC, VAL_LOSS
 
 SEED = "seed"  # the replicate: a column of its own, never part of a configuration
-CONFIG_FILE = "config.yaml"  # the job's resolved config, written by experiments.job
 DEFAULT_MONITOR = VAL_ACC  # trainer.monitor when a job's config does not say (conf/trainer)
 UNFINISHED = ("running", "interrupted", "unknown")
 

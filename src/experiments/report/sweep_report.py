@@ -13,11 +13,11 @@ import pandas as pd
 
 from experiments.atomic import atomic_write
 from experiments.report import effects
-from experiments.report.analysis import SweepReport, analyse
+from experiments.report.analysis import SweepAnalysis, analyse_sweep
 from experiments.report.markdown import report_markdown
 from experiments.report.plots import write_plots
 from experiments.report.sweep import Job, load_sweeps
-from experiments.report.tables import by_config_shown, markdown, shared_and_shown, shared_line
+from experiments.report.tables import by_config_shown, markdown_table, shared_and_shown, shared_line
 
 
 def write_csv(path: Path, table: pd.DataFrame) -> None:
@@ -31,7 +31,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_tables(roots: list[Path], out_dir: Path, jobs: list[Job] | None = None,
-                 plots: bool = False) -> SweepReport | None:
+                 plots: bool = False) -> SweepAnalysis | None:
     """summary.csv, effects.csv, summary.md (and summary_by_config.csv when seeds repeat a
     configuration), and with `plots` the PNGs in out_dir/plots, drawn first so that summary.md
     embeds them. From `jobs` when the caller already read them."""
@@ -40,7 +40,7 @@ def write_tables(roots: list[Path], out_dir: Path, jobs: list[Job] | None = None
     if not jobs:
         write_text(out_dir / "summary.md", "# Sweep report\n\n(no jobs)\n")
         return None
-    result = analyse(jobs)
+    result = analyse_sweep(jobs)
     if plots:
         write_plots(jobs, result.df, result.configs, out_dir / "plots")
     write_csv(out_dir / "summary.csv", result.table)
@@ -51,20 +51,20 @@ def write_tables(roots: list[Path], out_dir: Path, jobs: list[Job] | None = None
     return result
 
 
-def terminal_table(result: SweepReport | None) -> str:
+def terminal_table(result: SweepAnalysis | None) -> str:
     """The table for a terminal: columns that never vary are listed once above it, then the
     per-configuration means and the effects in a sentence each."""
     if result is None:
         return "(no jobs)"
     same, shown = shared_and_shown(result.table)
     text = shared_line(same) + "\n\n" if same else ""
-    text += markdown(result.table, shown)
+    text += markdown_table(result.table, shown)
     failed = [f"  {r.job}: {r.error}" for r in result.table.itertuples() if r.status == "failed"]
     if failed:
         text += "\nfailed:\n" + "\n".join(failed) + "\n"
     if (result.configs["n"] > 1).any():
         text += "\nper configuration, over seeds (accuracy in %, mean +- std):\n"
-        text += markdown(by_config_shown(result.configs, same, effects.AGGREGATED))
+        text += markdown_table(by_config_shown(result.configs, same, effects.AGGREGATED))
     if result.analysis.sentences:
         text += "\neffects (test accuracy, paired over jobs that differ only in that factor):\n"
         text += "\n".join(f"  {s}" for s in result.analysis.sentences) + "\n"

@@ -38,7 +38,7 @@ def mean_pm_std(column: str, mean: float, std: float) -> str:
     return fmt(column, mean) if missing(std) else f"{fmt(column, mean)} +- {fmt(column, std)}"
 
 
-def markdown(table: pd.DataFrame, columns: list[str] | None = None) -> str:
+def markdown_table(table: pd.DataFrame, columns: list[str] | None = None) -> str:
     """A Markdown table; string cells are shown as they are."""
     if table.empty:
         return "(no jobs)\n"
@@ -63,9 +63,13 @@ def shared_and_shown(table: pd.DataFrame) -> tuple[dict[str, Any], list[str]]:
     """The values every job shares (listed once, above the table) and the columns that vary
     (the table's). summary.csv keeps every column, for programs."""
     same = constant_columns(table)
-    shown = [c for c in table.columns if c not in same and c != "error"
-             and table[c].map(lambda v: fmt(c, v) != "").any()]
+    shown = [c for c in table.columns if c not in same and c != "error" and shows(table[c], c)]
     return same, shown
+
+
+def shows(values: pd.Series, column: str) -> bool:
+    """Whether any of a column's values reads as something (not all empty)."""
+    return values.map(lambda v: fmt(column, v) != "").any()
 
 
 def shared_line(same: dict[str, Any]) -> str:
@@ -75,7 +79,7 @@ def shared_line(same: dict[str, Any]) -> str:
 def by_config_shown(configs: pd.DataFrame, same: dict[str, Any], metrics: tuple[str, ...]) -> pd.DataFrame:
     """Per-configuration rows with `mean +- std` strings, without the columns in `same`."""
     shown = configs[[c for c in configs.columns if c not in same and not c.endswith(("_mean", "_std"))
-                     and configs[c].map(lambda v: fmt(c, v) != "").any()]].copy()
+                     and shows(configs[c], c)]].copy()
     for metric in metrics:
         if f"{metric}_mean" in configs:
             shown[metric] = [mean_pm_std(metric, m, s) for m, s in

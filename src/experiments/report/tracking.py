@@ -24,7 +24,9 @@ METRICS_FILE = "metrics.csv"
 
 
 def flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
-    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; lists and None become strings (for TB hparams)."""
+    """{"optim": {"lr": 0.1}} -> {"optim.lr": 0.1}; lists and None become strings (for TB hparams).
+    Not pandas.json_normalize: importing pandas costs every job 0.4-0.6 s here (measured
+    2026-12-01, 2-core CPU), for what these lines do."""
     flat: dict[str, Any] = {}
     for key, value in tree.items():
         name = f"{prefix}{key}"

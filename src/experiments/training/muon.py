@@ -1,66 +1,44 @@
 """Muon for the hidden weight matrices, AdamW for everything else: one torch optimizer.
 
 Muon (Jordan et al. 2024, https://kellerjordan.github.io/posts/muon/): nesterov momentum, then
-each update matrix replaced by a nearly orthogonal one (5 steps of a quintic Newton-Schulz
-iteration in bf16), scaled by sqrt(max(1, rows / cols)), with decoupled weight decay; conv
-kernels flattened to (out, in * kh * kw). It follows the reference, github.com/KellerJordan/Muon
-muon.py (`zeropower_via_newtonschulz5`, `muon_update`, `SingleDeviceMuonWithAuxAdam`), except:
-the iteration runs on fused addmm, as in torch.optim.Muon; a conv kernel's scale reads the
-flattened shape (the reference reads kh / kw there); `.grad` is not overwritten.
+each update matrix replaced by a nearly orthogonal one (5 steps of the reference's quintic
+Newton-Schulz iteration in bf16), scaled by sqrt(max(1, rows / cols)), with decoupled weight
+decay; conv kernels flattened to (out, in * kh * kw). The step is timm's (`timm.optim.Muon`, with
+the reference's coefficients and lr scale, and its AdamW for the `use_muon: False` groups);
+what is ours is the split and the per-side settings, which timm's would otherwise choose
+differently (see below). With them, timm's step is bit for bit the step of the implementation
+this project had before (tests/test_muon.py compares with torch.optim.Muon and torch's AdamW).
+
+The split, over all parameters in registration order, as the reference and the CIFAR-10
+speedrun do: 2-D and 4-D parameters go to Muon except the first and the last of them (the stem
+conv or input layer, and the classifier); the rest (biases, norms, ndim-3 tokens or position
+embeddings, and those two) go to AdamW. timm's own rule routes by shape (both sides >= 4 and an
+aspect ratio <= 128), which sends a CIFAR stem (64, 27) and a classifier (100, 512) to Muon.
+Each input group becomes up to two groups, marked `use_muon`, each with only its side's
+settings: the AdamW side its own lr, betas, eps (1e-10: the reference's auxiliary Adam; timm
+shares one eps with the Newton-Schulz clamp) and weight decay. A group's own `weight_decay` is
+its decay on both sides (so timm's no-decay groups exempt their biases and norms from AdamW's
+decay too), unless it also gives `adamw_weight_decay`. A group's `lr_scale` (timm's per-group
+multiplier) scales its Muon lr and its AdamW lr, once, here, unless the group gives its own
+`lr` (`adamw_lr`), which is taken as it is (training/param_groups.py gives the final lr): the
+schedules then scale every group's lr alike.
 
 Not torch.optim.Muon: it takes 2-D parameters only (no conv kernels) and has no AdamW side,
-and the trainer, the lr schedules and the checkpoint want one optimizer object. For a 2-D
-parameter the two agree bit for bit (tests/test_muon.py).
-
-The split, over all parameters in registration order: 2-D and 4-D parameters go to Muon except
-the first and the last of them (the stem conv or input layer, and the classifier); the rest
-(biases, norms, ndim-3 tokens or position embeddings, and those two) go to AdamW, torch's
-decoupled AdamW math. Each input group becomes up to two groups, marked `use_muon`, so a
-state_dict round trip is exact. A group's own `weight_decay` is its decay on both sides (so
-timm's no-decay groups exempt their biases and norms from AdamW's decay too), unless it also
-gives `adamw_weight_decay`. A group's `lr_scale` (timm's per-group multiplier) scales its
-Muon lr and its AdamW lr, once, here, unless the group gives its own `lr` (`adamw_lr`), which is
-taken as it is (training/param_groups.py gives the final lr): the schedules then scale every
-group's lr alike.
+and the trainer, the lr schedules and the checkpoint want one optimizer object.
 """
 
 from __future__ import annotations
 
 import torch
+from timm.optim import Muon as TimmMuon
 
-NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # the reference's quintic: steepest slope at zero
+from experiments.values import MOMENTUM, NON_NEGATIVE, POSITIVE, integer, pair
+
+NS_EPS = 1e-7  # the reference's clamp of the matrix norm before the iteration
 MATRIX_NDIMS = (2, 4)  # linear weights, conv kernels
 MUON_KEYS = ("lr", "momentum", "nesterov", "ns_steps", "weight_decay")
 ADAMW_KEYS = {"adamw_lr": "lr", "adamw_betas": "betas", "adamw_eps": "eps",
               "adamw_weight_decay": "weight_decay"}  # constructor argument -> AdamW group key
-
-
-def zeropower_via_newtonschulz5(G: torch.Tensor, steps: int) -> torch.Tensor:
-    """About U V^T for a matrix G = U S V^T, in bf16: the quintic overshoots on purpose, so the
-    singular values land in roughly [0.7, 1.2] instead of at 1, which trains as well (the
-    reference). Each step is the reference's a X + (b A + c A^2) X with A = X X^T, evaluated
-    with two fused addmm as torch.optim.Muon does: fewer bf16 roundings (1.6% from the fp64
-    result on random matrices, against 3.5% for the reference's unfused form)."""
-    a, b, c = NS_COEFFICIENTS
-    X = G.bfloat16()
-    tall = G.size(0) > G.size(1)
-    if tall:
-        X = X.T
-    X = X / X.norm().clamp(min=1e-7)  # spectral norm <= 1
-    for _ in range(steps):
-        A = X @ X.T
-        X = torch.addmm(X, torch.addmm(A, A, A, beta=b, alpha=c), X, beta=a)
-    return X.T if tall else X
-
-
-def muon_update(grad: torch.Tensor, buf: torch.Tensor, momentum: float, ns_steps: int,
-                nesterov: bool) -> tuple[torch.Tensor, float]:
-    """One parameter's orthogonalized step as a 2-D matrix (the caller reshapes it), and its
-    scale sqrt(max(1, rows / cols))."""
-    buf.lerp_(grad, 1 - momentum)
-    update = grad.lerp(buf, momentum) if nesterov else buf
-    matrix = update.reshape(len(update), -1)  # conv (out, in, kh, kw) -> (out, in * kh * kw)
-    return zeropower_via_newtonschulz5(matrix, ns_steps), max(1, matrix.size(0) / matrix.size(1)) ** 0.5
 
 
 def split_groups(params, settings: dict) -> list[dict]:
@@ -84,7 +62,10 @@ def split_groups(params, settings: dict) -> list[dict]:
             out.append({**rest, "params": muon, "use_muon": True,
                         **{k: s[k] for k in MUON_KEYS}, "lr": own.get("lr", s["lr"] * scale)})
         if adamw:
-            out.append({**rest, "params": adamw, "use_muon": False,
+            # (timm steps its AdamW side with NAdamW when the group says nesterov: it does not;
+            # and at lr * fallback_lr_scale: the group's lr is already AdamW's)
+            out.append({**rest, "params": adamw, "use_muon": False, "nesterov": False,
+                        "fallback_lr_scale": 1.0,
                         **{key: s[arg] for arg, key in ADAMW_KEYS.items()},
                         "lr": own.get("adamw_lr", s["adamw_lr"] * scale),
                         # a group's own weight decay holds on both sides (timm's no-decay groups
@@ -94,25 +75,31 @@ def split_groups(params, settings: dict) -> list[dict]:
     return out
 
 
-class Muon(torch.optim.Optimizer):
-    """Muon + AdamW in one optimizer. The keyword defaults are the reference's (Muon and its
-    auxiliary Adam); conf/optim/muon.yaml sets the CIFAR-10 speedrun's."""
+# the constructor's arguments: what each must be (config/checks.py checks the same keys of the
+# config before the job builds anything)
+MUON_RULES = {"ns_steps": integer(1, "a positive integer (Newton-Schulz steps)"),
+              "adamw_lr": POSITIVE, "adamw_betas": pair(MOMENTUM, "two numbers in [0, 1)", False),
+              "adamw_eps": POSITIVE, "adamw_weight_decay": NON_NEGATIVE}
+RULES = {"lr": POSITIVE, "momentum": MOMENTUM, "weight_decay": NON_NEGATIVE, **MUON_RULES}
 
-    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True,
-                 ns_steps: int = 5, weight_decay: float = 0.0, adamw_lr: float = 3e-4,
-                 adamw_betas: tuple[float, float] = (0.9, 0.95), adamw_eps: float = 1e-10,
-                 adamw_weight_decay: float = 0.0):
+
+class Muon(TimmMuon):
+    """Muon + AdamW in one optimizer: timm's step on this module's split. Every setting is given
+    (conf/optim/muon.yaml holds them, with their sources): no second set of defaults here."""
+
+    def __init__(self, params, *, lr: float, momentum: float, nesterov: bool, ns_steps: int,
+                 weight_decay: float, adamw_lr: float, adamw_betas: tuple[float, float],
+                 adamw_eps: float, adamw_weight_decay: float):
         adamw_betas = tuple(float(b) for b in adamw_betas)
         settings = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
                         weight_decay=weight_decay, adamw_lr=adamw_lr, adamw_betas=adamw_betas,
                         adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay)
-        if not (min(lr, adamw_lr, weight_decay, adamw_weight_decay) >= 0 and adamw_eps > 0
-                and len(adamw_betas) == 2 and all(0 <= b < 1 for b in (momentum, *adamw_betas))
-                and isinstance(ns_steps, int) and ns_steps >= 1):
-            raise ValueError("Muon: lrs and weight decays must be >= 0, adamw_eps > 0, momentum "
-                             f"and adamw_betas in [0, 1), ns_steps a positive integer: {settings}")
-        # no defaults to fill in: every group is complete, with only its own side's settings
-        super().__init__(split_groups(params, settings), {})
+        for key, rule in RULES.items():
+            rule.check(f"Muon's {key}", settings[key])
+        super().__init__(split_groups(params, settings), lr=lr, momentum=momentum,
+                         nesterov=nesterov, ns_steps=ns_steps, weight_decay=weight_decay,
+                         ns_coefficients="original", adjust_lr_fn="original", eps=NS_EPS,
+                         betas=adamw_betas)
         self.settings = settings
 
     def add_param_group(self, param_group: dict) -> None:
@@ -120,40 +107,3 @@ class Muon(torch.optim.Optimizer):
             raise ValueError("Muon splits its parameters in the constructor: a group added "
                              "later must carry use_muon and that side's settings")
         super().add_param_group(param_group)
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            update = self._muon if group["use_muon"] else self._adamw
-            for p in group["params"]:
-                if p.grad is not None:
-                    update(p, p.grad, self.state[p], group)
-        return loss
-
-    @staticmethod
-    def _muon(p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
-        if not state:
-            state["momentum_buffer"] = torch.zeros_like(p)
-        update, scale = muon_update(grad, state["momentum_buffer"], group["momentum"],
-                                    group["ns_steps"], group["nesterov"])
-        p.mul_(1 - group["lr"] * group["weight_decay"])
-        p.add_(update.reshape(p.shape), alpha=-group["lr"] * scale)
-
-    @staticmethod
-    def _adamw(p: torch.Tensor, grad: torch.Tensor, state: dict, group: dict) -> None:
-        """torch.optim.AdamW's single-tensor step, operation for operation."""
-        if not state:
-            state["step"] = torch.tensor(0.0)  # on the CPU, as torch keeps it: no sync to read
-            state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-        state["step"] += 1
-        (beta1, beta2), lr, step = group["betas"], group["lr"], state["step"].item()
-        p.mul_(1 - lr * group["weight_decay"])
-        state["exp_avg"].lerp_(grad, 1 - beta1)
-        state["exp_avg_sq"].mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
-        denom = (state["exp_avg_sq"].sqrt() / (1 - beta2 ** step) ** 0.5).add_(group["eps"])
-        p.addcdiv_(state["exp_avg"], denom, value=-(lr / (1 - beta1 ** step)))

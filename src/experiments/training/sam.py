@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 
+from experiments.values import POSITIVE
+
 
 class SAM(torch.optim.Optimizer):
     """`base` makes the base optimizer from parameter groups: any optimizer option's partial
@@ -19,8 +21,7 @@ class SAM(torch.optim.Optimizer):
 
     def __init__(self, params, base: Callable[..., torch.optim.Optimizer], rho: float = 0.05,
                  adaptive: bool = False):
-        if rho <= 0:
-            raise ValueError(f"SAM's rho must be > 0, got {rho}")
+        POSITIVE.check("SAM's rho", rho)
         super().__init__(params, dict(rho=rho, adaptive=adaptive))
         self.base_optimizer = base(self.param_groups)  # its defaults fill in every group
         self.param_groups = self.base_optimizer.param_groups  # one lr for schedulers to change

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler, OneCycleLR, ReduceLROnPlateau, StepLR
 
+from experiments.training.metrics import METRIC_MODES
+
 
 @dataclass
 class Schedule:
@@ -58,7 +60,10 @@ Steps = Callable[[float], int]  # optimizer steps after a (fractional) number of
 def warmup_cosine(optimizer: Optimizer, *, epochs: int, steps: Steps, warmup_epochs: float,
                   min_lr_ratio: float) -> Schedule:
     """Linear warm-up from ~0 to the base lr over `warmup_epochs`, then half a cosine down to
-    min_lr_ratio * lr at the run's last step."""
+    min_lr_ratio * lr at the run's last step. torch's LambdaLR with this factor, rather than
+    SequentialLR(LinearLR, CosineAnnealingLR): CosineAnnealingLR's floor is one absolute
+    eta_min for every group, so a floor relative to each group's rate (fine-tuning's 10x lower
+    backbone) cannot be said; timm's CosineLRScheduler is no torch LRScheduler (step_update)."""
     total = max(1, steps(epochs))
     warmup = min(total, steps(warmup_epochs))
 
@@ -71,15 +76,16 @@ def warmup_cosine(optimizer: Optimizer, *, epochs: int, steps: Steps, warmup_epo
     return Schedule(optimizer, LambdaLR(optimizer, factor), "step")
 
 
-def plateau(optimizer: Optimizer, *, epochs: int, steps: Steps, monitor: str, mode: str, factor: float, patience: int, threshold: float,
-            min_lr: float) -> Schedule:
-    """ReduceLROnPlateau on a validation metric (there must be a validation split)."""
-    scheduler = ReduceLROnPlateau(optimizer, mode=mode, factor=factor, patience=patience,
-                                  threshold=threshold, min_lr=min_lr)
+def plateau(optimizer: Optimizer, *, epochs: int, steps: Steps, monitor: str, factor: float,
+            patience: int, threshold: float, min_lr: float) -> Schedule:
+    """ReduceLROnPlateau on a validation metric (there must be a validation split); which way
+    is better follows from the metric."""
+    scheduler = ReduceLROnPlateau(optimizer, mode=METRIC_MODES[monitor], factor=factor,
+                                  patience=patience, threshold=threshold, min_lr=min_lr)
     return Schedule(optimizer, scheduler, "epoch", monitor)
 
 
-def step(optimizer: Optimizer, *, epochs: int, steps: Steps, step_size: int,
+def step_decay(optimizer: Optimizer, *, epochs: int, steps: Steps, step_size: int,
          gamma: float) -> Schedule:
     """Multiply the lr by gamma every step_size epochs (stepped per epoch: the batch size does
     not move it)."""

@@ -7,12 +7,14 @@ from experiments.training.metrics import METRIC_MODES
 
 
 class Monitor:
-    """Tracks the best value of one metric; `update` says whether the newest value beats it."""
+    """Tracks the best value of one metric (higher or lower is better as the metric says:
+    METRIC_MODES); `update` says whether the newest value beats it."""
 
-    def __init__(self, key: str, mode: str, min_delta: float = 0.0, patience: int | None = None):
-        if mode not in ("min", "max"):
-            raise ConfigError(f"the mode for {key} must be min or max, got {mode!r}")
-        self.key, self.mode, self.min_delta, self.patience = key, mode, min_delta, patience
+    def __init__(self, key: str, min_delta: float = 0.0, patience: int | None = None):
+        if key not in METRIC_MODES:
+            raise ConfigError(f"{key} cannot be monitored: one of {list(METRIC_MODES)} can")
+        self.key, self.min_delta, self.patience = key, min_delta, patience
+        self.mode = METRIC_MODES[key]
         self.best: float | None = None
         self.epochs_since_best = 0
 

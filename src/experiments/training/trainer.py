@@ -1,5 +1,7 @@
-"""The one trainer every job uses: CUDA AMP, gradient accumulation and clipping, early stopping,
-best-validation weights. The test set never enters here: `fit` selects on validation only.
+"""The one trainer every job uses: CUDA AMP, gradient accumulation and clipping, SAM, EMA,
+early stopping, best-validation weights. The test set never enters here: `fit` selects on
+validation only. One optimizer step, SAM's second pass included, reads top to bottom in
+`Trainer.optimizer_step`.
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -18,9 +21,11 @@ from experiments.training import metrics as m
 from experiments.training.backends import resolve_precision, synchronize, unwrap
 from experiments.training.batch_schedule import BatchSchedule
 from experiments.training.options import TrainerOptions
+from experiments.training.sam import SAM
 from experiments.training.schedules import Schedule
 from experiments.training.selection import Monitor
-from experiments.training.steps import optimizer_step
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # images, targets (labels, or soft targets when mixed)
 
 log = logging.getLogger(__name__)
 
@@ -52,23 +57,25 @@ class FitState:
 class Trainer:
     """Optional parts: `mixup` (timm Mixup: mixed images, soft targets), `ema` (timm ModelEmaV3:
     the averaged weights are the ones validated, selected and tested), a SAM optimizer (its
-    step is chosen once: training/steps.py), a batch-size schedule (training/batch_schedule.py).
-    Everything else comes from `options`, the `trainer` config group as one typed object."""
+    second pass is part of the step), a batch-size schedule (training/batch_schedule.py, made
+    once per job). Everything else comes from `options`, the `trainer` config group as one
+    typed object."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
-                 options: TrainerOptions, *, device: torch.device, mixup=None, ema=None):
+                 options: TrainerOptions, *, device: torch.device,
+                 batch_schedule: BatchSchedule | None = None, mixup=None, ema=None):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.options, self.device, self.mixup, self.ema = options, device, mixup, ema
+        self.batch_schedule = batch_schedule or BatchSchedule(options)
+        self.sam = optimizer if isinstance(optimizer, SAM) else None
         self.amp_dtype = resolve_precision(options.precision, device)
         # fp16 needs loss scaling to keep small gradients; bf16 has fp32's range and does not
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
         # with mixing, timm's Mixup smooths the labels: the loss must not do it again
         smoothing = 0.0 if mixup is not None else options.label_smoothing
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=smoothing)  # takes soft targets too
-        self.step = optimizer_step(model, optimizer, self.scaler, options.grad_clip)
-        self.batch_schedule = BatchSchedule(options)
         self.nonfinite_streak = torch.zeros((), device=device, dtype=torch.long)
-        self.steps = 0
+        self.steps_taken = 0  # optimizer steps, over the whole run
 
     @property
     def eval_model(self) -> nn.Module:
@@ -96,7 +103,7 @@ class Trainer:
     def state_dict(self) -> dict:
         state = {"model": unwrap(self.model).state_dict(), "optimizer": self.optimizer.state_dict(),
                  "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict(),
-                 "steps": self.steps}
+                 "steps": self.steps_taken}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
         return state
@@ -106,12 +113,12 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])
-        self.steps = state["steps"]
+        self.steps_taken = state["steps"]
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
 
-    def backward(self, images: torch.Tensor, targets: torch.Tensor,
-                 group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_backward(self, images: torch.Tensor, targets: torch.Tensor,
+                         group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Add this micro-batch's share of its group's mean-loss gradient (scaled for fp16)."""
         with self.autocast():
             logits = self.model(images)
@@ -121,50 +128,57 @@ class Trainer:
         self.scaler.scale(loss / group_size).backward()
         return logits, loss
 
-    def optimizer_step(self, group: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """One optimizer step from the accumulated gradients of `group`, then the schedule and EMA."""
-        self.step(group, self.backward)
+    def optimizer_step(self, group: list[Batch]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """One optimizer step from the micro-batches of one accumulation group; returns each
+        micro-batch's (logits, loss) of the first pass. The clean AMP sequence: the gradients
+        accumulate (scaled under fp16), `unscale_` before clipping, the scaler's step (skipped
+        when they hold inf/NaN) and update, then `zero_grad(set_to_none)`."""
+        outputs = [self.forward_backward(images, targets, len(group)) for images, targets in group]
+        if self.sam is not None:
+            self.sam_second_pass(group)  # the gradients are now those at w + e(w)
+        if self.options.grad_clip:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients, not the scaled ones
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.options.grad_clip)
+        self.scaler.step(self.optimizer)  # skipped when unscale_ found inf/NaN (fp16)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
         self.schedule.step_batch()
-        self.steps += 1
+        self.steps_taken += 1
         if self.ema is not None:
-            self.ema.update(unwrap(self.model), step=self.steps)
+            self.ema.update(unwrap(self.model), step=self.steps_taken)
+        return outputs
+
+    def sam_second_pass(self, group: list[Batch]) -> None:
+        """SAM: move to w + e(w) with the first pass's gradients, redo the group there, and come
+        back to w holding the new gradients (still scaled) for the base optimizer's step."""
+        norm = self.sam.grad_norm()
+        if self.scaler.is_enabled() and not torch.isfinite(norm):
+            # the first pass overflowed (fp16): a perturbation of inf * 0 would put NaN in the
+            # weights and, through the second forward, in BatchNorm's running statistics. Skip
+            # the second pass: scaler.step finds the inf, skips this step and lowers its scale.
+            return  # (the check syncs with the GPU once per step, and only under fp16)
+        self.sam.perturb(norm)  # e(w) = rho * g / ||g|| is the same for scaled gradients
+        self.optimizer.zero_grad(set_to_none=True)
+        with frozen_batchnorm_stats(self.model):  # the group is not counted twice in them
+            for images, targets in group:
+                self.forward_backward(images, targets, len(group))
+        self.sam.restore()
+        # the usual unscale_ (in clipping or scaler.step) now checks THESE gradients for inf, so
+        # an overflow in the second pass also skips the step and lowers the scale
 
     def train_epoch(self, batches) -> dict[str, float]:
         """One pass over `batches`. train/acc compares predictions with the labels; under
         MixUp/CutMix, with each mixed target's dominant label (the image that covers more)."""
         self.model.train()
-        # running sums stay on the device: no .item() (and no GPU sync) per step
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        streak = self.nonfinite_streak  # non-finite losses in a row, carried across epochs
-        longest = torch.zeros_like(streak)
-        seen, finite_seen, count = 0, torch.zeros_like(streak), len(batches)
-        accum = self.options.grad_accum_steps
-        group = []  # this step's micro-batches (SAM evaluates them a second time)
-        for i, (images, labels) in enumerate(batches):
-            targets = labels
+        totals = EpochTotals(self.device, self.nonfinite_streak)
+        for group in accumulation_groups(batches, self.options.grad_accum_steps):
             if self.mixup is not None:  # mixed images, soft targets
-                images, targets = self.mixup(images, labels)
-            first = i - i % accum  # this group's first micro-batch
-            group_size = min(accum, count - first)
-            logits, loss = self.backward(images, targets, group_size)
-            group.append((images, targets) if self.step.keeps_batches else None)
-            if len(group) == group_size:
-                self.optimizer_step(group)
-                group = []
-            finite = torch.isfinite(loss.detach())
-            streak = torch.where(finite, 0, streak + 1)
-            longest = torch.maximum(longest, streak)
-            # a step the fp16 scaler skips (inf loss) must not turn the epoch's mean into inf
-            loss_sum += torch.where(finite, loss.detach().float(), 0.0) * len(labels)
-            finite_seen += finite * len(labels)
-            hard = targets.argmax(dim=1) if targets.dim() == 2 else targets
-            correct += (logits.argmax(dim=1) == hard).sum()
-            seen += len(labels)
-        self.nonfinite_streak = streak
-        self.check_finite(longest.item(), seen - finite_seen.item() > 0)
-        mean_loss = loss_sum.item() / finite_seen.item() if finite_seen.item() else float("nan")
-        return {"loss": mean_loss, "acc": correct.item() / seen}
+                group = [self.mixup(images, labels) for images, labels in group]
+            for (_, targets), (logits, loss) in zip(group, self.optimizer_step(group)):
+                totals.add(logits, loss, targets)
+        self.nonfinite_streak = totals.streak
+        self.check_finite(totals.longest.item(), totals.any_nonfinite())
+        return totals.means()
 
     @torch.inference_mode()
     def evaluate(self, batches, tta_flip: bool = False) -> dict[str, float]:
@@ -209,8 +223,8 @@ class Trainer:
     def monitors(self, state: FitState) -> tuple[Monitor, Monitor | None]:
         """Model selection and early stopping (None: off), continued from `state`."""
         o, es = self.options, self.options.early_stopping
-        select = Monitor(o.monitor, o.monitor_mode)
-        stopper = Monitor(es.monitor, es.mode, es.min_delta, es.patience) if es.patience else None
+        select = Monitor(o.monitor)
+        stopper = Monitor(es.monitor, es.min_delta, es.patience) if es.patience else None
         if state.select:
             select.load_state_dict(state.select)
         if stopper is not None and state.stopper:
@@ -259,3 +273,62 @@ class Trainer:
         """Load the best validation epoch's weights (no-op without a validation split)."""
         if state.best_weights is not None:
             unwrap(self.eval_model).load_state_dict(state.best_weights)
+
+
+def accumulation_groups(batches, size: int):
+    """The micro-batches of each optimizer step: `size` at a time, the epoch's last group
+    possibly shorter (it still steps, with its own mean gradient)."""
+    group = []
+    for batch in batches:
+        group.append(batch)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
+class EpochTotals:
+    """An epoch's running training loss and accuracy, kept on the device (no .item(), so no GPU
+    sync, per step), and the non-finite losses in a row (carried across epochs)."""
+
+    def __init__(self, device: torch.device, streak: torch.Tensor):
+        self.loss_sum = torch.zeros((), device=device)
+        self.correct = torch.zeros((), device=device, dtype=torch.long)
+        self.finite_seen = torch.zeros((), device=device, dtype=torch.long)
+        self.streak, self.longest = streak, torch.zeros_like(streak)
+        self.seen = 0
+
+    def add(self, logits: torch.Tensor, loss: torch.Tensor, targets: torch.Tensor) -> None:
+        finite = torch.isfinite(loss.detach())
+        self.streak = torch.where(finite, 0, self.streak + 1)
+        self.longest = torch.maximum(self.longest, self.streak)
+        n = len(targets)
+        # a step the fp16 scaler skips (inf loss) must not turn the epoch's mean into inf
+        self.loss_sum += torch.where(finite, loss.detach().float(), 0.0) * n
+        self.finite_seen += finite * n
+        hard = targets.argmax(dim=1) if targets.dim() == 2 else targets
+        self.correct += (logits.argmax(dim=1) == hard).sum()
+        self.seen += n
+
+    def any_nonfinite(self) -> bool:
+        return self.seen - self.finite_seen.item() > 0
+
+    def means(self) -> dict[str, float]:
+        finite = self.finite_seen.item()
+        return {"loss": self.loss_sum.item() / finite if finite else float("nan"),
+                "acc": self.correct.item() / self.seen}
+
+
+@contextmanager
+def frozen_batchnorm_stats(model: nn.Module):
+    """SAM's second pass must not count its batch twice in BatchNorm's running statistics."""
+    norms = [n for n in model.modules() if isinstance(n, nn.modules.batchnorm._BatchNorm)]
+    momenta = [n.momentum for n in norms]
+    for norm in norms:
+        norm.momentum = 0.0
+    try:
+        yield
+    finally:
+        for norm, momentum in zip(norms, momenta):
+            norm.momentum = momentum
