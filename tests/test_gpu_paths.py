@@ -14,7 +14,8 @@ from experiments.batches.device import DeviceLoader, Normalize
 from experiments.config.checks import check_config
 from experiments.data import Split, load_splits
 from experiments.errors import ConfigError, DataError, UserError
-from experiments.job import CompileWatch, build_optimizer, configure_backends, explain, maybe_compile
+from experiments.job import CompileWatch, build_optimizer, configure_backends, maybe_compile
+from experiments.task import explain
 from experiments.training.backends import resolve_device, resolve_precision
 from experiments.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint
 from experiments.training.options import TrainerOptions
