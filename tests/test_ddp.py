@@ -12,6 +12,7 @@ from experiments.batches.device import DeviceLoader, Normalize
 from experiments.batches.workers import WorkerLoader, torchvision_transform
 from experiments.data import Split
 from experiments.ranks import SINGLE, Ranks
+from experiments.training.muon import Muon
 from experiments.training.options import TrainerOptions
 from experiments.training.sam import SAM
 from experiments.training.schedules import constant
@@ -37,6 +38,9 @@ OPTIMIZERS = {
     "sgd": lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9),
     "adamw": lambda params: torch.optim.AdamW(params, lr=0.01),
     "sam": lambda params: SAM(params, functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9), rho=0.05),
+    "muon": lambda params: Muon(params, lr=0.02, momentum=0.9, nesterov=True, ns_steps=5, weight_decay=0.0,
+                                adamw_lr=1e-3, adamw_betas=(0.9, 0.95), adamw_eps=1e-10,
+                                adamw_weight_decay=0.0),
 }
 
 
@@ -63,7 +67,8 @@ def micro_batches(split: Split, rank: int, world: int, accum: int, step: int):
     return out
 
 
-@pytest.mark.parametrize(("optimizer", "accum"), [("sgd", 1), ("sgd", 2), ("adamw", 2), ("sam", 2)])
+@pytest.mark.parametrize(("optimizer", "accum"), [("sgd", 1), ("sgd", 2), ("adamw", 2), ("sam", 2),
+                                                      ("muon", 2)])
 def test_a_ddp_step_is_the_step_on_the_whole_global_batch(optimizer, accum):
     # two steps (momentum and Adam's moments carry over), micro-batches accumulated under no_sync
     # but the last; SAM's two passes are each all-reduced

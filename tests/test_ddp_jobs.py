@@ -30,18 +30,27 @@ def no_rank_left() -> bool:
     return out.stdout.strip() == ""
 
 
+# what else runs under DDP, together: SAM (both passes all-reduced), EMA, mixing, gradient
+# accumulation (no_sync but the last micro-batch) and a batch schedule (the global batch doubles)
+COMBINED = ["optim=sam", "trainer.ema_decay=0.9", "mix=mixup", "trainer.grad_accum_steps=2",
+            "trainer.batch_schedule={epochs:[2],sizes:[64]}", "trainer.epochs=2"]
+
+
 def test_torchrun_ranks_agree_on_one_run_directory(tmp_path):
     # no hydra.run.dir: each rank resolves outputs/<date>/<time> itself, from the agreed start
     env = {**os.environ, **ONE_THREAD, "WANDB_SILENT": "true"}
     done = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-         str(ROOT / "train.py"), *SMOKE, "trainer.epochs=1"],
+         str(ROOT / "train.py"), *SMOKE, *COMBINED],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = list((tmp_path / "outputs").glob("*/*"))
     assert len(runs) == 1, runs
     result = summary(runs[0])
     assert result["status"] == "completed" and result["world_size"] == 2
+    assert result["best_val_acc"] > 0.2  # it learns under all of them (chance: 0.1)
+    sizes = [row.split(",") for row in (runs[0] / "metrics.csv").read_text().splitlines()]
+    assert [r[sizes[0].index("train/batch_size")] for r in sizes[1:]] == ["32", "64"]
     assert (runs[0] / "train.rank1.log").exists()
 
 

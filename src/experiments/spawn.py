@@ -18,9 +18,9 @@ import logging
 import multiprocessing as mp
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
@@ -48,8 +48,11 @@ class RankProcesses:
     """`with RankProcesses(n, rank_job) as ranks:` starts ranks 1..n-1 and serves their
     rendezvous (`ranks.store`); leaving the block ends every one still running."""
 
-    def __init__(self, world_size: int, rank_job: RankJob, timeout_s: float):
+    def __init__(self, world_size: int, rank_job: RankJob, timeout_s: float, target: Callable):
+        """`target(rank_job, ranks, store, failures)` is a rank's whole life (a module-level
+        function: the spawned process imports it); `failures` takes its (rank, message)."""
         self.world_size, self.rank_job, self.timeout_s = world_size, rank_job, timeout_s
+        self.target = target
         self.context = mp.get_context("spawn")
         self.failures = self.context.SimpleQueue()  # (rank, message) of a rank that failed
         self.processes: list = []
@@ -62,8 +65,8 @@ class RankProcesses:
                                    wait_for_workers=False)
         for rank in range(1, self.world_size):
             process = self.context.Process(
-                target=run_rank, name=f"rank {rank}", daemon=False,
-                args=(self.rank_job, Ranks(rank, self.world_size, rank, self.world_size),
+                target=rank_main, name=f"rank {rank}", daemon=False,
+                args=(self.target, self.rank_job, Ranks(rank, self.world_size, rank, self.world_size),
                       self.store.port, self.timeout_s, self.failures))
             process.start()
             self.processes.append(process)
@@ -129,26 +132,9 @@ def abort_group() -> None:
         pass
 
 
-def run_rank(rank_job: RankJob, ranks: Ranks, port: int, timeout_s: float, failures) -> None:
-    """A spawned rank's whole life: its log file, the process group, the job's training."""
-    from omegaconf import OmegaConf
-
-    from experiments.task import rank_log, train_as_rank
-    from experiments.training.distributed import leave
-
-    job = rank_job.job
-    rank_log(Path(job.output_dir), ranks)
-    try:
-        store = dist.TCPStore("127.0.0.1", port, ranks.world_size, is_master=False,
-                              timeout=timedelta(seconds=timeout_s))
-        train_as_rank(OmegaConf.create(rank_job.config), rank_job, ranks, store)
-    except BaseException as err:  # noqa: BLE001  (any failure: reported to rank 0, then exit 1)
-        from experiments.errors import user_error_in
-        from experiments.task import explain
-
-        log.error("rank %d failed", ranks.rank, exc_info=err)  # the traceback, in its own log
-        failures.put((ranks.rank, explain(user_error_in(err), OmegaConf.create(rank_job.config))))
-        failures.close()
-        raise SystemExit(1) from None
-    finally:
-        leave()
+def rank_main(target: Callable, rank_job: RankJob, ranks: Ranks, port: int, timeout_s: float,
+              failures) -> None:
+    """A spawned rank: it connects to rank 0's store, then runs `target`."""
+    store = dist.TCPStore("127.0.0.1", port, ranks.world_size, is_master=False,
+                          timeout=timedelta(seconds=timeout_s))
+    target(rank_job, ranks, store, failures)

@@ -129,7 +129,7 @@ def train_ranks(cfg: DictConfig, options, job: JobInfo, record: dict, checkpoint
         return train(cfg, options, job, record, checkpoint, summary, Ranks())
     ranks = Ranks(0, options.devices, 0, options.devices)
     rank_job = RankJob(OmegaConf.to_container(cfg, resolve=True), record, options, job)
-    with RankProcesses(options.devices, rank_job, options.collective_timeout_s) as others:
+    with RankProcesses(options.devices, rank_job, options.collective_timeout_s, run_rank) as others:
         try:
             return train(cfg, options, job, record, checkpoint, summary, ranks, others.store)
         except EXPECTED_FAILURES:  # rank 0's own (every rank diverges at once: rank 0 says so)
@@ -141,6 +141,22 @@ def train_ranks(cfg: DictConfig, options, job: JobInfo, record: dict, checkpoint
             raise RankFailed(failed) from err  # the root cause, not rank 0's broken collective
         finally:
             leave()
+
+
+def run_rank(rank_job: RankJob, ranks: Ranks, store, failures) -> None:
+    """A spawned rank's whole life (experiments/spawn.py): its log file, the job's training,
+    and on failure its message to rank 0."""
+    rank_log(Path(rank_job.job.output_dir), ranks)
+    cfg = OmegaConf.create(rank_job.config)
+    try:
+        train_as_rank(cfg, rank_job, ranks, store)
+    except BaseException as err:  # noqa: BLE001  (any failure: reported to rank 0, then exit 1)
+        log.error("rank %d failed", ranks.rank, exc_info=err)  # the traceback, in its own log
+        failures.put((ranks.rank, explain(user_error_in(err), cfg)))
+        failures.close()
+        raise SystemExit(1) from None
+    finally:
+        leave()
 
 
 class RankFailed(RuntimeError):

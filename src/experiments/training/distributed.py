@@ -4,7 +4,7 @@ process group, and the few collectives the trainer needs.
 A job of `trainer.devices=N` runs as N processes (ranks), one per GPU (NCCL), or on a CPU one per
 share of its cores (gloo). They come from one of two places:
 - the job itself (`python train.py trainer.devices=N`, in any launcher): the task function's
-  process is rank 0 and spawns the others, handing them the resolved config (experiments/launch.py);
+  process is rank 0 and spawns the others, handing them the resolved config (experiments/spawn.py);
 - a launcher that starts every rank, each running the task function: torchrun (RANK, WORLD_SIZE,
   LOCAL_RANK, MASTER_ADDR, MASTER_PORT), or the N tasks of a Slurm job under
   hydra-submitit-launcher (`tasks_per_node`, `nodes`), whose environment submitit's
