@@ -204,3 +204,10 @@ def test_sync_batchnorm_on_a_cpu_says_it_runs_on_gpus_only(compose_cfg):
     cfg = compose_cfg(["experiment=smoke"])
     with pytest.raises(ConfigError, match="sync_batchnorm=true runs on GPUs only"):
         build_model(cfg, torch.device("cpu"), False, Ranks(0, 2, 0, 2), sync_batchnorm=True)
+
+
+def test_gpu_slots_of_spawned_and_launched_ranks():
+    # job k of a parallel sweep, N ranks each: GPUs kN..kN+N-1 (mod the visible ones); a
+    # launcher's ranks: their local rank
+    assert [Ranks(r, 2, r, 2).gpu_slot(job_num=3) for r in range(2)] == [6, 7]
+    assert Ranks(5, 8, 1, 4, launched=True).gpu_slot(job_num=3) == 1

@@ -103,3 +103,15 @@ def test_in_a_sweep_of_ddp_jobs_a_failing_rank_fails_its_job_fast_and_the_next_o
     assert fine["status"] == "completed" and fine["world_size"] == 2
     assert took < 180, took  # the three in minutes: no failure waited out a collective's timeout (30 min)
     assert no_rank_left()
+
+
+def test_ddp_jobs_side_by_side_under_joblib(tmp_path):
+    # two jobs of two ranks at once, each rank spawned from a joblib (loky) worker
+    sweep = tmp_path / "sweep"
+    done = run_train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMOKE,
+                     "trainer.devices=2", "trainer.epochs=1", "seed=0,1", f"hydra.sweep.dir={sweep}",
+                     cwd=tmp_path, env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr[-3000:]
+    jobs = [summary(p) for p in sweep.iterdir() if (p / "summary.json").exists()]
+    assert [(j["status"], j["world_size"]) for j in jobs] == [("completed", 2)] * 2
+    assert no_rank_left()

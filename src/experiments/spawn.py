@@ -63,6 +63,10 @@ class RankProcesses:
         self.store = dist.TCPStore("127.0.0.1", 0, self.world_size, is_master=True,
                                    timeout=timedelta(seconds=self.timeout_s),
                                    wait_for_workers=False)
+        if mp.get_start_method(allow_none=True) not in (None, "fork", "spawn", "forkserver"):
+            # a joblib (loky) worker: spawn hands its children the process's start method,
+            # "loky", which a plain child cannot find ("cannot find context for 'loky'")
+            mp.set_start_method("spawn", force=True)
         for rank in range(1, self.world_size):
             process = self.context.Process(
                 target=rank_main, name=f"rank {rank}", daemon=False,
@@ -71,7 +75,24 @@ class RankProcesses:
             process.start()
             self.processes.append(process)
         threading.Thread(target=self.watch, daemon=True).start()
+        self.wait_started()
         return self
+
+    def wait_started(self) -> None:
+        """Return once every rank has reached the store; a rank that ends before that (it
+        could not start) fails the job now: rank 0 would otherwise wait for it in the process
+        group's rendezvous, which nothing interrupts, for the whole collective timeout."""
+        keys = [started_key(rank) for rank in range(1, self.world_size)]
+        deadline = time.monotonic() + self.timeout_s
+        while not self.store.check(keys):
+            ended = [p for p in self.processes if p.exitcode is not None]
+            if ended or time.monotonic() > deadline:
+                self.__exit__(RuntimeError, None, None)
+                which = ended[0].name if ended else "a rank"
+                raise RuntimeError(f"{which} ended before it started training "
+                                   f"({describe_exit(ended[0].exitcode) if ended else 'timed out'}); "
+                                   "its traceback is on the job's standard error")
+            time.sleep(0.05)
 
     def watch(self) -> None:
         """Abort the process group as soon as a rank ends badly, so that rank 0 does not wait
@@ -137,4 +158,9 @@ def rank_main(target: Callable, rank_job: RankJob, ranks: Ranks, port: int, time
     """A spawned rank: it connects to rank 0's store, then runs `target`."""
     store = dist.TCPStore("127.0.0.1", port, ranks.world_size, is_master=False,
                           timeout=timedelta(seconds=timeout_s))
+    store.set(started_key(ranks.rank), "1")
     target(rank_job, ranks, store, failures)
+
+
+def started_key(rank: int) -> str:
+    return f"experiments/rank{rank}/started"
