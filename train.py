@@ -9,7 +9,8 @@ import hydra
 from omegaconf import DictConfig
 
 from experiments.config.secrets import hide_argv_secrets
-from experiments.job import run
+from experiments.task import run
+from experiments.training.distributed import agree_on_run_time
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -19,4 +20,5 @@ def main(cfg: DictConfig) -> float:
 
 if __name__ == "__main__":
     sys.argv = hide_argv_secrets(sys.argv)  # before Hydra records the command line anywhere
+    agree_on_run_time()  # torchrun: every rank names the same run directory
     main()

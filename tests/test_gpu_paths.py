@@ -14,7 +14,8 @@ from experiments.batches.device import DeviceLoader, Normalize
 from experiments.config.checks import check_config
 from experiments.data import Split, load_splits
 from experiments.errors import ConfigError, DataError, UserError
-from experiments.job import CompileWatch, build_optimizer, configure_backends, explain, maybe_compile
+from experiments.job import CompileWatch, build_optimizer, configure_backends, maybe_compile
+from experiments.task import explain
 from experiments.training.backends import resolve_device, resolve_precision
 from experiments.training.checkpoint import CHECKPOINT_FILE, load_checkpoint, restore, save_checkpoint
 from experiments.training.options import TrainerOptions
@@ -81,7 +82,7 @@ def test_unknown_precision_is_a_config_error():
 # --- 4. the job's GPU is made the current device ---------------------------------------------
 
 def test_a_job_on_cuda_n_makes_it_the_current_device(two_gpus, backend_flags):
-    device = resolve_device("auto", job_num=3)  # round robin: job 3 of a sweep on 2 GPUs
+    device = resolve_device("auto", slot=3)  # round robin: job 3 of a sweep on 2 GPUs
     assert device == CUDA1
     configure_backends(trainer_cfg(), device)
     assert two_gpus == [CUDA1]
@@ -172,11 +173,12 @@ def test_a_fallback_to_eager_is_in_the_summary_and_the_log(eager_compile, compos
 def as_if_written_on_two_gpus(path):
     """Rewrite a CPU checkpoint's device-specific parts the way a 2-GPU bf16 job writes them."""
     payload = torch.load(path, weights_only=True)
-    rng = payload["rng"]
+    [rng] = payload["rng"]  # (one rank's)
     rng["cuda"] = [torch.zeros(16, dtype=torch.uint8)] * 2  # one Philox state per GPU
-    rng["generators"] = [torch.zeros(16, dtype=torch.uint8)]  # a CUDA generator: 16 bytes, not 5056
-    rng["generator_devices"] = ["cuda"]
-    payload["device"] = {"type": "cuda", "gpus": 2, "precision": "bf16"}
+    loaders = len(rng["generators"])  # CUDA generators: 16 bytes each, not 5056
+    rng["generators"] = [torch.zeros(16, dtype=torch.uint8)] * loaders
+    rng["generator_devices"] = ["cuda"] * loaders
+    payload["device"] = {"type": "cuda", "gpus": 2, "precision": "bf16", "ranks": 1}
     for group in payload["trainer"]["optimizer"]["param_groups"]:
         group["fused"] = True
     torch.save(payload, path)

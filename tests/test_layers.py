@@ -12,12 +12,14 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [  # (module prefix, layer)
     ("experiments.errors", 0), ("experiments.atomic", 0), ("experiments.values", 0),
+    ("experiments.ranks", 0),
     ("experiments.data", 1), ("experiments.models", 1),
     ("experiments.batches", 2),
     ("experiments.training", 3),
     ("experiments.config", 4),
     ("experiments.report", 5),
-    ("experiments.job", 6), ("experiments.job_dir", 6), ("experiments.bench", 6),
+    ("experiments.job", 6), ("experiments.job_dir", 6), ("experiments.task", 6),
+    ("experiments.spawn", 6), ("experiments.bench", 6),
     ("experiments.summarize", 6),
 ]
 

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 from conftest import ROOT, run_train
 from experiments.data import load_splits
-from experiments.job import explain
+from experiments.task import explain
 from support.archives import write_cifar_archive
 from support.jobs import run_here
 
@@ -117,17 +117,21 @@ def test_killed_sweep_resumes_unfinished_and_skips_finished_jobs(tmp_path):
     assert [r["status"] for r in csv.DictReader(open(sweep / "summary.csv"))] == ["completed"] * 2
 
 
-def test_a_diverging_job_fails_alone(tmp_path):
+def test_failed_jobs_fail_alone_and_the_sweep_still_gets_its_table(tmp_path):
+    # one completes, one fails its checks before training (lr -1), one diverges while training
     sweep = tmp_path / "sweep"
     proc = run_train("-m", "experiment=smoke", "logger=default", "trainer.epochs=2",
-                     "optim.lr=0.1,1e30", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
-    assert proc.returncode != 0
+                     "optim.lr=0.1,-1,1e30", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    assert proc.returncode != 0  # a failed job makes the sweep fail ...
     by_lr = {r["optim.lr"]: r for r in csv.DictReader(open(sweep / "summary.csv"))}
     assert by_lr["0.1"]["status"] == "completed"
+    assert by_lr["-1"]["status"] == "failed" and "optim.lr must be a number > 0" in by_lr["-1"]["error"]
     assert by_lr["1e+30"]["status"] == "failed" and "diverged" in by_lr["1e+30"]["error"]
-    failed_dir = next(p for p in sweep.iterdir() if p.name.startswith("1-"))
+    failed_dir = next(p for p in sweep.iterdir() if p.name.startswith("2-"))
     assert list((failed_dir / "tb").glob("events.out.tfevents.*"))  # writer closed, file kept
-    assert "| failed |" in proc.stdout
+    md = (sweep / "summary.md").read_text()
+    assert "## Failed and interrupted jobs" in md and "optim.lr must be a number > 0" in md
+    assert "| failed |" in proc.stdout and "| completed |" in proc.stdout  # ... and prints the table
 
 
 def test_truncated_checkpoint_is_reported_with_its_path(tmp_path, caplog):

@@ -20,8 +20,9 @@ from omegaconf import OmegaConf, open_dict, read_write
 
 import experiments.config  # noqa: F401  (registers the schemas and resolvers with Hydra)
 from experiments.config.checks import check_config
-from experiments.job import JobInfo, run, train
+from experiments.job import JobInfo, train
 from experiments.report.job_summary import SummaryFile
+from experiments.task import run
 from experiments.training.checkpoint import Checkpoint
 
 CONF = Path(__file__).resolve().parents[2] / "conf"

@@ -15,6 +15,7 @@ from experiments.batches.augment import BatchAugment
 from experiments.data import Splits
 from experiments.errors import UserError
 from experiments.models.pretrained import ModelInput
+from experiments.ranks import SINGLE, Ranks
 
 
 @dataclass
@@ -25,9 +26,10 @@ class Batching:
     input: ModelInput  # what batches are turned into: the model's size, channels, normalization
     batch_size: int
     eval_batch_size: int
-    seed: int  # the shuffling and augmentation generator's seed
+    seed: int  # the shuffling and augmentation generators' seed
     device: torch.device
     channels_last: bool = False
+    ranks: Ranks = SINGLE  # under DDP, this process's share of every batch (see Loader)
 
 
 def repeats_grey(stored_channels: int, model_input: ModelInput) -> bool:
@@ -51,10 +53,16 @@ class Loader:
     """What both kinds of loader share: a split of `split_size` images served in batches of
     `batch_size` (the training split's changes between epochs under trainer.batch_schedule), a
     ragged last batch dropped (`drop_last`) only where a full batch exists, so tiny datasets
-    still train."""
+    still train.
 
-    def __init__(self, split_size: int, batch_size: int, drop_last: bool):
-        self.split_size, self.want_drop_last = split_size, drop_last
+    Under DDP `batch_size` stays the global batch, and each rank serves its share (`shards`):
+    in training (`drop_last`), the rank-th of `world_size` equal parts of every global batch, so
+    that the ranks step together; in evaluation, whole batches, batch k on rank k mod
+    world_size, so that every image is evaluated once, none repeated (DistributedSampler pads
+    with repeats), in the very batches one process would evaluate it in."""
+
+    def __init__(self, split_size: int, batch_size: int, drop_last: bool, ranks: Ranks = SINGLE):
+        self.split_size, self.want_drop_last, self.ranks = split_size, drop_last, ranks
         self.set_batch_size(batch_size)
 
     def set_batch_size(self, batch_size: int) -> None:
@@ -67,8 +75,24 @@ class Loader:
 
     @property
     def num_images(self) -> int:
-        """Images served per pass (fewer than the split when the last batch is dropped)."""
+        """Images served per pass by every rank together (fewer than the split when the last
+        batch is dropped)."""
         return min(len(self) * self.batch_size, self.split_size)
+
+    @property
+    def local_batch_size(self) -> int:
+        """This rank's part of a training batch (the job checks that the ranks divide it)."""
+        return self.batch_size // self.ranks.world_size
+
+    def shards(self, order: torch.Tensor) -> list[torch.Tensor]:
+        """This rank's batches of a pass, as indices into the split: `order` is the pass's order
+        of the split's images (the same on every rank)."""
+        r, n, b = self.ranks.rank, self.ranks.world_size, self.batch_size
+        starts = range(0, len(self) * b, b)
+        if self.drop_last:  # training: every rank its part of every batch
+            part = self.local_batch_size
+            return [order[start + r * part:start + (r + 1) * part] for start in starts]
+        return [order[start:start + b] for k, start in enumerate(starts) if k % n == r]
 
 
 def make_loaders(splits: Splits, batching: Batching, make: Callable[..., Loader]) -> Loaders:

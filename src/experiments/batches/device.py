@@ -16,6 +16,7 @@ from experiments.batches import Batching, Loader, Loaders, make_loaders, repeats
 from experiments.batches.augment import BatchAugment
 from experiments.data import Split, Splits
 from experiments.errors import UserError
+from experiments.ranks import SINGLE, Ranks, rank_seed
 
 
 class Normalize:
@@ -45,12 +46,14 @@ def resize_to(images: torch.Tensor, size: int) -> torch.Tensor:
 
 
 class DeviceLoader(Loader):
-    """Iterates (images, labels) batches; reshuffles and re-augments on every pass."""
+    """Iterates (images, labels) batches; reshuffles and re-augments on every pass. The order
+    comes from a generator seeded alike on every rank (one permutation of the split, shared out
+    by `shards`), the augmentation from one of this rank's own."""
 
     def __init__(self, split: Split, batch_size: int, normalize: Normalize, *, device,
                  augment: BatchAugment | None = None, shuffle: bool = False,
                  drop_last: bool = False, seed: int = 0, channels_last: bool = False,
-                 size: int | None = None, channels: int | None = None):
+                 size: int | None = None, channels: int | None = None, ranks: Ranks = SINGLE):
         # kept as uint8 on the device (zero-padded when the augmentation crops): the one copy
         try:
             self.images = (augment.store if augment else lambda x: x)(split.images.to(device))
@@ -65,21 +68,27 @@ class DeviceLoader(Loader):
         self.size = size or split.images.shape[-1]  # served batches' side
         self.channels = channels or split.images.shape[1]  # served batches' channels
         self.shuffle, self.channels_last = shuffle, channels_last
-        super().__init__(len(split), batch_size, drop_last)
-        self.generator = torch.Generator(device=device).manual_seed(seed)
+        super().__init__(len(split), batch_size, drop_last, ranks)
+        self.order_generator = torch.Generator(device=device).manual_seed(seed)
+        self.augment_generator = torch.Generator(device=device).manual_seed(
+            rank_seed(seed, ranks.rank))
+
+    @property
+    def generators(self) -> list[torch.Generator]:
+        """What a checkpoint saves to resume a pass exactly."""
+        return [self.order_generator, self.augment_generator]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         n, device = len(self.labels), self.labels.device
-        order = (torch.randperm(n, device=device, generator=self.generator) if self.shuffle
+        order = (torch.randperm(n, device=device, generator=self.order_generator) if self.shuffle
                  else torch.arange(n, device=device))
-        for start in range(0, len(self) * self.batch_size, self.batch_size):
-            index = order[start:start + self.batch_size]
+        for index in self.shards(order):
             yield self.prepare(index), self.labels.index_select(0, index)
 
     def prepare(self, index: torch.Tensor) -> torch.Tensor:
         """uint8 crop+flip -> float rotation (black fill) -> resize to the served size ->
         normalize -> erase (mean fill). A resized crop (aug=rrc) crops and resizes in one go."""
-        aug, gen = self.augment, self.generator
+        aug, gen = self.augment, self.augment_generator
         if aug is None:
             images = self.images.index_select(0, index)
         elif aug.resizes:
@@ -125,6 +134,6 @@ def device_loaders(splits: Splits, batching: Batching) -> Loaders:
         return DeviceLoader(split, batch_size, normalize, augment=augment, shuffle=train,
                             drop_last=train, seed=b.seed, device=b.device,
                             channels_last=b.channels_last, size=b.input.size,
-                            channels=b.input.channels)
+                            channels=b.input.channels, ranks=b.ranks)
 
     return make_loaders(splits, b, make)

@@ -12,6 +12,7 @@ import torch
 from experiments.batches import Batching, Loader, Loaders, make_loaders, repeats_grey
 from experiments.batches.augment import BatchAugment
 from experiments.data import Split, Splits
+from experiments.ranks import SINGLE, Ranks
 
 
 def torchvision_transform(augment: BatchAugment | None, mean, std, size: int,
@@ -45,24 +46,27 @@ def torchvision_transform(augment: BatchAugment | None, mean, std, size: int,
 
 
 class EpochSampler(torch.utils.data.Sampler):
-    """Yields (seed, index) pairs. Each pass draws, in the main process, from `generator` alone:
-    its order (when shuffling) and one seed, from which every image's augmentation is seeded.
+    """Yields (seed, index) pairs: this rank's share of a pass (`Loader.shards`). Each pass
+    draws, in the main process, from `generator` alone (seeded alike on every rank): its order
+    (when shuffling) and one seed, from which every image's augmentation is seeded.
 
     So an epoch's batches are a function of the generator's state at its start, which the
     checkpoint saves: a resumed job sees the same images and the same augmentations as an
-    uninterrupted one, although its (persistent) workers are new processes with new RNGs.
+    uninterrupted one, although its (persistent) workers are new processes with new RNGs; and
+    an image's augmentation is the same whichever rank, and however many, serve it.
     """
 
-    def __init__(self, n: int, shuffle: bool, generator: torch.Generator):
-        self.n, self.shuffle, self.generator = n, shuffle, generator
+    def __init__(self, loader: Loader, shuffle: bool, generator: torch.Generator):
+        self.loader, self.shuffle, self.generator = loader, shuffle, generator
 
     def __len__(self) -> int:
-        return self.n
+        return sum(len(s) for s in self.loader.shards(torch.arange(self.loader.split_size)))
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         seed = int(torch.randint(2**62, (), generator=self.generator))
-        order = torch.randperm(self.n, generator=self.generator) if self.shuffle else range(self.n)
-        return ((seed, int(i)) for i in order)
+        n = self.loader.split_size
+        order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
+        return ((seed, int(i)) for shard in self.loader.shards(order) for i in shard)
 
 
 class TransformedSplit(torch.utils.data.Dataset):
@@ -96,10 +100,10 @@ class WorkerLoader(Loader):
     def __init__(self, split: Split, batch_size: int, transform, *, device, workers: int,
                  shuffle: bool = False, drop_last: bool = False, seed: int = 0,
                  channels_last: bool = False, pin_memory: bool = True, prefetch_factor: int = 4,
-                 persistent_workers: bool = True):
+                 persistent_workers: bool = True, ranks: Ranks = SINGLE):
         self.device, self.channels_last = torch.device(device), channels_last
         self.dataset = TransformedSplit(split, transform)
-        self.sampler = EpochSampler(len(self.dataset), shuffle, torch.Generator().manual_seed(seed))
+        self.sampler = EpochSampler(self, shuffle, torch.Generator().manual_seed(seed))
         self.options = dict(sampler=self.sampler, num_workers=workers,
                             pin_memory=pin_memory and self.device.type == "cuda",
                             prefetch_factor=prefetch_factor if workers else None,
@@ -107,18 +111,21 @@ class WorkerLoader(Loader):
                             # for the workers' base seed only (unused: every image is seeded),
                             # so that starting workers never draws from torch's global RNG
                             generator=torch.Generator().manual_seed(seed))
-        super().__init__(len(self.dataset), batch_size, drop_last)
+        super().__init__(len(self.dataset), batch_size, drop_last, ranks)
 
     def set_batch_size(self, batch_size: int) -> None:
-        """A new DataLoader (and workers) for the new size; the sampler's generator carries on."""
+        """A new DataLoader (and workers) for the new size; the sampler's generator carries on.
+        The sampler yields this rank's batches whole (a training batch's part, or evaluation
+        batches), so the DataLoader only cuts them where they end."""
         super().set_batch_size(batch_size)
-        self.loader = torch.utils.data.DataLoader(self.dataset, batch_size=batch_size,
-                                                  drop_last=self.drop_last, **self.options)
+        size = self.local_batch_size if self.drop_last else batch_size
+        self.loader = torch.utils.data.DataLoader(self.dataset, batch_size=size, drop_last=False,
+                                                  **self.options)
 
     @property
-    def generator(self) -> torch.Generator:
+    def generators(self) -> list[torch.Generator]:
         """Draws each epoch's order and augmentation seed (saved in checkpoints)."""
-        return self.sampler.generator
+        return [self.sampler.generator]
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         layout = torch.channels_last if self.channels_last else torch.contiguous_format
@@ -146,6 +153,7 @@ def worker_loaders(splits: Splits, batching: Batching, *, workers: int | str = "
         return WorkerLoader(split, batch_size, transform, device=b.device, workers=count,
                             shuffle=train, drop_last=train, seed=b.seed,
                             channels_last=b.channels_last, pin_memory=pin_memory,
-                            prefetch_factor=prefetch_factor, persistent_workers=persistent_workers)
+                            prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
+                            ranks=b.ranks)
 
     return make_loaders(splits, b, make)

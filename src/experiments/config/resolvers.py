@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import sys
+from datetime import datetime
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
@@ -68,6 +70,19 @@ def log_standard_size(name: str) -> None:
     log.info("size=smoke: timm's %s has no width setting, so it keeps its standard size", name)
 
 
+@functools.lru_cache(maxsize=None)
+def started() -> datetime:
+    """The run's start: the time every rank of a job agreed on (EXPERIMENTS_RUN_TIME, set under
+    torchrun by experiments.training.distributed), else this process's first read of it."""
+    agreed = os.environ.get("EXPERIMENTS_RUN_TIME")
+    return datetime.fromisoformat(agreed) if agreed else datetime.now()
+
+
+def run_time(pattern: str) -> str:
+    """${run_time:%H-%M-%S}: the run's start, formatted as Hydra's ${now:...} formats now."""
+    return started().strftime(pattern)
+
+
 # ImageNet's per-channel statistics (what photos are normalized with unless data.mean/std say
 # otherwise), and for grey images the mean over the three channels
 IMAGENET = {"mean": (0.485, 0.456, 0.406), "std": (0.229, 0.224, 0.225)}
@@ -82,6 +97,6 @@ def imagenet_stats(which: str, channels: int) -> list[float]:
 def register_resolvers() -> None:
     for name, fn in (("job_suffix", job_suffix), ("folder_classes", folder_classes),
                      ("named_choices", named_choices), ("smoke_width", smoke_width),
-                     ("imagenet_stats", imagenet_stats)):
+                     ("imagenet_stats", imagenet_stats), ("run_time", run_time)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

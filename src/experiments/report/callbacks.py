@@ -17,6 +17,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from experiments.ranks import launched_ranks
+
 log = logging.getLogger(__name__)
 
 
@@ -25,10 +27,11 @@ class SweepSummary(Callback):
         self.plots = plots
 
     def on_multirun_start(self, config, **kwargs) -> None:
-        atexit.register(self.final_report, Path(config.hydra.sweep.dir))
+        if rank_0():
+            atexit.register(self.final_report, Path(config.hydra.sweep.dir))
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
-        if config.hydra.mode is not None and str(config.hydra.mode).endswith("MULTIRUN"):
+        if rank_0() and config.hydra.mode is not None and str(config.hydra.mode).endswith("MULTIRUN"):
             from experiments.report.sweep_report import write_tables
 
             try:
@@ -48,6 +51,13 @@ class SweepSummary(Callback):
             return
         print(f"\n{table}\nSweep summary: {sweep_dir}/summary.md (plots in {sweep_dir}/plots/)",
               flush=True)
+
+
+def rank_0() -> bool:
+    """Whether this process writes the sweep's report: every process but the other ranks of a
+    job a launcher started as several (torchrun, Slurm tasks), which run the same sweep."""
+    ranks = launched_ranks()
+    return ranks is None or ranks.main
 
 
 class WritableOutput(Callback):

@@ -61,7 +61,9 @@ class JobSummary:
     output_dir: str = ""  # the job's directory
     finished_at: str = field(default_factory=now)  # when this file was written (UTC)
     # completed jobs only
-    device: str | None = only(COMPLETED)  # e.g. cuda:0 or cpu
+    device: str | None = only(COMPLETED)  # e.g. cuda:0 or cpu (rank 0's, under DDP)
+    world_size: int | None = only(COMPLETED)  # the job's processes (DDP ranks); 1 without DDP
+    device_batch_size: int | None = only(COMPLETED)  # trainer.batch_size / world_size
     precision: str | None = only(COMPLETED)  # bf16, fp16 or fp32: what trainer.precision=auto chose
     seed: int | None = only(COMPLETED)
     fingerprint: str | None = only(COMPLETED)  # the config's hash: a rerun here must match it

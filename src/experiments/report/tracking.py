@@ -135,3 +135,22 @@ class Tracker:
             self.tb.close()
         if self.wandb_run is not None:
             self.wandb_run.finish(exit_code=0 if exc_type is None else 1)
+
+
+class NoTracker:
+    """What ranks other than 0 of a DDP job log to: nothing (rank 0 owns metrics.csv, the
+    TensorBoard run and the W&B run; one of each per job, whatever the number of ranks)."""
+
+    wandb_id = None
+
+    def __enter__(self) -> NoTracker:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        pass
+
+    def log_results(self, hparams: dict[str, Any], summary: dict[str, Any]) -> None:
+        pass

@@ -5,23 +5,28 @@ switches and torch.compile. Every CUDA-specific decision is made here, once per 
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
 
 from experiments.errors import ConfigError, UserError
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
 
-def resolve_device(name: str, job_num: int = 0) -> torch.device:
-    """auto: CUDA if available, else CPU. With several GPUs visible, jobs take them round robin
-    by job number, so parallel launchers (joblib) spread a sweep over the GPUs. A bare `cuda` is
-    GPU 0: always an index, so that the job can make it the process's current device."""
+def resolve_device(name: str, slot: int = 0) -> torch.device:
+    """auto: CUDA if available, else CPU. With several GPUs visible, processes take them round
+    robin by `slot`: a parallel launcher's (joblib) job k of N ranks has slots kN..kN+N-1, so a
+    sweep spreads over the GPUs (when the GPUs are not a multiple of N, a job's ranks wrap
+    around, and two jobs can share a GPU); under torchrun or Slurm tasks the slot is the local
+    rank. A bare `cuda` is GPU 0: always an index, so that the job can make it the process's
+    current device."""
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
-        return torch.device("cuda", job_num % torch.cuda.device_count())
+        return torch.device("cuda", slot % torch.cuda.device_count())
     device = torch.device(name)
     return torch.device("cuda", 0) if device.type == "cuda" and device.index is None else device
 
@@ -48,8 +53,10 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 
 
 def unwrap(model: nn.Module) -> nn.Module:
-    """The module itself under a torch.compile wrapper (which shares its parameters)."""
-    return getattr(model, "_orig_mod", model)
+    """The module itself under a torch.compile wrapper and a DistributedDataParallel one (both
+    share its parameters)."""
+    model = getattr(model, "_orig_mod", model)
+    return model.module if isinstance(model, DistributedDataParallel) else model
 
 
 def precision_name(amp_dtype: torch.dtype | None) -> str:
@@ -79,6 +86,20 @@ def configure_backends(options, device: torch.device) -> None:
     torch.backends.cudnn.benchmark = options.cudnn_benchmark and not options.deterministic
     torch.backends.cudnn.deterministic = options.deterministic
     torch.use_deterministic_algorithms(options.deterministic, warn_only=True)
+
+
+def share_cpu(ranks) -> None:
+    """torch's threads from this process's share of the cores: torch takes every core it sees,
+    so a node's ranks (or a Slurm task given cpus_per_task of a larger node) would oversubscribe
+    it. OMP_NUM_THREADS, when set, rules; then Slurm's allotment; then the cores split among this
+    node's ranks."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
+    elif ranks.local_world_size > 1:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        torch.set_num_threads(max(1, (cores or 1) // ranks.local_world_size))
 
 
 def use_channels_last(options, device: torch.device) -> bool:

@@ -21,15 +21,19 @@ import torch
 from experiments.atomic import atomic_write
 from experiments.errors import Refusal, UserError
 from experiments.training.backends import precision_name
+from experiments.training.distributed import all_gather
 from experiments.training.trainer import FitState, Trainer
 
 CHECKPOINT_FILE = "checkpoint.pt"
-FORMAT = 1
+FORMAT = 2  # 2: one RNG state per rank (DDP), the loader's order and augmentation generators
+READS = (1, 2)  # 1 (before DDP): resumed, with a note (one generator drew order and augmentation)
 
 # keys that do not change what a job computes: they may differ between a run and its resume
+# (trainer.devices: the batch is global whatever the number of ranks; resuming with another is
+# allowed, with a note: not bit-identical)
 NOT_IN_FINGERPRINT = ("logger", "paths", "data.root", "data.cache_dir", "data.download",
                       "data.download_timeout_s", "trainer.progress", "trainer.resume",
-                      "trainer.keep_checkpoint")
+                      "trainer.keep_checkpoint", "trainer.devices")
 
 
 class CheckpointError(Refusal):
@@ -74,9 +78,10 @@ def visible_gpus() -> int:
 def device_setup(trainer: Trainer) -> dict:
     """Where a checkpoint was written. The config cannot tell (trainer.device=auto reads the
     same on a laptop and a GPU server), yet CUDA RNG states only fit as many GPUs, a generator's
-    state only a generator of its own device type, and precision=auto follows the device."""
+    state only a generator of its own device type, each rank's RNGs only that rank, and
+    precision=auto follows the device."""
     return {"type": trainer.device.type, "gpus": visible_gpus(),
-            "precision": precision_name(trainer.amp_dtype)}
+            "precision": precision_name(trainer.amp_dtype), "ranks": trainer.ranks.world_size}
 
 
 def rng_state(generators: list[torch.Generator]) -> dict:
@@ -121,9 +126,13 @@ def _tuples(value):
 
 def save_checkpoint(path: Path, trainer: Trainer, state: FitState, generators: list[torch.Generator],
                     config: dict, extra: dict[str, Any]) -> None:
-    """Atomic: written to a temporary file, then renamed over the previous checkpoint."""
+    """Called on every rank (each hands rank 0 its RNG states); rank 0 writes, atomically: to a
+    temporary file, then renamed over the previous checkpoint."""
+    rngs = all_gather(rng_state(generators), trainer.ranks)  # one per rank, in rank order
+    if not trainer.ranks.main:
+        return
     payload = {"format": FORMAT, "fingerprint": fingerprint(config), "config": semantic_config(config),
-               "trainer": trainer.state_dict(), "fit": dict(vars(state)), "rng": rng_state(generators),
+               "trainer": trainer.state_dict(), "fit": dict(vars(state)), "rng": rngs,
                "device": device_setup(trainer), **extra}
     with atomic_write(path) as tmp:
         torch.save(payload, tmp)
@@ -138,9 +147,9 @@ def load_checkpoint(path: Path, config: dict) -> dict:
         raise CheckpointError(
             f"checkpoint {path} is unreadable ({type(err).__name__}: {str(err)[:200]}): it is "
             "truncated or corrupt. Delete it to start this job over.") from None
-    if version != FORMAT:
+    if version not in READS:
         raise CheckpointError(
-            f"checkpoint {path} has format {version!r}, this code reads format {FORMAT}: resume it "
+            f"checkpoint {path} has format {version!r}, this code reads formats {READS}: resume it "
             "with the code that wrote it, or delete it to start this job over.")
     if payload["fingerprint"] != fingerprint(config):
         changed = "; ".join(differences(payload["config"], semantic_config(config))[:8])
@@ -168,7 +177,9 @@ def for_this_device(saved: dict, trainer: Trainer) -> dict:
 
 
 def describe(setup: dict) -> str:
-    return f"{setup['type']} ({setup['gpus']} GPUs visible, {setup['precision']})"
+    ranks = setup.get("ranks", 1)
+    return (f"{setup['type']} ({setup['gpus']} GPUs visible, {setup['precision']}"
+            + (f", {ranks} ranks)" if ranks > 1 else ")"))
 
 
 def restore(payload: dict, trainer: Trainer,
@@ -180,8 +191,22 @@ def restore(payload: dict, trainer: Trainer,
         trainer.load_state_dict(for_this_device(payload["trainer"], trainer))
     except (RuntimeError, KeyError, ValueError) as err:
         raise UserError(f"checkpoint does not fit this model: {str(err)[:300]}") from None
-    fresh = set_rng_state(payload["rng"], generators)
+    rngs, rank = payload["rng"], trainer.ranks.rank
+    if payload["format"] == 1:  # one process's states, and one generator for the loader
+        rngs = [rngs]
+    own_seeds = [g.initial_seed() for g in generators]
+    fresh = set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0], generators)
+    if rank >= len(rngs):  # more ranks now: a new rank continues rank 0's shared generators
+        fresh.append(f"rank {rank}'s data generators (the checkpoint has {len(rngs)} ranks)")
+        for gen, seed in zip(generators, own_seeds, strict=True):
+            if gen.initial_seed() != seed:  # (the order's), and starts its own (augmentation's)
+                gen.manual_seed(seed)  # afresh: seeded for this rank, unlike rank 0's
+    if payload["format"] == 1 and len(generators) > 1:
+        fresh.append("the loader's augmentation generator (a format-1 checkpoint has one "
+                     "generator for the order and the augmentation)")
     saved, here = payload.get("device"), device_setup(trainer)
+    if saved is not None:
+        saved = {"ranks": 1, **saved}  # (format 1: one process)
     note = None
     if fresh or (saved is not None and saved != here):
         note = (f"resumed on {describe(here)} from a checkpoint written on "

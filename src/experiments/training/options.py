@@ -54,6 +54,13 @@ class TrainerOptions:
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     # auto: CUDA if available (job k of a parallel sweep on GPU k mod #GPUs), else CPU
     device: str = "auto"  # auto | cpu | cuda (= cuda:0) | cuda:N | mps
+    # the job's processes (DDP): one per GPU, or shares of the CPU's cores; batch_size stays the
+    # global batch. Under torchrun or Slurm tasks the launcher's count rules (1 or equal to it)
+    devices: int = 1
+    sync_batchnorm: bool = False  # with devices > 1 (GPU): BatchNorm statistics over every rank
+    # how long a rank waits in a collective (its data loading or compile included) before the
+    # job fails: a hung rank ends the job in bounded time
+    collective_timeout_s: float = 1800.0
     channels_last: Any = "auto"  # auto (on for CUDA) | true | false
     cudnn_benchmark: bool = True  # cuDNN picks the fastest kernels for the (fixed) input shapes
     compile: bool = False  # torch.compile the model: faster epochs after a one-off compile per job
@@ -73,12 +80,21 @@ class TrainerOptions:
             self.early_stopping.monitor = self.monitor
         for key, rule in RULES.items():
             rule.check(f"trainer.{key}", get(self, key))
+        self.check_ranks_divide(self.devices)
         schedule = self.batch_schedule
         if schedule is not None and (len(schedule.epochs) != len(schedule.sizes) or not all(
                 v > 0 for v in schedule.epochs + schedule.sizes)):
             raise ConfigError("trainer.batch_schedule needs epochs: [e1, ...] and sizes: [b1, ...] "
                               "of positive integers and equal length (and optionally scale_lr: "
                               f"true|false), got epochs={schedule.epochs} sizes={schedule.sizes}")
+
+    def check_ranks_divide(self, world_size: int) -> None:
+        """Every training batch is the global batch, split evenly over the ranks."""
+        for key, size in self.batch_sizes.items():
+            if size % world_size:
+                raise ConfigError(
+                    f"{key}={size} is the global batch of {world_size} ranks, which must divide "
+                    f"it: use a multiple of {world_size}, e.g. {key}={size - size % world_size or world_size}")
 
     @property
     def batch_sizes(self) -> dict[str, int]:
@@ -98,7 +114,7 @@ def get(options, dotted: str):
 DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 RULES = {  # trainer.<key>: what it must be
     "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "eval_batch_size": POSITIVE_INT,
-    "grad_accum_steps": POSITIVE_INT,
+    "grad_accum_steps": POSITIVE_INT, "devices": POSITIVE_INT, "collective_timeout_s": POSITIVE,
     "grad_clip": POSITIVE.or_null("a number > 0 or null"),
     "label_smoothing": number(0, 1, "a number in [0, 1)", open_high=True),
     "ema_decay": number(0, 1, "", open_low=True, open_high=True).or_null(

@@ -10,16 +10,19 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 from tqdm.auto import tqdm
 
+from experiments.ranks import SINGLE, Ranks
 from experiments.training import metrics as m
 from experiments.training.backends import resolve_precision, synchronize, unwrap
 from experiments.training.batch_schedule import BatchSchedule
+from experiments.training.distributed import MAX, all_reduce
 from experiments.training.options import TrainerOptions
 from experiments.training.sam import SAM
 from experiments.training.schedules import Schedule
@@ -63,9 +66,11 @@ class Trainer:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
                  options: TrainerOptions, *, device: torch.device,
-                 batch_schedule: BatchSchedule | None = None, mixup=None, ema=None):
+                 batch_schedule: BatchSchedule | None = None, mixup=None, ema=None,
+                 ranks: Ranks = SINGLE):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.options, self.device, self.mixup, self.ema = options, device, mixup, ema
+        self.ranks = ranks  # under DDP `model` is wrapped (DistributedDataParallel)
         self.batch_schedule = batch_schedule or BatchSchedule(options)
         self.sam = optimizer if isinstance(optimizer, SAM) else None
         self.amp_dtype = resolve_precision(options.precision, device)
@@ -79,8 +84,12 @@ class Trainer:
 
     @property
     def eval_model(self) -> nn.Module:
-        """What is validated, selected and tested: the EMA weights when there are any."""
-        return self.ema.module if self.ema is not None else self.model
+        """What is validated, selected and tested: the EMA weights when there are any. Under DDP
+        the plain module: DDP's forward would sync buffers across ranks in the middle of a pass
+        that the ranks split unevenly (evaluation's batch k is on rank k mod world_size)."""
+        if self.ema is not None:
+            return self.ema.module
+        return unwrap(self.model) if self.ranks.distributed else self.model
 
     def eval_weights(self) -> dict[str, torch.Tensor]:
         """`eval_model`'s state dict with plain names (no torch.compile `_orig_mod.` prefix), so
@@ -89,7 +98,10 @@ class Trainer:
 
     def check_finite(self, longest_streak: int, any_nonfinite: bool) -> None:
         """fp16's GradScaler skips steps with inf gradients and lowers its scale, so a few
-        non-finite losses in a row are normal there; anywhere else one means NaN weights."""
+        non-finite losses in a row are normal there; anywhere else one means NaN weights. Under
+        DDP every rank decides on every rank's counts, so they stop together."""
+        counts = torch.tensor([longest_streak, int(any_nonfinite)], device=self.device)
+        longest_streak, any_nonfinite = (int(v) for v in all_reduce(counts, self.ranks, MAX))
         tolerated = self.options.nonfinite_tolerance if self.scaler.is_enabled() else 0
         if any_nonfinite and longest_streak > tolerated:
             raise DivergedError(
@@ -117,15 +129,19 @@ class Trainer:
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
 
-    def forward_backward(self, images: torch.Tensor, targets: torch.Tensor,
-                         group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Add this micro-batch's share of its group's mean-loss gradient (scaled for fp16)."""
-        with self.autocast():
-            logits = self.model(images)
-            loss = self.loss_fn(logits, targets)
-        # divided by the group's real size: an epoch's last group can be short, and dividing it
-        # by grad_accum_steps would shrink its gradient (to half, for 3 micro-batches and accum 2)
-        self.scaler.scale(loss / group_size).backward()
+    def forward_backward(self, images: torch.Tensor, targets: torch.Tensor, group_size: int,
+                         last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add this micro-batch's share of its group's mean-loss gradient (scaled for fp16).
+        Under DDP the gradients are averaged over the ranks in the backward of the group's
+        `last` micro-batch only (`no_sync` before it)."""
+        with nullcontext() if last or not self.ranks.distributed else self.model.no_sync():
+            with self.autocast():
+                logits = self.model(images)
+                loss = self.loss_fn(logits, targets)
+            # divided by the group's real size: an epoch's last group can be short, and dividing
+            # it by grad_accum_steps would shrink its gradient (to half, for 3 micro-batches and
+            # accum 2); DDP divides by the ranks: the mean over the global batch
+            self.scaler.scale(loss / group_size).backward()
         return logits, loss
 
     def optimizer_step(self, group: list[Batch]) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -133,7 +149,8 @@ class Trainer:
         micro-batch's (logits, loss) of the first pass. The clean AMP sequence: the gradients
         accumulate (scaled under fp16), `unscale_` before clipping, the scaler's step (skipped
         when they hold inf/NaN) and update, then `zero_grad(set_to_none)`."""
-        outputs = [self.forward_backward(images, targets, len(group)) for images, targets in group]
+        outputs = [self.forward_backward(images, targets, len(group), i == len(group) - 1)
+                   for i, (images, targets) in enumerate(group)]
         if self.sam is not None:
             self.sam_second_pass(group)  # the gradients are now those at w + e(w)
         if self.options.grad_clip:
@@ -160,8 +177,8 @@ class Trainer:
         self.sam.perturb(norm)  # e(w) = rho * g / ||g|| is the same for scaled gradients
         self.optimizer.zero_grad(set_to_none=True)
         with frozen_batchnorm_stats(self.model):  # the group is not counted twice in them
-            for images, targets in group:
-                self.forward_backward(images, targets, len(group))
+            for i, (images, targets) in enumerate(group):
+                self.forward_backward(images, targets, len(group), i == len(group) - 1)
         self.sam.restore()
         # the usual unscale_ (in clipping or scaler.step) now checks THESE gradients for inf, so
         # an overflow in the second pass also skips the step and lowers the scale
@@ -178,7 +195,7 @@ class Trainer:
                 totals.add(logits, loss, targets)
         self.nonfinite_streak = totals.streak
         self.check_finite(totals.longest.item(), totals.any_nonfinite())
-        return totals.means()
+        return totals.means(self.ranks)
 
     @torch.inference_mode()
     def evaluate(self, batches, tta_flip: bool = False) -> dict[str, float]:
@@ -190,9 +207,14 @@ class Trainer:
         per image (a true 53.4 read 22.7), and val/loss drives selection and stopping."""
         model = self.eval_model
         model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
-        seen = 0
+        if self.ranks.distributed:  # BatchNorm statistics as rank 0 has them, on every rank
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
+        # sums in float64: over this rank's batches, then over the ranks, they add up exactly
+        # (float32 batch sums) to what one process evaluating every batch would get
+        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
+        correct = torch.zeros((), device=self.device, dtype=torch.float64)
+        seen = torch.zeros((), device=self.device, dtype=torch.float64)
         for images, labels in batches:
             with self.autocast():
                 log_probs = model(images).float().log_softmax(dim=1)
@@ -202,7 +224,8 @@ class Trainer:
             loss_sum += nn.functional.nll_loss(log_probs, labels, reduction="sum")
             correct += (log_probs.argmax(dim=1) == labels).sum()
             seen += len(labels)
-        return {"loss": loss_sum.item() / seen, "acc": correct.item() / seen}
+        loss_sum, correct, seen = all_reduce(torch.stack([loss_sum, correct, seen]), self.ranks).tolist()
+        return {"loss": loss_sum / seen, "acc": correct / seen}
 
     def run_epoch(self, train, val) -> dict[str, float]:
         """One epoch of training (timed) and validation: the metrics every logger records."""
@@ -314,10 +337,13 @@ class EpochTotals:
     def any_nonfinite(self) -> bool:
         return self.seen - self.finite_seen.item() > 0
 
-    def means(self) -> dict[str, float]:
-        finite = self.finite_seen.item()
-        return {"loss": self.loss_sum.item() / finite if finite else float("nan"),
-                "acc": self.correct.item() / self.seen}
+    def means(self, ranks: Ranks) -> dict[str, float]:
+        """The epoch's mean loss and accuracy over every rank's images."""
+        seen = torch.tensor(float(self.seen), device=self.loss_sum.device, dtype=torch.float64)
+        totals = torch.stack([self.loss_sum.double(), self.correct.double(),
+                              self.finite_seen.double(), seen])
+        loss_sum, correct, finite, seen = all_reduce(totals, ranks).tolist()
+        return {"loss": loss_sum / finite if finite else float("nan"), "acc": correct / seen}
 
 
 @contextmanager
