@@ -92,8 +92,10 @@ def test_a_preempted_slurm_job_is_requeued_into_its_directory_and_completes(slur
         time.sleep(0.2)
     [task0] = [job for job in slurm_jobs() if job.endswith("_0")]
     subprocess.run(["scancel", "--signal=USR2", task0], check=True)
-    # requeued, and held by Slurm for two minutes before it may start again: released at once
-    # here (again while it is pending: the requeue may set its hold after an early release)
+    # the job checkpoints and is requeued (it leaves RUNNING), and Slurm holds it for two
+    # minutes before it may start again: released at once here
+    while slurm_jobs().get(task0) == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
     while slurm_jobs().get(task0) != "RUNNING" and sweeping.poll() is None and time.monotonic() < deadline:
         if slurm_jobs().get(task0) == "PENDING":
             subprocess.run(["scontrol", "update", f"JobId={task0}", "StartTime=now"], check=True)
