@@ -211,3 +211,16 @@ def test_gpu_slots_of_spawned_and_launched_ranks():
     # launcher's ranks: their local rank
     assert [Ranks(r, 2, r, 2).gpu_slot(job_num=3) for r in range(2)] == [6, 7]
     assert Ranks(5, 8, 1, 4, launched=True).gpu_slot(job_num=3) == 1
+
+
+def test_cores_allotted_follow_slurm_then_the_affinity_mask_split_among_ranks_and_jobs(monkeypatch):
+    from experiments.ranks import cores_allotted
+
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)))
+    assert cores_allotted() == 16
+    assert cores_allotted(Ranks(0, 4, 0, 4)) == 4  # a node's 4 ranks
+    assert cores_allotted(Ranks(0, 2, 0, 2), side_by_side=3) == 2  # and 3 joblib jobs: 16 // 6
+    assert cores_allotted(Ranks(0, 8, 0, 8), side_by_side=4) == 1  # never 0
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
+    assert cores_allotted(Ranks(0, 4, 0, 4)) == 3  # Slurm's allotment is already this task's

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -62,3 +65,46 @@ def test_two_slurm_tasks_are_the_ranks_of_one_job(slurm, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     [result] = ddp_jobs(sweep)
     assert result["device"] == "cpu"
+
+
+def slurm_jobs() -> dict[str, str]:
+    """{array task id: state} of the queue's jobs."""
+    out = subprocess.run(["squeue", "-h", "-o", "%i %T"], capture_output=True, text=True).stdout
+    return dict(line.split() for line in out.splitlines())
+
+
+@pytest.mark.timeout(600)
+def test_a_preempted_slurm_job_is_requeued_into_its_directory_and_completes(slurm, tmp_path):
+    # a 2-job array with one core each (at full speed: torch's threads follow the allotment);
+    # job 0 gets USR2 (what Slurm sends ahead of preemption or the time limit) inside epoch 2
+    sweep = tmp_path / "sweep"
+    command = [sys.executable, str(ROOT / "train.py"), "-m", "hydra/launcher=slurm",
+               "hydra.launcher.partition=null", "hydra.launcher.gpus_per_node=null",
+               "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
+               "hydra.launcher.timeout_min=10", "experiment=smoke", "logger=none",
+               "trainer.progress=false", "data.train_size=4096", "model=resnet18,preact",
+               f"hydra.sweep.dir={sweep}"]
+    env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # (Slurm's allotment rules)
+    sweeping = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not list(sweep.glob("0-*/checkpoint.pt")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    [task0] = [job for job in slurm_jobs() if job.endswith("_0")]
+    subprocess.run(["scancel", "--signal=USR2", task0], check=True)
+    # the job checkpoints and is requeued (it leaves RUNNING), and Slurm holds it for two
+    # minutes before it may start again: released at once here
+    while slurm_jobs().get(task0) == "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    while slurm_jobs().get(task0) != "RUNNING" and sweeping.poll() is None and time.monotonic() < deadline:
+        if slurm_jobs().get(task0) == "PENDING":
+            subprocess.run(["scontrol", "update", f"JobId={task0}", "StartTime=now"], check=True)
+        time.sleep(1)
+    out, _ = sweeping.communicate(timeout=240)
+    assert sweeping.returncode == 0, out[-3000:]
+    jobs = {p.name[0]: json.loads((p / "summary.json").read_text()) for p in sweep.glob("[01]-*")}
+    assert jobs["0"]["status"] == jobs["1"]["status"] == "completed"
+    assert jobs["0"]["resumed_from_epoch"] == 1 and jobs["0"]["resumed_from_step"] > 0
+    assert jobs["1"]["resumed_from_epoch"] is None
+    assert jobs["0"]["threads"] == jobs["1"]["threads"] == 1  # cpus_per_task=1
+    assert min(j["images_per_s"] for j in jobs.values()) > 100  # (18.7 img/s with every core's threads)

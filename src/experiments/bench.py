@@ -33,10 +33,11 @@ from hydra.utils import instantiate
 import experiments.config  # noqa: F401  (registers the schemas and resolvers with Hydra)
 from experiments.batches.baselines import PilLoader, UnseededSplit, pil_transform, unseeded
 from experiments.batches.device import DeviceLoader, Normalize
-from experiments.batches.workers import TransformedSplit, WorkerLoader, available_cores, torchvision_transform
+from experiments.batches.workers import TransformedSplit, WorkerLoader, torchvision_transform
 from experiments.data import Split
 from experiments.data.cache import load_cache, save_cache
 from experiments.data.cifar import CIFAR_FORMATS, read_cifar_archive, write_cifar_archive
+from experiments.ranks import cores_allotted
 from experiments.training.backends import resolve_device, resolve_precision, synchronize
 from experiments.training.options import TrainerOptions
 from experiments.training.schedules import constant
@@ -114,7 +115,7 @@ def loader_paths(split: Split, aug, mean, std, px: int, device: torch.device) ->
     ours = torchvision_transform(aug, mean, std, px, stored_size=px)
 
     def workers() -> WorkerLoader:
-        return WorkerLoader(split, 256, ours, device=device, workers=available_cores(),
+        return WorkerLoader(split, 256, ours, device=device, workers=cores_allotted(),
                             shuffle=True, drop_last=True)
 
     return {
@@ -223,7 +224,7 @@ def bench_step(device: torch.device, size: dict, model_name: str) -> dict:
 def machine(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"CPU, {available_cores()} cores, torch {torch.__version__}"
+    return f"CPU, {cores_allotted()} cores, torch {torch.__version__}"
 
 
 def table(results: dict) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import inspect
 import logging
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +34,7 @@ from experiments.config.secrets import redact_overrides
 from experiments.data import Splits, load_splits
 from experiments.errors import ConfigError, UserError, user_error_in
 from experiments.models.pretrained import ModelInput, input_for
-from experiments.ranks import SINGLE, Ranks
+from experiments.ranks import SINGLE, Ranks, cores_allotted
 from experiments.report.job_summary import CONFIG_FILE, SummaryFile, completed_summary
 from experiments.report.provenance import collect as collect_provenance
 from experiments.report.provenance import resumed_code_change
@@ -50,6 +51,7 @@ from experiments.training.backends import (
 from experiments.training.batch_schedule import BatchSchedule
 from experiments.training.checkpoint import Checkpoint, fingerprint
 from experiments.training.distributed import join
+from experiments.training.interrupts import NEVER, Interrupted, Interrupts
 from experiments.training.options import TrainerOptions
 from experiments.training.param_groups import param_groups
 from experiments.training.trainer import FitState, Trainer
@@ -68,6 +70,7 @@ class JobInfo:
     overrides: list[str]
     multirun: bool
     num: int  # the job's number in its sweep (0 for a single run)
+    side_by_side: int = 1  # the sweep's jobs running at once on this machine (joblib's n_jobs)
 
     @classmethod
     def current(cls) -> JobInfo:
@@ -83,7 +86,17 @@ class JobInfo:
             overrides=redact_overrides(list(hc.overrides.task)),
             multirun=multirun,
             num=int(hc.job.get("num", 0) or 0) if multirun else 0,
+            side_by_side=jobs_side_by_side(hc.launcher) if multirun else 1,
         )
+
+
+def jobs_side_by_side(launcher) -> int:
+    """joblib's n_jobs (-1: one per core); other launchers run one job per machine or process
+    allotment (the basic one, in turn; Slurm, its own cores)."""
+    if "joblib" not in str(launcher.get("_target_", "")):
+        return 1
+    n = int(launcher.get("n_jobs") or 1)
+    return n if n > 0 else max(1, (os.cpu_count() or 1) + 1 + n)  # joblib's rule for n < 0
 
 
 def seed_everything(seed: int) -> None:
@@ -96,12 +109,13 @@ def seed_everything(seed: int) -> None:
 
 def build_loaders(cfg: DictConfig, options: TrainerOptions, splits: Splits,
                   model_input: ModelInput, device: torch.device, channels_last: bool,
-                  ranks: Ranks = SINGLE) -> Loaders:
+                  ranks: Ranks = SINGLE, side_by_side: int = 1) -> Loaders:
     """The `loader` group's factory (device or DataLoader workers) with the `aug` group's
     augmentation for the training split, serving what the model takes (`model_input`): under
     DDP, this rank's share of every batch."""
     batching = Batching(instantiate(cfg.aug), model_input, options.batch_size,
-                        options.eval_batch_size, cfg.seed, device, channels_last, ranks)
+                        options.eval_batch_size, cfg.seed, device, channels_last, ranks,
+                        cores_allotted(ranks, side_by_side))
     return instantiate(cfg.loader)(splits, batching)
 
 
@@ -150,7 +164,7 @@ def build_optimizer(cfg: DictConfig, options: TrainerOptions, model: torch.nn.Mo
 
 def build_trainer(cfg: DictConfig, options: TrainerOptions, model: torch.nn.Module,
                   device: torch.device, n_train: int, plan: BatchSchedule,
-                  ranks: Ranks = SINGLE) -> Trainer:
+                  ranks: Ranks = SINGLE, interrupts: Interrupts = NEVER) -> Trainer:
     """Optimizer, lr schedule (over the run's real optimizer steps under the batch-size
     schedule `plan`), mixing, EMA and the model (under DDP wrapped, then compiled if asked) in
     one Trainer."""
@@ -162,7 +176,8 @@ def build_trainer(cfg: DictConfig, options: TrainerOptions, model: torch.nn.Modu
     if ranks.distributed:
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     return Trainer(maybe_compile(model, options.compile), optimizer, schedule, options,
-                   device=device, batch_schedule=plan, mixup=mixup, ema=ema, ranks=ranks)
+                   device=device, batch_schedule=plan, mixup=mixup, ema=ema, ranks=ranks,
+                   interrupts=interrupts)
 
 
 def test_once(trainer: Trainer, fit: FitState, test_batches, tta: str) -> dict[str, float | None]:
@@ -180,16 +195,18 @@ def test_once(trainer: Trainer, fit: FitState, test_batches, tta: str) -> dict[s
 
 def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
           checkpoint: Checkpoint, summary: SummaryFile | None, ranks: Ranks = SINGLE,
-          store=None) -> dict | None:
+          store=None, interrupts: Interrupts = NEVER) -> dict | None:
     """Build everything from the config, train (resuming from `checkpoint` when it holds one),
     test once with the chosen weights. `cfg` is what the parts are instantiated from, `options`
     its trainer group, checked and typed, `record` the resolved config with secrets masked (what
     is saved, logged and fingerprinted); `summary` is rewritten with the progress after every
     epoch. Under DDP (`ranks`) this rank joins the job's process group (at `store`, or from the
-    environment) and trains its share; only rank 0 writes, and returns the summary."""
+    environment) and trains its share; only rank 0 writes, and returns the summary.
+    `interrupts` (training/interrupts.py) stop the fit at a signal, after a checkpoint of where
+    it was (Interrupted: the summary says `interrupted`)."""
     device = resolve_device(options.device, ranks.gpu_slot(job.num))
     configure_backends(options, device)
-    share_cpu(ranks)
+    share_cpu(ranks, job.side_by_side)
     if ranks.distributed:
         options.check_ranks_divide(ranks.world_size)
         join(ranks, device, options.collective_timeout_s, store)
@@ -203,8 +220,9 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
     plan.check_fits(len(splits.train), cfg.data.val_size)
     provenance = collect_provenance(cfg, device, splits.source)  # after the data: its cache exists
     model, model_input = build_model(cfg, device, channels_last, ranks, options.sync_batchnorm)
-    loaders = build_loaders(cfg, options, splits, model_input, device, channels_last, ranks)
-    trainer = build_trainer(cfg, options, model, device, len(splits.train), plan, ranks)
+    loaders = build_loaders(cfg, options, splits, model_input, device, channels_last, ranks,
+                            job.side_by_side)
+    trainer = build_trainer(cfg, options, model, device, len(splits.train), plan, ranks, interrupts)
     log.info("model %s (%.2fM parameters) on %s%s, autocast %s", job.choices.get("model"),
              sum(p.numel() for p in model.parameters()) / 1e6, device,
              f" (rank {ranks.rank} of {ranks.world_size})" if ranks.distributed else "",
@@ -212,8 +230,11 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
 
     resumed = checkpoint.resume(trainer, loaders.train.generators)
     writes = ranks.main  # rank 0 owns the job's files
+    # the steps already taken inside the epoch it resumes (0: at an epoch's end)
+    resumed_step = (resumed.state.progress or {}).get("steps", 0) if resumed.state else None
     if resumed.state is not None:
-        log.info("resuming %s after epoch %d of %d", job.output_dir, resumed.epoch, options.epochs)
+        log.info("resuming %s after epoch %d of %d%s", job.output_dir, resumed.epoch, options.epochs,
+                 f", at step {resumed_step} of epoch {resumed.epoch + 1}" if resumed_step else "")
         if writes:
             summary.running(resumed.state)
     if resumed.note:
@@ -236,7 +257,17 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
             if writes:
                 summary.running(state)  # after the checkpoint: what it says is done, is saved
 
-        fit = trainer.fit(loaders.train, loaders.val, state=resumed.state, after_epoch=after_epoch)
+        def inside_epoch(state: FitState) -> None:  # a checkpoint inside an epoch (state.progress)
+            checkpoint.save(trainer, state, {
+                "wandb_id": tracker.wandb_id, "code": provenance["code"], "code_changed": code_changed})
+
+        try:
+            fit = trainer.fit(loaders.train, loaders.val, state=resumed.state,
+                              after_epoch=after_epoch, inside_epoch=inside_epoch)
+        except Interrupted as stopped:
+            if writes:
+                summary.interrupted(str(stopped))  # with the epochs done and checkpointed
+            raise
         test = test_once(trainer, fit, loaders.test, options.tta)
         if compiled.fallbacks:
             log.warning("trainer.compile: part of this job ran uncompiled: %s", compiled.status)
@@ -245,9 +276,11 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
         result = completed_summary(job, fit, test, {
             "device": str(device), "world_size": ranks.world_size,
             "device_batch_size": options.batch_size // ranks.world_size,
+            "threads": torch.get_num_threads(),
             "precision": precision_name(trainer.amp_dtype),
             "seed": cfg.seed, "fingerprint": fingerprint(record),
-            "resumed_from_epoch": resumed.epoch, "resume_note": resumed.note,
+            "resumed_from_epoch": resumed.epoch, "resumed_from_step": resumed_step,
+            "resume_note": resumed.note,
             "compile": compiled.status, "wandb_id": tracker.wandb_id,
             "pretrained": model_input.weights,
             "provenance": provenance, "code_changed_on_resume": code_changed})

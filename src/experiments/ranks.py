@@ -57,3 +57,13 @@ def rank_seed(seed: int, rank: int) -> int:
     """Each rank's seed for its own random draws (augmentation): distinct for every rank of any
     seed below 10^7; rank 0's is `seed` itself."""
     return seed + 10_000_019 * rank
+
+
+def cores_allotted(ranks: Ranks = SINGLE, side_by_side: int = 1) -> int:
+    """The cores this process may use: Slurm's allotment (SLURM_CPUS_PER_TASK), else the cores
+    of its affinity mask split among this node's ranks and the jobs running side by side
+    (joblib's n_jobs). torch's threads and the DataLoader's workers follow it."""
+    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
+        return int(os.environ["SLURM_CPUS_PER_TASK"])
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // (ranks.local_world_size * side_by_side))

@@ -9,7 +9,7 @@ kernel picks one, so parallel jobs never collide), and torch.distributed's proce
 over it. When a rank fails, it sends rank 0 its message and exits; rank 0's next collective then
 fails (gloo notices a closed connection; for NCCL a watcher aborts the group), and rank 0 ends
 the job with that rank's message: the root cause, not the broken connection. When rank 0 fails,
-it stops the others (terminate, then kill). Either way no process and no port is left behind.
+it kills the others. Either way no process and no port is left behind.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from experiments.ranks import Ranks
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_S = 10  # how long a rank has to end after SIGTERM before it is killed
+STOP_GRACE_S = 10  # how long a rank has to end by itself after rank 0, before it is killed
 FAILED_WITHIN_S = 3  # a rank that broke rank 0's collective has failed by then (it ends at once)
 
 
@@ -131,10 +131,7 @@ class RankProcesses:
         for process in self.processes:  # rank 0 is done: the others end with it or are ended
             process.join(timeout=STOP_GRACE_S if exc_type is None else 0.5)
         for process in self.processes:
-            if process.is_alive():
-                process.terminate()
-                process.join(timeout=STOP_GRACE_S)
-            if process.is_alive():
+            if process.is_alive():  # (the ranks ignore the stop signals: rank 0 decides)
                 process.kill()
                 process.join()
         self.store = None  # the port is closed with the store

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -33,6 +34,7 @@ from experiments.spawn import RankJob, RankProcesses, abort_group
 from experiments.training.backends import resolve_device
 from experiments.training.checkpoint import Checkpoint, fingerprint
 from experiments.training.distributed import broadcast, join, leave
+from experiments.training.interrupts import Interrupted, Interrupts
 from experiments.training.trainer import DivergedError
 
 log = logging.getLogger(__name__)
@@ -49,7 +51,7 @@ def run(cfg: DictConfig) -> float:
              cfg.trainer.collective_timeout_s)
         if not ranks.main:
             return follow_rank_0(cfg, job, ranks)
-    summary = SummaryFile(job)
+    summary, stopped = SummaryFile(job), None
     try:
         with JobDir(job.output_dir) as job_dir:  # refused while another process trains it
             try:
@@ -61,11 +63,16 @@ def run(cfg: DictConfig) -> float:
                 fail(raised, cfg, job, job_dir, summary)
             tell_the_ranks(ranks, "train" if result is None else "done")
             if result is None:
+                interrupts = Interrupts(options.stop_signals, options.checkpoint_every_min)
                 try:
                     job_dir.write_hydra_record(cfg)
                     summary.running()
-                    result = train_ranks(cfg, options, job, record, checkpoint, summary, ranks)
+                    with interrupts:
+                        result = train_ranks(cfg, options, job, record, checkpoint, summary, ranks,
+                                             interrupts)
                     summary.completed(result)
+                except Interrupted as signalled:  # checkpointed, and the summary says so
+                    stopped = signalled
                 except Exception as raised:  # while training: the others' collectives end
                     if ranks is not None:
                         abort_group()
@@ -73,6 +80,8 @@ def run(cfg: DictConfig) -> float:
     except Refusal as refused:  # nothing was written: the directory is as it was
         tell_the_ranks(ranks, "stop")
         stop(job, str(refused), user_error=True, log_file=False)
+    if stopped is not None:  # (the job's directory is released by now)
+        end_interrupted(stopped, interrupts)
     log.info("done: test_acc=%s best_val_acc=%s -> %s", result["test_acc"],
              result["best_val_acc"], job.output_dir)
     value = result.get(cfg.optimized_metric)
@@ -117,22 +126,23 @@ def stored_result(stored: dict | None, job: JobInfo, record: dict) -> dict | Non
 # --- several ranks ---------------------------------------------------------------------------
 
 def train_ranks(cfg: DictConfig, options, job: JobInfo, record: dict, checkpoint: Checkpoint,
-                summary: SummaryFile, launched: Ranks | None) -> dict:
+                summary: SummaryFile, launched: Ranks | None, interrupts: Interrupts) -> dict:
     """`train` as rank 0: alone, among a launcher's ranks, or starting ranks 1..N-1 itself."""
     if launched is not None:
         if options.devices not in (1, launched.world_size):
             raise ConfigError(f"trainer.devices={options.devices}, but the launcher started "
                               f"{launched.world_size} ranks: leave it at 1 (the launcher's count "
                               "rules) or make it equal")
-        return train(cfg, options, job, record, checkpoint, summary, launched)
+        return train(cfg, options, job, record, checkpoint, summary, launched, interrupts=interrupts)
     if options.devices == 1:
-        return train(cfg, options, job, record, checkpoint, summary, Ranks())
+        return train(cfg, options, job, record, checkpoint, summary, Ranks(), interrupts=interrupts)
     ranks = Ranks(0, options.devices, 0, options.devices)
     rank_job = RankJob(OmegaConf.to_container(cfg, resolve=True), record, options, job)
     with RankProcesses(options.devices, rank_job, options.collective_timeout_s, run_rank) as others:
         try:
-            return train(cfg, options, job, record, checkpoint, summary, ranks, others.store)
-        except EXPECTED_FAILURES:  # rank 0's own (every rank diverges at once: rank 0 says so)
+            return train(cfg, options, job, record, checkpoint, summary, ranks, others.store,
+                         interrupts)
+        except (Interrupted, *EXPECTED_FAILURES):  # rank 0's own (every rank diverges at once)
             raise
         except Exception as err:  # a broken collective, or rank 0's own error
             failed = others.failure()
@@ -148,8 +158,13 @@ def run_rank(rank_job: RankJob, ranks: Ranks, store, failures) -> None:
     and on failure its message to rank 0."""
     rank_log(Path(rank_job.job.output_dir), ranks)
     cfg = OmegaConf.create(rank_job.config)
+    options = rank_job.options
+    for name in options.stop_signals:  # rank 0 decides when to stop (Ctrl-C reaches every rank)
+        signal.signal(signal.Signals[name], signal.SIG_IGN)
     try:
-        train_as_rank(cfg, rank_job, ranks, store)
+        train_as_rank(cfg, rank_job, ranks, store, Interrupts((), options.checkpoint_every_min))
+    except Interrupted:  # with rank 0, at the same step, after the same checkpoint
+        pass
     except BaseException as err:  # noqa: BLE001  (any failure: reported to rank 0, then exit 1)
         log.error("rank %d failed", ranks.rank, exc_info=err)  # the traceback, in its own log
         failures.put((ranks.rank, explain(user_error_in(err), cfg)))
@@ -163,11 +178,13 @@ class RankFailed(RuntimeError):
     """Another rank failed first: its message is the job's."""
 
 
-def train_as_rank(cfg: DictConfig, rank_job: RankJob, ranks: Ranks, store) -> None:
+def train_as_rank(cfg: DictConfig, rank_job: RankJob, ranks: Ranks, store,
+                  interrupts: Interrupts) -> None:
     """A rank other than 0 that rank 0 started (experiments/spawn.py): it trains its share and
     writes nothing but its log."""
     checkpoint = Checkpoint(rank_job.job.output_dir, rank_job.record, rank_job.options.resume)
-    train(cfg, rank_job.options, rank_job.job, rank_job.record, checkpoint, None, ranks, store)
+    train(cfg, rank_job.options, rank_job.job, rank_job.record, checkpoint, None, ranks, store,
+          interrupts)
 
 
 def follow_rank_0(cfg: DictConfig, job: JobInfo, ranks: Ranks) -> float:
@@ -179,7 +196,13 @@ def follow_rank_0(cfg: DictConfig, job: JobInfo, ranks: Ranks) -> float:
         return float("nan")
     options = check_config(cfg)
     record = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
-    train(cfg, options, job, record, Checkpoint(job.output_dir, record, options.resume), None, ranks)
+    checkpoint = Checkpoint(job.output_dir, record, options.resume)
+    with Interrupts(options.stop_signals, options.checkpoint_every_min) as interrupts:
+        try:  # (a launcher signals every rank; they stop at the step the ranks agree on)
+            train(cfg, options, job, record, checkpoint, None, ranks, interrupts=interrupts)
+        except Interrupted as stopped:
+            leave()
+            sys.exit(128 + stopped.signum)
     return float("nan")
 
 
@@ -247,6 +270,16 @@ def fail(raised: Exception, cfg: DictConfig, job: JobInfo, job_dir: JobDir,
         log.error("job failed", exc_info=raised)  # the full traceback, in the job's log
     release(raised)
     stop(job, message, user_error=isinstance(err, UserError), log_file=isinstance(err, EXPECTED_FAILURES))
+
+
+def end_interrupted(stopped: Interrupted, interrupts: Interrupts) -> NoReturn:
+    """A job stopped at a signal, its checkpoint and `interrupted` summary written: the signal
+    goes on to the handler it replaced (submitit's requeues the job, and exits), then this
+    process exits with 128 + the signal's number, in a sweep too (the sweep stops; its rerun
+    skips the completed jobs and continues this one)."""
+    log.warning("%s", stopped)
+    interrupts.chain()
+    sys.exit(128 + stopped.signum)
 
 
 def stop(job: JobInfo, message: str, user_error: bool, log_file: bool = True) -> NoReturn:

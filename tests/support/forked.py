@@ -63,3 +63,36 @@ def kill_after_checkpoint(steps_later: int = 2) -> None:
         return outputs
 
     Checkpoint.save, Trainer.optimizer_step = saving, stepping
+
+
+def signal_at_step(signum: int, step: int, again_while_saving: bool = False) -> None:
+    """In a child: send this process `signum` during its `step`-th optimizer step overall (as a
+    cluster does, at any moment); with `again_while_saving`, once more while the checkpoint it
+    then writes is being saved."""
+    save, optimizer_step = Checkpoint.save, Trainer.optimizer_step
+    state = {"steps": 0}
+
+    def stepping(self, *args, **kwargs):
+        state["steps"] += 1
+        if state["steps"] == step:
+            os.kill(os.getpid(), signum)
+        return optimizer_step(self, *args, **kwargs)
+
+    def saving(self, *args, **kwargs):
+        if again_while_saving and state["steps"] >= step:
+            os.kill(os.getpid(), signum)
+        save(self, *args, **kwargs)
+
+    Checkpoint.save, Trainer.optimizer_step = saving, stepping
+
+
+def signal_during_validation(signum: int) -> None:
+    """In a child: send this process `signum` while it validates its first epoch."""
+    evaluate = Trainer.evaluate
+
+    def evaluating(self, *args, **kwargs):
+        os.kill(os.getpid(), signum)
+        Trainer.evaluate = evaluate
+        return evaluate(self, *args, **kwargs)
+
+    Trainer.evaluate = evaluating

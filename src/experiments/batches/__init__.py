@@ -30,6 +30,7 @@ class Batching:
     device: torch.device
     channels_last: bool = False
     ranks: Ranks = SINGLE  # under DDP, this process's share of every batch (see Loader)
+    cores: int = 1  # this process's share of the machine's cores (loader.workers=auto)
 
 
 def repeats_grey(stored_channels: int, model_input: ModelInput) -> bool:

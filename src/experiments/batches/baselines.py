@@ -9,8 +9,9 @@ import torch
 from PIL import Image
 
 from experiments.batches.augment import BatchAugment
-from experiments.batches.workers import TransformedSplit, WorkerLoader, available_cores
+from experiments.batches.workers import TransformedSplit, WorkerLoader
 from experiments.data import Split
+from experiments.ranks import cores_allotted
 
 
 class UnseededSplit(TransformedSplit):
@@ -70,7 +71,7 @@ class PilLoader:
         self.device = device
         self.loader = torch.utils.data.DataLoader(
             PilSplit(split, transform), batch_size=batch_size, shuffle=True, drop_last=True,
-            num_workers=available_cores(), persistent_workers=True,
+            num_workers=cores_allotted(), persistent_workers=True,
             pin_memory=device.type == "cuda")
 
     def __iter__(self):

@@ -4,7 +4,6 @@ that does not fit on the device and as what the benchmark compares the device pa
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 
 import torch
@@ -135,16 +134,12 @@ class WorkerLoader(Loader):
             yield images, labels.to(self.device, non_blocking=True)
 
 
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-
-
 def worker_loaders(splits: Splits, batching: Batching, *, workers: int | str = "auto",
                    pin_memory: bool = True, prefetch_factor: int = 4,
                    persistent_workers: bool = True) -> Loaders:
     """`loader=dataloader`: train, val and test, each a WorkerLoader."""
     b = batching
-    count = available_cores() if workers == "auto" else int(workers)
+    count = b.cores if workers == "auto" else int(workers)  # auto: one per core allotted
 
     def make(split: Split, batch_size: int, augment: BatchAugment | None, train: bool) -> WorkerLoader:
         transform = torchvision_transform(

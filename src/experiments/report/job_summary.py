@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"  # the job's resolved config (secrets masked): every value it ran with
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
+INTERRUPTED = "interrupted"  # stopped at a signal after a checkpoint: its rerun continues it
 
 
 def now() -> str:
@@ -56,6 +57,8 @@ class JobSummary:
     images_per_s: float | None = None  # training images per second over train_time_s
     error: str | None = None  # why the job failed, and what to change
     resumed_from_epoch: int | None = None  # the checkpoint's epoch, when the job resumed
+    # the steps already taken in the epoch after it (a checkpoint inside an epoch; else 0)
+    resumed_from_step: int | None = only(COMPLETED)
     provenance: dict | None = None  # code, versions, device, data, command (report.provenance)
     code_changed_on_resume: dict | None = None  # set when a checkpoint from other code was resumed
     output_dir: str = ""  # the job's directory
@@ -64,6 +67,7 @@ class JobSummary:
     device: str | None = only(COMPLETED)  # e.g. cuda:0 or cpu (rank 0's, under DDP)
     world_size: int | None = only(COMPLETED)  # the job's processes (DDP ranks); 1 without DDP
     device_batch_size: int | None = only(COMPLETED)  # trainer.batch_size / world_size
+    threads: int | None = only(COMPLETED)  # torch's intra-op threads (rank 0's): its CPU allotment
     precision: str | None = only(COMPLETED)  # bf16, fp16 or fp32: what trainer.precision=auto chose
     seed: int | None = only(COMPLETED)
     fingerprint: str | None = only(COMPLETED)  # the config's hash: a rerun here must match it
@@ -167,6 +171,11 @@ def running_summary(job, fit=None, started_at: str | None = None) -> dict[str, A
                       host=socket.gethostname(), started_at=started_at or now()).to_json()
 
 
+def interrupted_summary(job, message: str, fit=None) -> dict[str, Any]:
+    """Stopped at a signal, after a checkpoint of where it was (`error` says which and where)."""
+    return JobSummary(INTERRUPTED, **identity(job), **progress(fit), error=message).to_json()
+
+
 def failed_summary(job, message: str, fit=None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """With the progress made before the failure (the epochs done and checkpointed)."""
     return JobSummary(FAILED, **identity(job), **progress(fit), error=message,
@@ -199,6 +208,9 @@ class SummaryFile:
 
     def completed(self, summary: dict[str, Any]) -> None:
         write_json(self.path, summary)
+
+    def interrupted(self, message: str) -> None:
+        write_json(self.path, interrupted_summary(self.job, message, self.fit))
 
     def failed(self, message: str) -> None:
         write_json(self.path, failed_summary(self.job, message, self.fit))

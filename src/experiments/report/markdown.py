@@ -189,11 +189,12 @@ def problems_section(df: pd.DataFrame) -> list[str]:
     bad = df[df["status"] != "completed"]
     if bad.empty:
         return []
+    # (an interrupted job that stopped at a signal says which, and where, in its error)
     reasons = {"interrupted": "its process ended without a result (killed?); rerun the sweep's "
                               "command to resume it",
                "running": "still running", "unknown": "no readable summary.json"}
     lines = [f"- `{r.job}` ({r.status}, {0 if missing(r.epochs_completed) else r.epochs_completed} "
-             f"epochs): {r.error if r.status == 'failed' else reasons.get(r.status, r.status)}"
+             f"epochs): {r.error if isinstance(r.error, str) and r.error else reasons.get(r.status, r.status)}"
              for r in bad.itertuples()]
     return ["## Failed and interrupted jobs", "", *lines, ""]
 

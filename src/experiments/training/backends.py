@@ -12,6 +12,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from experiments.errors import ConfigError, UserError
+from experiments.ranks import cores_allotted
 
 PRECISIONS = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}
 
@@ -88,18 +89,14 @@ def configure_backends(options, device: torch.device) -> None:
     torch.use_deterministic_algorithms(options.deterministic, warn_only=True)
 
 
-def share_cpu(ranks) -> None:
-    """torch's threads from this process's share of the cores: torch takes every core it sees,
-    so a node's ranks (or a Slurm task given cpus_per_task of a larger node) would oversubscribe
-    it. OMP_NUM_THREADS, when set, rules; then Slurm's allotment; then the cores split among this
-    node's ranks."""
+def share_cpu(ranks, side_by_side: int = 1) -> None:
+    """torch's threads from this process's share of the cores (experiments.ranks.cores_allotted):
+    torch takes every core of the machine whatever the process was allotted, and jobs' spinning
+    threads then starve each other (two smoke jobs with cpus_per_task=1 on a 2-core Slurm node:
+    18.7 img/s each, measured for the preemption issue). OMP_NUM_THREADS, when set, rules."""
     if "OMP_NUM_THREADS" in os.environ:
         return
-    if os.environ.get("SLURM_CPUS_PER_TASK", "").isdigit():
-        torch.set_num_threads(int(os.environ["SLURM_CPUS_PER_TASK"]))
-    elif ranks.local_world_size > 1:
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-        torch.set_num_threads(max(1, (cores or 1) // ranks.local_world_size))
+    torch.set_num_threads(min(torch.get_num_threads(), cores_allotted(ranks, side_by_side)))
 
 
 def use_channels_last(options, device: torch.device) -> bool:

@@ -61,7 +61,8 @@ class BatchSchedule:
         if not self.points or new == loader.batch_size:  # no schedule: the loader's size stays
             return
         before = self.size(epoch - 1) if epoch > 1 else loader.batch_size
-        if self.scale_lr and new != before:  # only where the schedule steps (not again on resume)
+        if self.scale_lr and new != before and schedule is not None:  # only where it steps
+            # (schedule None: an epoch resumed inside, whose restored lr is already scaled)
             schedule.scale_lr(new / before)
         log.info("epoch %d: batch size %d -> %d", epoch, loader.batch_size, new)
         loader.set_batch_size(new)

@@ -33,7 +33,8 @@ READS = (1, 2)  # 1 (before DDP): resumed, with a note (one generator drew order
 # allowed, with a note: not bit-identical)
 NOT_IN_FINGERPRINT = ("logger", "paths", "data.root", "data.cache_dir", "data.download",
                       "data.download_timeout_s", "trainer.progress", "trainer.resume",
-                      "trainer.keep_checkpoint", "trainer.devices")
+                      "trainer.keep_checkpoint", "trainer.devices", "trainer.checkpoint_every_min",
+                      "trainer.stop_signals")
 
 
 class CheckpointError(Refusal):

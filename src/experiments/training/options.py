@@ -10,8 +10,9 @@ metric (training/metrics.py), so it is no option.
 from __future__ import annotations
 
 import re
+import signal
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, List, Optional
 
 from experiments.errors import ConfigError
 from experiments.training.backends import PRECISIONS
@@ -69,6 +70,12 @@ class TrainerOptions:
     progress: bool = True  # the progress bar
     resume: bool = True  # rerunning into the same directory resumes, or returns a finished result
     keep_checkpoint: bool = False  # keep checkpoint.pt after the job completes (model.pt stays)
+    # also checkpoint inside an epoch every this many minutes (null: at epoch ends only); a
+    # killed job then loses at most that much (training/interrupts.py)
+    checkpoint_every_min: Optional[float] = None
+    # what stops a job cleanly (finish the step, checkpoint where it is, exit): Slurm's SIGTERM,
+    # submitit's SIGUSR2 (preemption, timeout), Ctrl-C
+    stop_signals: List[str] = field(default_factory=lambda: ["SIGTERM", "SIGUSR2", "SIGINT"])
     # fp16: NaN/inf losses in a row before the job fails (its scaler skips a few); bf16 and fp32
     # fail at the first
     nonfinite_tolerance: int = 20
@@ -81,6 +88,10 @@ class TrainerOptions:
         for key, rule in RULES.items():
             rule.check(f"trainer.{key}", get(self, key))
         self.check_ranks_divide(self.devices)
+        unknown = [name for name in self.stop_signals if name not in signal.Signals.__members__]
+        if unknown:
+            raise ConfigError(f"trainer.stop_signals: {unknown} are not signal names (e.g. "
+                              "SIGTERM, SIGUSR2, SIGINT)")
         schedule = self.batch_schedule
         if schedule is not None and (len(schedule.epochs) != len(schedule.sizes) or not all(
                 v > 0 for v in schedule.epochs + schedule.sizes)):
@@ -115,6 +126,7 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 RULES = {  # trainer.<key>: what it must be
     "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "eval_batch_size": POSITIVE_INT,
     "grad_accum_steps": POSITIVE_INT, "devices": POSITIVE_INT, "collective_timeout_s": POSITIVE,
+    "checkpoint_every_min": POSITIVE.or_null("null (at epoch ends only) or minutes > 0"),
     "grad_clip": POSITIVE.or_null("a number > 0 or null"),
     "label_smoothing": number(0, 1, "a number in [0, 1)", open_high=True),
     "ema_decay": number(0, 1, "", open_low=True, open_high=True).or_null(

@@ -23,6 +23,7 @@ from experiments.training import metrics as m
 from experiments.training.backends import resolve_precision, synchronize, unwrap
 from experiments.training.batch_schedule import BatchSchedule
 from experiments.training.distributed import MAX, all_reduce
+from experiments.training.interrupts import GO_ON, NEVER, SAVE, Interrupted, Interrupts
 from experiments.training.options import TrainerOptions
 from experiments.training.sam import SAM
 from experiments.training.schedules import Schedule
@@ -51,6 +52,9 @@ class FitState:
     history: list[dict[str, float]] = field(default_factory=list)  # metrics of every epoch
     select: dict = field(default_factory=dict)
     stopper: dict = field(default_factory=dict)
+    # the epoch in progress when the checkpoint was written inside it (at a signal, or on
+    # trainer.checkpoint_every_min): EpochProgress.state_dict(); None at an epoch's end
+    progress: dict | None = None
 
     @property
     def images_per_s(self) -> float | None:
@@ -67,10 +71,11 @@ class Trainer:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
                  options: TrainerOptions, *, device: torch.device,
                  batch_schedule: BatchSchedule | None = None, mixup=None, ema=None,
-                 ranks: Ranks = SINGLE):
+                 ranks: Ranks = SINGLE, interrupts: Interrupts = NEVER):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.options, self.device, self.mixup, self.ema = options, device, mixup, ema
         self.ranks = ranks  # under DDP `model` is wrapped (DistributedDataParallel)
+        self.interrupts = interrupts  # asked after every step: checkpoint here, or stop
         self.batch_schedule = batch_schedule or BatchSchedule(options)
         self.sam = optimizer if isinstance(optimizer, SAM) else None
         self.amp_dtype = resolve_precision(options.precision, device)
@@ -183,16 +188,44 @@ class Trainer:
         # the usual unscale_ (in clipping or scaler.step) now checks THESE gradients for inf, so
         # an overflow in the second pass also skips the step and lowers the scale
 
-    def train_epoch(self, batches) -> dict[str, float]:
+    def ask_interrupts(self) -> int:
+        """GO_ON, SAVE or the signal to stop at (training/interrupts.py), the same on every rank:
+        under DDP the ranks' answers are reduced (one small all-reduce per step)."""
+        answer = self.interrupts.poll()
+        if self.ranks.distributed:
+            answer = int(all_reduce(torch.tensor(answer, device=self.device), self.ranks, MAX))
+        return answer
+
+    def train_epoch(self, batches, progress: EpochProgress | None = None,
+                    save_inside: Callable[[EpochProgress], None] = lambda p: None) -> dict[str, float]:
         """One pass over `batches`. train/acc compares predictions with the labels; under
-        MixUp/CutMix, with each mixed target's dominant label (the image that covers more)."""
+        MixUp/CutMix, with each mixed target's dominant label (the image that covers more).
+
+        `progress` continues an epoch checkpointed inside (its first steps' batches are served
+        again, from the same generator states, and skipped); after every step the interrupts
+        are asked whether to checkpoint here (`save_inside`) or to stop (Interrupted)."""
         self.model.train()
+        progress = progress or EpochProgress(0, [], 0.0)
         totals = EpochTotals(self.device, self.nonfinite_streak)
-        for group in accumulation_groups(batches, self.options.grad_accum_steps):
+        if progress.totals is not None:
+            totals.load_state_dict(progress.totals)
+        started = time.perf_counter()
+        for step, group in enumerate(accumulation_groups(batches, self.options.grad_accum_steps)):
+            if step < progress.steps:
+                continue  # done before the checkpoint (drawn again: the generators move on alike)
             if self.mixup is not None:  # mixed images, soft targets
                 group = [self.mixup(images, labels) for images, labels in group]
             for (_, targets), (logits, loss) in zip(group, self.optimizer_step(group)):
                 totals.add(logits, loss, targets)
+            answer = self.ask_interrupts()
+            if answer != GO_ON:
+                synchronize(self.device)
+                progress.steps, progress.totals = step + 1, totals.state_dict()
+                progress.seconds += time.perf_counter() - started
+                started = time.perf_counter()
+                save_inside(progress)
+                if answer != SAVE:
+                    raise Interrupted(answer, f"in epoch {progress.epoch} after step {step + 1}")
         self.nonfinite_streak = totals.streak
         self.check_finite(totals.longest.item(), totals.any_nonfinite())
         return totals.means(self.ranks)
@@ -227,13 +260,21 @@ class Trainer:
         loss_sum, correct, seen = all_reduce(torch.stack([loss_sum, correct, seen]), self.ranks).tolist()
         return {"loss": loss_sum / seen, "acc": correct / seen}
 
-    def run_epoch(self, train, val) -> dict[str, float]:
-        """One epoch of training (timed) and validation: the metrics every logger records."""
-        lr = max(group["lr"] for group in self.optimizer.param_groups)  # optim.lr's, as scheduled
+    def run_epoch(self, train, val, epoch: int = 0, progress: EpochProgress | None = None,
+                  save_inside: Callable[[EpochProgress], None] = lambda p: None) -> dict[str, float]:
+        """One epoch of training (timed) and validation: the metrics every logger records.
+        `progress` continues an epoch checkpointed inside."""
+        if progress is None:
+            lr = max(group["lr"] for group in self.optimizer.param_groups)  # optim.lr's, as scheduled
+            progress = EpochProgress.start(epoch, train, lr) if hasattr(train, "generators") else None
+        else:
+            progress.restore_generators(train)  # the epoch's order and augmentation, from its start
+        lr = progress.lr if progress is not None else max(g["lr"] for g in self.optimizer.param_groups)
+        before = progress.seconds if progress is not None else 0.0  # trained before a resume
         start = time.perf_counter()
-        train_metrics = self.train_epoch(train)
+        train_metrics = self.train_epoch(train, progress, save_inside)
         synchronize(self.device)
-        seconds = time.perf_counter() - start
+        seconds = time.perf_counter() - start + before
         metrics = {m.TRAIN_LOSS: train_metrics["loss"], m.TRAIN_ACC: train_metrics["acc"],
                    m.LR: lr, m.BATCH_SIZE: train.batch_size, m.EPOCH_S: seconds,
                    m.IMAGES_PER_S: train.num_images / seconds}
@@ -255,21 +296,35 @@ class Trainer:
         return select, stopper
 
     def fit(self, train, val, *, state: FitState | None = None,
-            after_epoch: Callable[[FitState, dict[str, float]], None] = lambda s, m: None) -> FitState:
+            after_epoch: Callable[[FitState, dict[str, float]], None] = lambda s, m: None,
+            inside_epoch: Callable[[FitState], None] = lambda s: None) -> FitState:
         """Train until `options.epochs` are done, keeping the weights of the best validation epoch
         in `state.best_weights` (the model keeps the last epoch's: `use_best_weights` swaps).
 
-        `state` continues an earlier, interrupted fit. `after_epoch` sees the state after every
-        epoch (to log it and checkpoint it). Early stopping fires once its monitor is exhausted.
+        `state` continues an earlier, interrupted fit (inside an epoch when `state.progress`
+        says so). `after_epoch` sees the state after every epoch (to log it and checkpoint it),
+        `inside_epoch` the state with `progress` set, when the interrupts ask for a checkpoint
+        inside one. Early stopping fires once its monitor is exhausted. A stop signal raises
+        Interrupted, after that checkpoint (or after the epoch's, between epochs).
         """
         state, epochs = state or FitState(), self.options.epochs
         select, stopper = self.monitors(state)
         bar = tqdm(range(state.epoch + 1, epochs + 1), desc="epochs", unit="epoch",
                    initial=state.epoch, total=epochs, disable=not self.options.progress,
                    dynamic_ncols=True)
+
+        def save_inside(progress: EpochProgress) -> None:
+            state.progress = progress.state_dict()
+            inside_epoch(state)
+            self.interrupts.saved()
+            state.progress = None
+
         for epoch in bar if not state.early_stopped else ():
-            self.batch_schedule.apply(epoch, train, self.schedule)
-            metrics = self.run_epoch(train, val)
+            resumed = EpochProgress(**state.progress) if state.progress else None
+            state.progress = None
+            # a resumed epoch's batch size is set again, its lr already scaled (it is restored)
+            self.batch_schedule.apply(epoch, train, self.schedule if resumed is None else None)
+            metrics = self.run_epoch(train, val, epoch, resumed, save_inside)
             state.epoch, state.history = epoch, state.history + [{"epoch": epoch, **metrics}]
             state.train_time_s += metrics[m.EPOCH_S]
             state.train_images += train.num_images
@@ -283,6 +338,10 @@ class Trainer:
             state.select = select.state_dict()
             state.stopper = stopper.state_dict() if stopper is not None else {}
             after_epoch(state, metrics)
+            self.interrupts.saved()
+            answer = self.ask_interrupts()  # e.g. a signal during validation: stop here
+            if answer not in (GO_ON, SAVE):
+                raise Interrupted(answer, f"after epoch {epoch}")
             bar.set_postfix({"loss": f"{metrics[m.TRAIN_LOSS]:.3g}",
                              **({"val_acc": f"{metrics[m.VAL_ACC]:.3g}"} if m.VAL_ACC in metrics else {})})
             if state.early_stopped:
@@ -296,6 +355,30 @@ class Trainer:
         """Load the best validation epoch's weights (no-op without a validation split)."""
         if state.best_weights is not None:
             unwrap(self.eval_model).load_state_dict(state.best_weights)
+
+
+@dataclass
+class EpochProgress:
+    """Where an epoch is: enough to redo its first `steps` optimizer steps' batches exactly (the
+    training loader's generators as they were at the epoch's start) and to carry on its sums."""
+
+    epoch: int
+    generators: list  # the training loader's generator states at the epoch's start
+    lr: float  # the epoch's learning rate as logged (its start's)
+    steps: int = 0  # optimizer steps done in this epoch
+    seconds: float = 0.0  # training time in this epoch before the last checkpoint inside it
+    totals: dict | None = None  # EpochTotals.state_dict()
+
+    @classmethod
+    def start(cls, epoch: int, loader, lr: float) -> EpochProgress:
+        return cls(epoch, [g.get_state() for g in loader.generators], lr)
+
+    def restore_generators(self, loader) -> None:
+        for generator, state in zip(loader.generators, self.generators, strict=True):
+            generator.set_state(state)
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
 
 
 def accumulation_groups(batches, size: int):
@@ -336,6 +419,18 @@ class EpochTotals:
 
     def any_nonfinite(self) -> bool:
         return self.seen - self.finite_seen.item() > 0
+
+    def state_dict(self) -> dict:
+        """The running sums, for a checkpoint inside the epoch (on the CPU: it may resume elsewhere)."""
+        return {"loss_sum": self.loss_sum.cpu(), "correct": self.correct.cpu(),
+                "finite_seen": self.finite_seen.cpu(), "streak": self.streak.cpu(),
+                "longest": self.longest.cpu(), "seen": self.seen}
+
+    def load_state_dict(self, state: dict) -> None:
+        device = self.loss_sum.device
+        self.loss_sum, self.correct = state["loss_sum"].to(device), state["correct"].to(device)
+        self.finite_seen, self.streak = state["finite_seen"].to(device), state["streak"].to(device)
+        self.longest, self.seen = state["longest"].to(device), state["seen"]
 
     def means(self, ranks: Ranks) -> dict[str, float]:
         """The epoch's mean loss and accuracy over every rank's images."""

@@ -1,0 +1,87 @@
+"""Stopping at a signal, and checkpoints inside an epoch.
+
+Clusters preempt and time out: Slurm sends SIGTERM (and, with --signal, SIGUSR2 ahead of the
+end, which submitit treats as preemption or timeout); a user presses Ctrl-C (SIGINT). A handler
+here only records the signal. The trainer asks after every optimizer step (`poll`): the step
+in progress finishes, the job writes a checkpoint that records its place inside the epoch, marks
+its summary `interrupted` and exits; rerunning the same command continues from that step, to
+the same numbers as an uninterrupted run. A second signal while it saves is noted and ignored
+(the checkpoint is written atomically either way).
+
+`trainer.checkpoint_every_min` asks for the same mid-epoch checkpoint on a clock, and goes on.
+Under DDP rank 0's answer rules: every rank stops, or checkpoints, at the same step.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+
+log = logging.getLogger(__name__)
+
+GO_ON, SAVE = 0, 1  # poll's answers; a stop is the signal's number (> 1)
+
+
+class Interrupted(Exception):
+    """The job stopped at a signal, after checkpointing where it was."""
+
+    def __init__(self, signum: int, where: str):
+        self.signum = signum
+        super().__init__(f"interrupted by {signal.Signals(signum).name} {where}: checkpointed; "
+                         "rerun the same command to continue from there")
+
+
+class Interrupts:
+    """`with Interrupts(names, every_min):` records the first of the signals `names` (SIGTERM,
+    SIGUSR2, SIGINT by default) while the job runs; the previous handlers come back at the end,
+    and `chain()` hands the signal on to the one it replaced (submitit's, which requeues)."""
+
+    def __init__(self, names=("SIGTERM", "SIGUSR2", "SIGINT"), every_min: float | None = None):
+        self.signals = [signal.Signals[name] for name in names]
+        self.every_s = every_min * 60 if every_min else None
+        self.signum: int | None = None
+        self.previous: dict[int, object] = {}
+        self.last_save = time.monotonic()
+
+    def __enter__(self) -> Interrupts:
+        if threading.current_thread() is threading.main_thread():  # (Python's rule for handlers)
+            for sig in self.signals:
+                self.previous[sig] = signal.signal(sig, self.handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self.previous.items():
+            signal.signal(sig, handler)
+
+    def handle(self, signum: int, frame) -> None:
+        if self.signum is None:
+            self.signum = signum
+            log.warning("%s: finishing this step, then checkpointing and stopping",
+                        signal.Signals(signum).name)
+        else:
+            log.warning("%s again: already stopping (the checkpoint is being written)",
+                        signal.Signals(signum).name)
+
+    def poll(self) -> int:
+        """GO_ON, SAVE (a checkpoint is due on the clock) or the signal to stop at."""
+        if self.signum is not None:
+            return self.signum
+        if self.every_s is not None and time.monotonic() - self.last_save >= self.every_s:
+            return SAVE
+        return GO_ON
+
+    def saved(self) -> None:
+        """A checkpoint was written (at an epoch's end, or on the clock): the clock restarts."""
+        self.last_save = time.monotonic()
+
+    def chain(self) -> None:
+        """Hand the signal to the handler this one replaced, when it was a Python function:
+        under submitit, its handler resubmits the job (requeue) and exits."""
+        previous = self.previous.get(self.signum)
+        if callable(previous) and previous is not signal.default_int_handler:
+            previous(self.signum, None)
+
+
+NEVER = Interrupts(names=())  # what a trainer asks when no job installed any (direct use)

@@ -1,0 +1,149 @@
+"""A signal is a checkpoint: SIGTERM, SIGUSR2 or Ctrl-C in the middle of an epoch stops the job
+after the step in progress, with a checkpoint of its place in the epoch and an `interrupted`
+summary; the same command then continues from that step to exactly the numbers of an
+uninterrupted run. Also: a second signal while it saves, a signal during validation, and the
+checkpoints of trainer.checkpoint_every_min after a kill -9. Jobs run in forked copies of this
+process (support/forked.py); the last test signals `python train.py` on 2 DDP ranks."""
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import ROOT, run_train
+from support.forked import fork, kill_after_checkpoint, signal_at_step, signal_during_validation, wait
+from support.jobs import run_here
+
+# 12 optimizer steps per epoch (384 training images in batches of 32), about 1 s a job
+TINY = ["experiment=smoke", "logger=none", "trainer.progress=false", "model=preact",
+        "model.width=4", "data.train_size=448", "data.val_size=64", "data.test_size=64",
+        "trainer.epochs=3", "trainer.ema_decay=0.9"]
+TOGETHER = ["optim=sam", "mix=mixup", "trainer.grad_accum_steps=2",
+            "trainer.batch_schedule={epochs:[2],sizes:[64],scale_lr:true}"]
+# case: (overrides, signal, the optimizer step it arrives in, the steps of epoch 2 done by then)
+CASES = {
+    "SIGTERM": ([], signal.SIGTERM, 12 + 5, 5),
+    "SIGUSR2, dataloader": (["loader=dataloader", "loader.workers=1", "aug=advanced"],
+                            signal.SIGUSR2, 12 + 7, 7),
+    # 6 accumulated steps in epoch 1, 3 at the doubled batch in epoch 2
+    "SIGINT, SAM, mixup, accumulation, batch schedule": (TOGETHER, signal.SIGINT, 6 + 2, 2),
+}
+NOT_COMPARED = ("time/epoch_s", "time/images_per_s")  # wall-clock, not results
+RESULTS = ("test_acc", "test_loss", "test_acc_final", "best_val_acc", "best_val_loss",
+           "best_epoch", "epochs_completed")
+
+
+def metrics(out):
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    return [{k: v for k, v in r.items() if k not in NOT_COMPARED} for r in rows]
+
+
+def summary(out) -> dict:
+    return json.loads((out / "summary.json").read_text())
+
+
+def assert_same_numbers(resumed, clean) -> None:
+    for key in RESULTS:
+        assert summary(resumed)[key] == summary(clean)[key], key
+    assert metrics(resumed) == metrics(clean)
+
+
+def interrupt_and_rerun(args, out, interrupt, signum) -> dict:
+    """Run the job with `interrupt` installed: it must exit 128 + signum with an interrupted
+    summary; then the same command completes. Returns the first run's summary."""
+
+    def interrupted():
+        interrupt()
+        run_here(args, out)
+
+    assert wait(fork(interrupted)) == 128 + signum
+    stopped = summary(out)
+    assert stopped["status"] == "interrupted" and signal.Signals(signum).name in stopped["error"]
+    assert wait(fork(lambda: run_here(args, out))) == 0
+    return stopped
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_signal_inside_an_epoch_resumes_from_its_step_to_the_uninterrupted_numbers(tmp_path, case):
+    overrides, signum, step, steps_in_epoch = CASES[case]
+    args = [*TINY, *overrides]
+    clean, out = tmp_path / "clean", tmp_path / "signalled"
+    reference = fork(lambda: run_here(args, clean))
+    stopped = interrupt_and_rerun(args, out, lambda: signal_at_step(signum, step), signum)
+    assert stopped["epochs_completed"] == 1  # what was done and checkpointed, not 0
+    assert f"in epoch 2 after step {steps_in_epoch}" in stopped["error"]
+    assert wait(reference) == 0
+    resumed = summary(out)
+    assert resumed["status"] == "completed"
+    assert (resumed["resumed_from_epoch"], resumed["resumed_from_step"]) == (1, steps_in_epoch)
+    assert_same_numbers(out, clean)
+
+
+def test_a_second_signal_while_it_saves_changes_nothing(tmp_path):
+    clean, out = tmp_path / "clean", tmp_path / "signalled"
+    reference = fork(lambda: run_here(TINY, clean))
+    interrupt_and_rerun(TINY, out, lambda: signal_at_step(signal.SIGTERM, 12 + 4, again_while_saving=True),
+                        signal.SIGTERM)
+    assert wait(reference) == 0
+    assert summary(out)["resumed_from_step"] == 4
+    assert_same_numbers(out, clean)
+
+
+def test_a_signal_during_validation_stops_at_the_end_of_that_epoch(tmp_path):
+    clean, out = tmp_path / "clean", tmp_path / "signalled"
+    reference = fork(lambda: run_here(TINY, clean))
+    stopped = interrupt_and_rerun(TINY, out, lambda: signal_during_validation(signal.SIGTERM),
+                                  signal.SIGTERM)
+    assert stopped["epochs_completed"] == 1 and "after epoch 1" in stopped["error"]
+    assert wait(reference) == 0
+    assert (summary(out)["resumed_from_epoch"], summary(out)["resumed_from_step"]) == (1, 0)
+    assert_same_numbers(out, clean)
+
+
+def test_checkpoints_on_the_clock_lose_at_most_their_interval_to_a_kill(tmp_path):
+    # every step is past a 1e-9-minute interval: a checkpoint after each one; SIGKILL 2 steps
+    # after the first, inside epoch 1
+    args = [*TINY, "trainer.checkpoint_every_min=1e-9"]
+    clean, out = tmp_path / "clean", tmp_path / "killed"
+    reference = fork(lambda: run_here(TINY, clean))  # (the interval changes no number)
+
+    def crash():
+        kill_after_checkpoint()
+        run_here(args, out)
+
+    assert wait(fork(crash)) == -9
+    assert wait(fork(lambda: run_here(args, out))) == 0
+    assert wait(reference) == 0
+    resumed = summary(out)
+    assert resumed["resumed_from_epoch"] == 0 and resumed["resumed_from_step"] >= 2
+    assert_same_numbers(out, clean)
+
+
+def test_sigterm_stops_every_rank_of_a_ddp_job_at_one_step_and_its_rerun_completes(tmp_path):
+    run = tmp_path / "run"
+    command = ["experiment=smoke", "logger=none", "trainer.progress=false", "trainer.devices=2",
+               "trainer.epochs=2", "trainer.keep_checkpoint=true", f"hydra.run.dir={run}"]
+    env = {**os.environ, "WANDB_SILENT": "true"}
+    job = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *command], cwd=tmp_path, env=env,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline and job.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # inside epoch 2
+    job.send_signal(signal.SIGTERM)  # to rank 0 only: it decides for both
+    started = time.monotonic()
+    assert job.wait(timeout=60) == 128 + signal.SIGTERM, job.stderr.read()[-3000:]
+    assert time.monotonic() - started < 20  # within seconds
+    stopped = summary(run)
+    assert stopped["status"] == "interrupted" and stopped["epochs_completed"] == 1
+    done = run_train(*command, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    resumed = summary(run)
+    assert resumed["status"] == "completed" and resumed["world_size"] == 2
+    assert resumed["resumed_from_epoch"] == 1 and resumed["resumed_from_step"] > 0
+    assert [r["epoch"] for r in csv.DictReader(open(run / "metrics.csv"))] == ["1", "2"]
