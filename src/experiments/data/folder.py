@@ -14,7 +14,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import IO, ClassVar
 
 import numpy as np
 import torch
@@ -61,13 +61,16 @@ def fit_square(img: Image.Image, size: int, fit: str) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def decode(path: Path, size: int, channels: int, fit: str = "center_crop") -> np.ndarray:
+def decode(path: Path | IO[bytes], size: int, channels: int, fit: str = "center_crop",
+           where: str | None = None) -> np.ndarray:
+    """One image file (a path, or an open file such as an archive member named by `where`) as
+    (channels, size, size) uint8."""
     try:
         with Image.open(path) as img:
             img = fit_square(img.convert("L" if channels == 1 else "RGB"), size, fit)
             pixels = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DataError(f"{path} is not a readable image ({err}). Remove or replace it.") from None
+        raise DataError(f"{where or path} is not a readable image ({err}). Remove or replace it.") from None
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
@@ -77,6 +80,12 @@ def decode_split(files: list[tuple[Path, int]], size: int, channels: int,
     for i, (path, _) in enumerate(files):
         images[i] = decode(path, size, channels, fit)
     return Split(torch.from_numpy(images), torch.tensor([label for _, label in files], dtype=torch.int64))
+
+
+def check_fit(fit: str) -> None:
+    """`data.fit` of every source that resizes photos (data=folder, pets, flowers102, ...)."""
+    if fit not in FITS:
+        raise ConfigError(f"data.fit must be one of {list(FITS)}, got {fit!r}")
 
 
 def available_memory() -> int | None:
@@ -121,8 +130,7 @@ class Folder(CachedSource):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.fit not in FITS:
-            raise ConfigError(f"data.fit must be one of {list(FITS)}, got {self.fit!r}")
+        check_fit(self.fit)
 
     @property
     def cache_name(self) -> str:

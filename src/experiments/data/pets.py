@@ -1,0 +1,212 @@
+"""Oxford-IIIT Pet (37 cat and dog breeds) from its two official archives, or their extracted folders.
+
+data.root holds `images.tar.gz` and `annotations.tar.gz` (fetched from data.url when missing and
+data.download allows; read without unpacking), or torchvision's extracted layout,
+ROOT/oxford-iiit-pet/images/*.jpg and ROOT/oxford-iiit-pet/annotations/*.txt (used when both
+folders are there). The official split: annotations/trainval.txt is the training set (validation is
+carved from it, data.val_size), annotations/test.txt the test set. Their lines are
+`Image_name CLASS-ID SPECIES BREED-ID`; the class is the breed, the image name without its
+trailing `_<number>` (`Abyssinian_12` -> `Abyssinian`, `american_bulldog_3` -> `american_bulldog`),
+ordered by CLASS-ID and numbered densely from 0 over the breeds listed, so a subset in the same
+layout works (with data.num_classes set to its breed count). Images are decoded once into the
+uint8 cache at data.image_size with data.fit, as data=folder decodes them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tarfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+
+from experiments.data.base import ImageData, Split
+from experiments.data.fetch import DownloadedSource
+from experiments.data.folder import SUFFIXES, available_memory, check_decoded_size, check_fit, decode
+from experiments.data.folder import stamp as files_stamp
+from experiments.errors import DataError
+
+FOLDER = "oxford-iiit-pet"  # torchvision's folder of the extracted archives
+SPLITS = ("trainval", "test")
+Listing = dict[str, list[tuple[str, int]]]  # split: [(image name, CLASS-ID)]
+
+
+def breed(image_name: str) -> str:
+    return image_name.rsplit("_", 1)[0]
+
+
+def parse_list(text: str, where: str) -> list[tuple[str, int]]:
+    """`Image_name CLASS-ID SPECIES BREED-ID` lines (blank and `#` lines skipped)."""
+    rows = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        parts = line.split()
+        try:
+            rows.append((parts[0], int(parts[1])))
+        except (IndexError, ValueError):
+            raise DataError(f"{where} line {number} is not `Image_name CLASS-ID SPECIES BREED-ID`: "
+                            f"{line.strip()!r}. Replace the file with the official one.") from None
+    return rows
+
+
+def classes_and_labels(listing: Listing) -> tuple[list[str], dict[str, int]]:
+    """The breeds listed, in CLASS-ID order, and each breed's dense 0-based label."""
+    ids: dict[str, int] = {}
+    for rows in listing.values():
+        for name, class_id in rows:
+            ids.setdefault(breed(name), class_id)
+    classes = sorted(ids, key=lambda b: (ids[b], b))
+    return classes, {b: i for i, b in enumerate(classes)}
+
+
+def read_annotations_archive(path: Path) -> Listing:
+    texts: dict[str, str] = {}
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:
+                split = Path(member.name).stem
+                if member.isfile() and member.name == f"annotations/{split}.txt" and split in SPLITS:
+                    texts[split] = tar.extractfile(member).read().decode()
+    except (tarfile.TarError, EOFError, OSError, zlib.error, UnicodeDecodeError) as err:
+        raise DataError(f"{path} is not a readable Oxford-IIIT Pet archive ({err}). Delete it so it "
+                        "is downloaded again, or replace it with the official file.") from None
+    if missing := [s for s in SPLITS if s not in texts]:
+        raise DataError(f"{path} lacks annotations/{missing[0]}.txt: it is not the official "
+                        "Oxford-IIIT Pet annotations archive. Delete it or replace it.")
+    return {s: parse_list(texts[s], f"{path} (annotations/{s}.txt)") for s in SPLITS}
+
+
+def read_annotations_folder(folder: Path) -> Listing:
+    listing = {}
+    for split in SPLITS:
+        path = folder / f"{split}.txt"
+        if not path.is_file():
+            raise DataError(f"{path} is missing: {folder} is not the official annotations folder.")
+        listing[split] = parse_list(path.read_text(), str(path))
+    return listing
+
+
+def is_image(name: str) -> bool:
+    """The archive's images; the official one also holds a few .mat files among them."""
+    return Path(name).suffix.lower() in SUFFIXES
+
+
+@dataclass
+class PetImages:
+    """Where each listed image lands in its split's array, filled from files or archive members."""
+
+    listing: Listing
+    size: int
+    channels: int
+    fit: str
+
+    def __post_init__(self) -> None:
+        self.classes, self.labels = classes_and_labels(self.listing)
+        self.slots = {name: (split, i) for split, rows in self.listing.items()
+                      for i, (name, _) in enumerate(rows)}
+        check_decoded_size(len(self.slots), self.channels, self.size, available_memory())
+        self.images = {split: np.zeros((len(rows), self.channels, self.size, self.size), np.uint8)
+                       for split, rows in self.listing.items()}
+        self.filled: set[str] = set()
+
+    def wants(self, file_name: str) -> bool:
+        return is_image(file_name) and Path(file_name).stem in self.slots
+
+    def put(self, file_name: str, file, where: str) -> None:
+        split, i = self.slots[Path(file_name).stem]
+        self.images[split][i] = decode(file, self.size, self.channels, self.fit, where)
+        self.filled.add(Path(file_name).stem)
+
+    def data(self, where: str) -> ImageData:
+        if missing := sorted(set(self.slots) - self.filled):
+            raise DataError(f"{where} lacks {len(missing)} of the images the annotations list "
+                            f"(e.g. {missing[0]}.jpg): replace it with the official images, or "
+                            "list only the images it holds.")
+
+        def split(name: str) -> Split:
+            labels = [self.labels[breed(image)] for image, _ in self.listing[name]]
+            return Split(torch.from_numpy(self.images[name]), torch.tensor(labels, dtype=torch.int64))
+
+        return ImageData(split("trainval"), split("test"), self.classes)
+
+
+def read_images_archive(path: Path, images: PetImages) -> ImageData:
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            for member in tar:  # one sequential pass
+                parts = Path(member.name).parts
+                if member.isfile() and len(parts) == 2 and parts[0] == "images" and images.wants(parts[1]):
+                    images.put(parts[1], tar.extractfile(member), f"{path} ({member.name})")
+    except (tarfile.TarError, EOFError, zlib.error) as err:
+        raise DataError(f"{path} is not a readable Oxford-IIIT Pet archive ({err}). Delete it so it "
+                        "is downloaded again, or replace it with the official file.") from None
+    return images.data(str(path))
+
+
+@dataclass(kw_only=True)
+class Pets(DownloadedSource):
+    """data=pets: `files` maps images and annotations to {name, md5}, fetched from `url` + name."""
+
+    names: ClassVar[tuple[str, ...]] = ("pets",)
+
+    files: dict[str, dict[str, str | None]]
+    fit: str = "center_crop"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fit(self.fit)
+
+    @property
+    def cache_name(self) -> str:
+        return f"pets-{self.image_size}px-{self.channels}ch-{self.fit}.uint8.pt"
+
+    @property
+    def extracted(self) -> Path:
+        return Path(self.root) / FOLDER
+
+    def check_classes(self, classes: list[str]) -> None:
+        if len(classes) != self.num_classes:
+            raise DataError(f"the annotations in {self.root} list {len(classes)} breeds, but "
+                            f"data.num_classes={self.num_classes}: for a subset of Oxford-IIIT Pet "
+                            f"set data.num_classes={len(classes)}.")
+
+    def load(self) -> ImageData:
+        folder = self.extracted
+        if (folder / "images").is_dir() and (folder / "annotations").is_dir():
+            return self.load_folder(folder)
+        paths = self.fetch_files(self.files, f"extract them there as torchvision does "
+                                 f"({folder}/images and {folder}/annotations)")
+
+        def build() -> ImageData:
+            listing = read_annotations_archive(paths["annotations"])
+            self.check_classes(classes_and_labels(listing)[0])
+            images = PetImages(listing, self.image_size, self.channels, self.fit)
+            return read_images_archive(paths["images"], images)
+
+        digest = hashlib.sha256()
+        for key in sorted(paths):
+            st = paths[key].stat()
+            digest.update(f"{paths[key].name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return self.cached(build, digest.hexdigest())
+
+    def load_folder(self, folder: Path) -> ImageData:
+        listing = read_annotations_folder(folder / "annotations")
+        classes, labels = classes_and_labels(listing)
+        self.check_classes(classes)
+        files = {p.stem: p for p in (folder / "images").iterdir() if p.is_file() and is_image(p.name)}
+        listed = [(files[name], labels[breed(name)]) for rows in listing.values()
+                  for name, _ in rows if name in files]
+        annotations = [(folder / "annotations" / f"{s}.txt", -1) for s in SPLITS]
+
+        def build() -> ImageData:
+            images = PetImages(listing, self.image_size, self.channels, self.fit)
+            for path, _ in listed:
+                images.put(path.name, path, str(path))
+            return images.data(str(folder / "images"))
+
+        return self.cached(build, files_stamp(Path(self.root), listed + annotations, classes))
