@@ -88,6 +88,44 @@ def check_fit(fit: str) -> None:
         raise ConfigError(f"data.fit must be one of {list(FITS)}, got {fit!r}")
 
 
+class ImageSlots:
+    """The images of listed files, each decoded into its place in its split's array as it is
+    found (in a folder, or as a member of an archive read in one pass).
+
+    `listing` is {"train": [(stem, label)], "test": [...]}, a stem being a file name without its
+    suffix; files of other names, and files that are not images, are not wanted."""
+
+    def __init__(self, listing: dict[str, list[tuple[str, int]]], size: int, channels: int, fit: str):
+        self.listing, self.size, self.channels, self.fit = listing, size, channels, fit
+        self.slots = {stem: (split, i) for split, rows in listing.items()
+                      for i, (stem, _) in enumerate(rows)}
+        check_decoded_size(len(self.slots), channels, size, available_memory())
+        self.images = {split: np.zeros((len(rows), channels, size, size), np.uint8)
+                       for split, rows in listing.items()}
+        self.filled: set[str] = set()
+
+    def wants(self, file_name: str) -> bool:
+        return Path(file_name).suffix.lower() in SUFFIXES and Path(file_name).stem in self.slots
+
+    def put(self, file_name: str, file: Path | IO[bytes], where: str) -> None:
+        split, i = self.slots[Path(file_name).stem]
+        self.images[split][i] = decode(file, self.size, self.channels, self.fit, where)
+        self.filled.add(Path(file_name).stem)
+
+    def data(self, where: str, classes: list[str]) -> ImageData:
+        """The train and test splits, once every listed image has been put."""
+        if missing := sorted(set(self.slots) - self.filled):
+            raise DataError(f"{where} lacks {len(missing)} of the images its lists name (e.g. "
+                            f"{missing[0]}.jpg): replace it with the official files, or list only "
+                            "the images it holds.")
+
+        def split(name: str) -> Split:
+            labels = [label for _, label in self.listing[name]]
+            return Split(torch.from_numpy(self.images[name]), torch.tensor(labels, dtype=torch.int64))
+
+        return ImageData(split("train"), split("test"), classes)
+
+
 def available_memory() -> int | None:
     """Bytes of host memory free now (Linux), or None where the OS does not say."""
     try:

@@ -21,12 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-import numpy as np
-import torch
-
-from experiments.data.base import ImageData, Split
+from experiments.data.base import ImageData
 from experiments.data.fetch import DownloadedSource
-from experiments.data.folder import SUFFIXES, available_memory, check_decoded_size, check_fit, decode
+from experiments.data.folder import SUFFIXES, ImageSlots, check_fit
 from experiments.data.folder import stamp as files_stamp
 from experiments.errors import DataError
 
@@ -96,46 +93,15 @@ def is_image(name: str) -> bool:
     return Path(name).suffix.lower() in SUFFIXES
 
 
-@dataclass
-class PetImages:
-    """Where each listed image lands in its split's array, filled from files or archive members."""
-
-    listing: Listing
-    size: int
-    channels: int
-    fit: str
-
-    def __post_init__(self) -> None:
-        self.classes, self.labels = classes_and_labels(self.listing)
-        self.slots = {name: (split, i) for split, rows in self.listing.items()
-                      for i, (name, _) in enumerate(rows)}
-        check_decoded_size(len(self.slots), self.channels, self.size, available_memory())
-        self.images = {split: np.zeros((len(rows), self.channels, self.size, self.size), np.uint8)
-                       for split, rows in self.listing.items()}
-        self.filled: set[str] = set()
-
-    def wants(self, file_name: str) -> bool:
-        return is_image(file_name) and Path(file_name).stem in self.slots
-
-    def put(self, file_name: str, file, where: str) -> None:
-        split, i = self.slots[Path(file_name).stem]
-        self.images[split][i] = decode(file, self.size, self.channels, self.fit, where)
-        self.filled.add(Path(file_name).stem)
-
-    def data(self, where: str) -> ImageData:
-        if missing := sorted(set(self.slots) - self.filled):
-            raise DataError(f"{where} lacks {len(missing)} of the images the annotations list "
-                            f"(e.g. {missing[0]}.jpg): replace it with the official images, or "
-                            "list only the images it holds.")
-
-        def split(name: str) -> Split:
-            labels = [self.labels[breed(image)] for image, _ in self.listing[name]]
-            return Split(torch.from_numpy(self.images[name]), torch.tensor(labels, dtype=torch.int64))
-
-        return ImageData(split("trainval"), split("test"), self.classes)
+def slots(listing: Listing, size: int, channels: int, fit: str) -> tuple[ImageSlots, list[str]]:
+    """Where each listed image goes (trainval trains), with its breed's label; and the breeds."""
+    classes, labels = classes_and_labels(listing)
+    rows = {new: [(name, labels[breed(name)]) for name, _ in listing[old]]
+            for new, old in (("train", "trainval"), ("test", "test"))}
+    return ImageSlots(rows, size, channels, fit), classes
 
 
-def read_images_archive(path: Path, images: PetImages) -> ImageData:
+def read_images_archive(path: Path, images: ImageSlots, classes: list[str]) -> ImageData:
     try:
         with tarfile.open(path, "r:gz") as tar:
             for member in tar:  # one sequential pass
@@ -145,7 +111,7 @@ def read_images_archive(path: Path, images: PetImages) -> ImageData:
     except (tarfile.TarError, EOFError, zlib.error) as err:
         raise DataError(f"{path} is not a readable Oxford-IIIT Pet archive ({err}). Delete it so it "
                         "is downloaded again, or replace it with the official file.") from None
-    return images.data(str(path))
+    return images.data(str(path), classes)
 
 
 @dataclass(kw_only=True)
@@ -184,9 +150,9 @@ class Pets(DownloadedSource):
 
         def build() -> ImageData:
             listing = read_annotations_archive(paths["annotations"])
-            self.check_classes(classes_and_labels(listing)[0])
-            images = PetImages(listing, self.image_size, self.channels, self.fit)
-            return read_images_archive(paths["images"], images)
+            images, classes = slots(listing, self.image_size, self.channels, self.fit)
+            self.check_classes(classes)
+            return read_images_archive(paths["images"], images, classes)
 
         digest = hashlib.sha256()
         for key in sorted(paths):
@@ -204,9 +170,9 @@ class Pets(DownloadedSource):
         annotations = [(folder / "annotations" / f"{s}.txt", -1) for s in SPLITS]
 
         def build() -> ImageData:
-            images = PetImages(listing, self.image_size, self.channels, self.fit)
+            images, _ = slots(listing, self.image_size, self.channels, self.fit)
             for path, _ in listed:
                 images.put(path.name, path, str(path))
-            return images.data(str(folder / "images"))
+            return images.data(str(folder / "images"), classes)
 
         return self.cached(build, files_stamp(Path(self.root), listed + annotations, classes))
