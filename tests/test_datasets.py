@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import tarfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -147,3 +148,134 @@ def test_a_pets_job_trains_and_a_job_without_files_stops_with_the_message(tmp_pa
     assert exited.value.code == 2
     assert "images.tar.gz" in caplog.text and "annotations.tar.gz" in caplog.text, caplog.text[-3000:]
     assert not [r for r in caplog.records if r.exc_info], "a traceback was logged"
+
+
+# --- SVHN, STL-10, Flowers-102, Tiny ImageNet ----------------------------------------------------
+
+def test_svhn_reads_the_mat_files_and_label_10_is_digit_0(tmp_path, compose_cfg):
+    from scipy.io import savemat
+
+    rng = np.random.default_rng(0)
+    written = {}
+    for split, n in (("train", 12), ("test", 5), ("extra", 4)):
+        x = rng.integers(0, 256, size=(32, 32, 3, n), dtype=np.uint8)
+        y = rng.integers(1, 11, size=(n, 1)).astype(np.uint8)
+        y[0] = 10
+        savemat(tmp_path / f"{split}_32x32.mat", {"X": x, "y": y})
+        written[split] = (x, y)
+    md5s = [f"data.files.{k}.md5=null" for k in written]
+    splits = load_splits(compose_cfg(["data=svhn", f"data.root={tmp_path}", "data.val_size=2", *md5s]).data)
+    assert splits.classes == [str(d) for d in range(10)] and (len(splits.train), len(splits.test)) == (10, 5)
+    x, y = written["test"]
+    assert torch.equal(splits.test.images[1], torch.from_numpy(x[..., 1].transpose(2, 0, 1).copy()))
+    assert splits.test.labels.tolist() == [int(v) % 10 for v in y[:, 0]] and splits.test.labels[0] == 0
+    extra = load_splits(compose_cfg(["data=svhn", f"data.root={tmp_path}", "data.val_size=0",
+                                     "data.extra=true", *md5s]).data)
+    assert len(extra.train) == 16 and (tmp_path / "svhn-extra.uint8.pt").exists()
+
+
+def stl10_files(rng, n):
+    images = rng.integers(0, 256, size=(n, 3, 96, 96), dtype=np.uint8)
+    labels = rng.integers(1, 11, size=n).astype(np.uint8)
+    return images, labels, images.transpose(0, 1, 3, 2).tobytes(), labels.tobytes()  # column-major
+
+
+@pytest.mark.parametrize("extracted", [False, True], ids=["archive", "extracted"])
+def test_stl10_reads_the_binary_files_with_1_based_labels(tmp_path, compose_cfg, extracted):
+    rng = np.random.default_rng(0)
+    train, test = stl10_files(rng, 6), stl10_files(rng, 4)
+    members = {"train_X.bin": train[2], "train_y.bin": train[3], "test_X.bin": test[2],
+               "test_y.bin": test[3], "unlabeled_X.bin": b"\0" * 96 * 96 * 3,
+               "class_names.txt": "\n".join(["airplane", "bird", "car", "cat", "deer", "dog",
+                                             "horse", "monkey", "ship", "truck"]).encode()}
+    if extracted:
+        (tmp_path / "stl10_binary").mkdir()
+        for name, payload in members.items():
+            (tmp_path / "stl10_binary" / name).write_bytes(payload)
+    else:
+        with tarfile.open(tmp_path / "stl10_binary.tar.gz", "w:gz") as tar:
+            for name, payload in members.items():
+                add(tar, f"stl10_binary/{name}", payload)
+    splits = load_splits(compose_cfg(["data=stl10", f"data.root={tmp_path}", "data.val_size=0",
+                                      "data.files.archive.md5=null"]).data)
+    assert splits.classes[0] == "airplane" and len(splits.classes) == 10
+    assert torch.equal(splits.test.images, torch.from_numpy(test[0]))  # images upright, in order
+    assert splits.test.labels.tolist() == (test[1].astype(int) - 1).tolist()
+    assert len(splits.train) == 6  # no unlabelled images
+
+
+def test_flowers102_trains_on_train_and_val_and_tests_on_tstid(tmp_path, compose_cfg):
+    from scipy.io import savemat
+
+    labels = np.array([1, 1, 2, 2, 3, 3, 1, 2, 3, 1], dtype=np.uint8)  # images 1..10, 1-based classes
+    savemat(tmp_path / "imagelabels.mat", {"labels": labels[None]})
+    savemat(tmp_path / "setid.mat", {"trnid": np.array([[1, 3, 5]]), "valid": np.array([[2, 4, 6]]),
+                                     "tstid": np.array([[7, 8, 9, 10]])})
+    with tarfile.open(tmp_path / "102flowers.tgz", "w:gz") as tar:
+        for i, label in enumerate(labels, 1):
+            add(tar, f"jpg/image_{i:05d}.jpg", jpeg(COLOURS[label - 1]))
+    md5s = [f"data.files.{k}.md5=null" for k in ("images", "labels", "setid")]
+    splits = load_splits(compose_cfg(["data=flowers102", f"data.root={tmp_path}", "data.val_size=0",
+                                      "data.image_size=16", *md5s]).data)
+    assert len(splits.classes) == 102 and splits.classes[0] == "pink primrose"
+    assert sorted(splits.train.labels.tolist()) == [0, 0, 1, 1, 2, 2]  # trnid + valid
+    assert splits.test.labels.tolist() == [0, 1, 2, 0]
+    check_colours(splits.train, splits.classes)
+    check_colours(splits.test, splits.classes)
+
+
+def write_tiny_imagenet(root: Path, as_zip: bool) -> None:
+    wnids = ["n02", "n01", "n03"]  # wnids.txt's order is not the class order: sorted is
+    files = {"wnids.txt": "\n".join(wnids).encode(),
+             "words.txt": b"n01\tgoldfish, Carassius auratus\nn02\tsalamander\nn03\tbullfrog\nn99\tother\n"}
+    for w in wnids:
+        label = sorted(wnids).index(w)
+        files[f"train/{w}/{w}_boxes.txt"] = b"boxes, not an image"
+        for i in range(3):
+            files[f"train/{w}/images/{w}_{i}.JPEG"] = jpeg(COLOURS[label], (64, 64))
+    notes = []
+    for i, w in enumerate(["n03", "n01", "n02", "n01"]):
+        files[f"val/images/val_{i}.JPEG"] = jpeg(COLOURS[sorted(wnids).index(w)], (64, 64))
+        notes.append(f"val_{i}.JPEG\t{w}\t0\t0\t63\t63")
+    files["val/val_annotations.txt"] = "\n".join(notes).encode()
+    files["test/images/test_0.JPEG"] = jpeg((0, 0, 0), (64, 64))  # unlabelled: not used
+    root.mkdir(parents=True, exist_ok=True)
+    if as_zip:
+        with zipfile.ZipFile(root / "tiny-imagenet-200.zip", "w") as z:
+            for name, payload in files.items():
+                z.writestr(f"tiny-imagenet-200/{name}", payload)
+    else:
+        for name, payload in files.items():
+            (root / "tiny-imagenet-200" / name).parent.mkdir(parents=True, exist_ok=True)
+            (root / "tiny-imagenet-200" / name).write_bytes(payload)
+
+
+@pytest.mark.parametrize("as_zip", [True, False], ids=["zip", "extracted"])
+def test_tiny_imagenet_reads_train_and_uses_val_as_test(tmp_path, compose_cfg, as_zip):
+    write_tiny_imagenet(tmp_path, as_zip)
+    cfg = compose_cfg(["data=tiny_imagenet", f"data.root={tmp_path}", "data.val_size=3",
+                       "data.num_classes=3", "data.files.archive.md5=null", "data.image_size=16"]).data
+    splits = load_splits(cfg)
+    assert splits.classes == ["goldfish", "salamander", "bullfrog"]
+    assert (len(splits.train), len(splits.val), len(splits.test)) == (6, 3, 4)
+    assert splits.test.labels.tolist() == [2, 0, 1, 0]
+    for split in (splits.train, splits.val, splits.test):
+        check_colours(split, splits.classes)
+    with pytest.raises(DataError, match="lists 3 classes.*data.num_classes=3"):
+        load_splits(compose_cfg(["data=tiny_imagenet", f"data.root={tmp_path}",
+                                 f"data.cache_dir={tmp_path / 'other'}", "data.files.archive.md5=null"]).data)
+
+
+@pytest.mark.parametrize("name,files", [
+    ("svhn", ["train_32x32.mat", "test_32x32.mat"]),
+    ("stl10", ["stl10_binary.tar.gz", "stl10_binary/"]),
+    ("flowers102", ["102flowers.tgz", "imagelabels.mat", "setid.mat"]),
+    ("tiny_imagenet", ["tiny-imagenet-200.zip", "tiny-imagenet-200/"]),
+])
+def test_missing_files_say_which_and_where(tmp_path, compose_cfg, name, files):
+    cfg = compose_cfg([f"data={name}", f"data.root={tmp_path}", "data.download=false"]).data
+    with pytest.raises(DataError) as err:
+        load_splits(cfg)
+    message = str(err.value)
+    assert all(f in message for f in files) and str(tmp_path) in message, message
+    assert "experiment=smoke" in message, message

@@ -79,16 +79,19 @@ class DownloadedSource(CachedSource):
     def fetch(self, url: str, md5: str | None) -> Path:
         return fetch(url, md5, self.root, self.download, self.download_timeout_s)
 
-    def fetch_files(self, files: dict[str, dict[str, str | None]], alternative: str = "") -> dict[str, Path]:
-        """Each of `files` ({key: {name, md5}}, fetched from `url` + name) under data.root.
+    def fetch_files(self, files: dict[str, dict[str, str | None]], alternative: str = "",
+                    root: Path | None = None) -> dict[str, Path]:
+        """Each of `files` ({key: {name, md5}}, fetched from `url` + name) under `root`
+        (default: data.root).
 
         Without them (and without network, or with data.download=false) the job stops with one
         message that names every missing file, its URL, where to put it and `alternative` (e.g.
         the extracted folders that stand in for the archives)."""
-        root = Path(self.root)
+        root = Path(root or self.root)
         missing = [f["name"] for f in files.values() if not (root / f["name"]).exists()]
         try:
-            return {key: self.fetch(self.url + f["name"], f.get("md5")) for key, f in files.items()}
+            return {key: fetch(self.url + f["name"], f.get("md5"), root, self.download,
+                               self.download_timeout_s) for key, f in files.items()}
         except DataError as err:
             if not missing or not any(not (root / name).exists() for name in missing):
                 raise  # a corrupt file, not a missing one: its own message says what to do
