@@ -51,10 +51,13 @@ def write_pets(root: Path, breeds=PET_BREEDS, trainval: int = 3, test: int = 2,
     """The two official archives (or their extracted folders): each breed's images in its colour,
     a .mat file among the images as in the official archive, and the split lists."""
     lines = pet_listing(breeds, trainval, test)
-    images = {f"{line.split()[0]}.jpg": jpeg(COLOURS[i % len(COLOURS)])
-              for i, (b, _, _) in enumerate(breeds) for split in lines.values()
-              for line in split if line.startswith(f"{b}_")}
-    images["Abyssinian_100.mat"] = b"MATLAB 5.0 MAT-file, not an image"
+    first = lines["trainval"][0].split()[0]
+    # the official archive holds a few .mat files named as listed images are (Abyssinian_100.mat
+    # beside Abyssinian_100.jpg): here one, ahead of its image
+    images = {f"{first}.mat": b"MATLAB 5.0 MAT-file, not an image"}
+    images.update({f"{line.split()[0]}.jpg": jpeg(COLOURS[i % len(COLOURS)])
+                   for i, (b, _, _) in enumerate(breeds) for split in lines.values()
+                   for line in split if line.startswith(f"{b}_")})
     annotations = {f"{split}.txt": ("\n".join(rows) + "\n").encode() for split, rows in lines.items()}
     annotations["list.txt"] = b"#Image CLASS-ID SPECIES BREED ID\n"
     root.mkdir(parents=True, exist_ok=True)
@@ -279,3 +282,29 @@ def test_missing_files_say_which_and_where(tmp_path, compose_cfg, name, files):
     message = str(err.value)
     assert all(f in message for f in files) and str(tmp_path) in message, message
     assert "experiment=smoke" in message, message
+
+
+def test_pets_downloads_the_archives_and_checks_their_md5(tmp_path, compose_cfg):
+    """The fetch machinery of the other datasets, over a local HTTP server (no other network)."""
+    import functools
+    import http.server
+    import threading
+
+    from torchvision.datasets.utils import calculate_md5
+
+    served = tmp_path / "served"
+    write_pets(served)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"data.url=http://127.0.0.1:{server.server_port}/"
+        root = tmp_path / "data"
+        with pytest.raises(DataError, match="checksum"):
+            load_splits(pets_cfg(compose_cfg, root, url, "data.files.images.md5=0123abcd"))
+        assert not (root / "images.tar.gz").exists()
+        md5s = [f"data.files.{k}.md5={calculate_md5(served / f'{k}.tar.gz')}" for k in ("images", "annotations")]
+        splits = load_splits(pets_cfg(compose_cfg, root, url, *md5s, "data.val_size=0"))
+        assert len(splits.train) == 12 and (root / "images.tar.gz").exists()
+    finally:
+        server.shutdown()

@@ -149,8 +149,8 @@ class Pets(DownloadedSource):
             paths = self.fetch_files(self.files, f"extract them there as torchvision does "
                                      f"({folder}/images and {folder}/annotations)")
             listing = read_annotations_archive(paths["annotations"])
+            self.check_classes(classes_and_labels(listing)[0])  # before the arrays are allocated
             images, classes = slots(listing, self.image_size, self.channels, self.fit)
-            self.check_classes(classes)
             return read_images_archive(paths["images"], images, classes)
 
         return self.cached(build)
