@@ -124,6 +124,9 @@ class TinyImagenet(DownloadedSource):
             except (zipfile.BadZipFile, OSError) as err:
                 raise DataError(f"{path} is not a readable zip file ({err}). Delete it so it is "
                                 "downloaded again, or replace it with the official file.") from None
-            return read(tree)
+            try:
+                return read(tree)
+            finally:
+                tree.zip.close()
 
         return self.cached(build)
