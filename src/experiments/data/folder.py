@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, ClassVar
@@ -99,6 +100,11 @@ class ImageSlots:
         self.listing, self.size, self.channels, self.fit = listing, size, channels, fit
         self.slots = {stem: (split, i) for split, rows in listing.items()
                       for i, (stem, _) in enumerate(rows)}
+        if len(self.slots) != sum(len(rows) for rows in listing.values()):
+            counts = Counter(s for rows in listing.values() for s, _ in rows)
+            twice = sorted(s for s, n in counts.items() if n > 1)
+            raise DataError(f"the dataset's lists name {twice[0]} more than once (in one split, "
+                            "or in both train and test): replace them with the official lists.")
         check_decoded_size(len(self.slots), channels, size, available_memory())
         self.images = {split: np.zeros((len(rows), channels, size, size), np.uint8)
                        for split, rows in listing.items()}
@@ -116,7 +122,7 @@ class ImageSlots:
         """The train and test splits, once every listed image has been put."""
         if missing := sorted(set(self.slots) - self.filled):
             raise DataError(f"{where} lacks {len(missing)} of the images its lists name (e.g. "
-                            f"{missing[0]}.jpg): replace it with the official files, or list only "
+                            f"{missing[0]}): replace it with the official files, or list only "
                             "the images it holds.")
 
         def split(name: str) -> Split:
