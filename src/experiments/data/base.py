@@ -101,3 +101,12 @@ def split_validation(train: Split, val_size: int | float, seed: int) -> tuple[Sp
         return train, None
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     return train.subset(order[count:]), train.subset(order[:count])
+
+
+def check_native_size(source: Source, size: int) -> None:
+    """A dataset stored at its own resolution (SVHN's 32 px, STL-10's 96): data.image_size must
+    say so (the batches are resized to a model's input size on the device anyway)."""
+    if source.image_size != size:
+        raise ConfigError(f"data={source.name} is stored at its native {size} px, not "
+                          f"data.image_size={source.image_size}: leave data.image_size={size} (a "
+                          "pretrained model resizes the batches to its input size itself).")

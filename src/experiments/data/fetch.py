@@ -34,6 +34,14 @@ def check_md5(path: Path, expected: str | None) -> None:
                         "or incomplete. Delete it so it is downloaded again.")
 
 
+class DownloadFailed(DataError):
+    """A missing file that could not be downloaded; `reason` says why (the network's error)."""
+
+    def __init__(self, message: str, reason: str):
+        super().__init__(message)
+        self.reason = reason
+
+
 def download(url: str, dest: Path, md5: str | None, timeout_s: float) -> None:
     """Stream `url` to `dest` through a temporary file, so a broken download never looks complete."""
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -45,10 +53,11 @@ def download(url: str, dest: Path, md5: str | None, timeout_s: float) -> None:
         check_md5(part, md5)
     except (urllib.error.URLError, OSError) as err:
         part.unlink(missing_ok=True)
-        raise DataError(
+        raise DownloadFailed(
             f"{dest} is missing and downloading it from {url} failed ({err}). Either download "
             f"that file yourself and put it at {dest}, pass data.root=DIR for a folder that "
-            "holds it, or try experiment=smoke (synthetic data, no download).") from None
+            "holds it, or try experiment=smoke (synthetic data, no download).",
+            f"downloading {url} failed: {err}") from None
     except DataError:
         part.unlink(missing_ok=True)
         raise
@@ -78,3 +87,28 @@ class DownloadedSource(CachedSource):
 
     def fetch(self, url: str, md5: str | None) -> Path:
         return fetch(url, md5, self.root, self.download, self.download_timeout_s)
+
+    def fetch_files(self, files: dict[str, dict[str, str | None]], alternative: str = "",
+                    root: Path | None = None) -> dict[str, Path]:
+        """Each of `files` ({key: {name, md5}}, fetched from `url` + name) under `root`
+        (default: data.root).
+
+        Without them (and without network, or with data.download=false) the job stops with one
+        message that names every missing file, its URL, where to put it and `alternative` (e.g.
+        the extracted folders that stand in for the archives)."""
+        root = Path(root or self.root)
+        missing = [f["name"] for f in files.values() if not (root / f["name"]).exists()]
+        try:
+            return {key: fetch(self.url + f["name"], f.get("md5"), root, self.download,
+                               self.download_timeout_s) for key, f in files.items()}
+        except DataError as err:
+            if not missing or not any(not (root / name).exists() for name in missing):
+                raise  # a corrupt file, not a missing one: its own message says what to do
+            urls = ", ".join(self.url + name for name in missing)
+            raise DataError(
+                f"data={self.name} needs {', '.join(missing)} in {root}, and "
+                + ("data.download=false" if not self.download else getattr(err, "reason", str(err)))
+                + f". Download the official files ({urls}) yourself and put them in {root}"
+                + (f", or {alternative}" if alternative else "")
+                + "; or pass data.root=DIR for a folder that holds them, or try experiment=smoke "
+                "(synthetic data, no download).") from None

@@ -12,9 +12,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar
+from typing import IO, ClassVar
 
 import numpy as np
 import torch
@@ -61,13 +62,16 @@ def fit_square(img: Image.Image, size: int, fit: str) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
-def decode(path: Path, size: int, channels: int, fit: str = "center_crop") -> np.ndarray:
+def decode(path: Path | IO[bytes], size: int, channels: int, fit: str = "center_crop",
+           where: str | None = None) -> np.ndarray:
+    """One image file (a path, or an open file such as an archive member named by `where`) as
+    (channels, size, size) uint8."""
     try:
         with Image.open(path) as img:
             img = fit_square(img.convert("L" if channels == 1 else "RGB"), size, fit)
             pixels = np.asarray(img, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise DataError(f"{path} is not a readable image ({err}). Remove or replace it.") from None
+        raise DataError(f"{where or path} is not a readable image ({err}). Remove or replace it.") from None
     return pixels[None] if channels == 1 else pixels.transpose(2, 0, 1)
 
 
@@ -77,6 +81,55 @@ def decode_split(files: list[tuple[Path, int]], size: int, channels: int,
     for i, (path, _) in enumerate(files):
         images[i] = decode(path, size, channels, fit)
     return Split(torch.from_numpy(images), torch.tensor([label for _, label in files], dtype=torch.int64))
+
+
+def check_fit(fit: str) -> None:
+    """`data.fit` of every source that resizes photos (data=folder, pets, flowers102, ...)."""
+    if fit not in FITS:
+        raise ConfigError(f"data.fit must be one of {list(FITS)}, got {fit!r}")
+
+
+class ImageSlots:
+    """The images of listed files, each decoded into its place in its split's array as it is
+    found (in a folder, or as a member of an archive read in one pass).
+
+    `listing` is {"train": [(stem, label)], "test": [...]}, a stem being a file name without its
+    suffix; files of other names, and files that are not images, are not wanted."""
+
+    def __init__(self, listing: dict[str, list[tuple[str, int]]], size: int, channels: int, fit: str):
+        self.listing, self.size, self.channels, self.fit = listing, size, channels, fit
+        self.slots = {stem: (split, i) for split, rows in listing.items()
+                      for i, (stem, _) in enumerate(rows)}
+        if len(self.slots) != sum(len(rows) for rows in listing.values()):
+            counts = Counter(s for rows in listing.values() for s, _ in rows)
+            twice = sorted(s for s, n in counts.items() if n > 1)
+            raise DataError(f"the dataset's lists name {twice[0]} more than once (in one split, "
+                            "or in both train and test): replace them with the official lists.")
+        check_decoded_size(len(self.slots), channels, size, available_memory())
+        self.images = {split: np.zeros((len(rows), channels, size, size), np.uint8)
+                       for split, rows in listing.items()}
+        self.filled: set[str] = set()
+
+    def wants(self, file_name: str) -> bool:
+        return Path(file_name).suffix.lower() in SUFFIXES and Path(file_name).stem in self.slots
+
+    def put(self, file_name: str, file: Path | IO[bytes], where: str) -> None:
+        split, i = self.slots[Path(file_name).stem]
+        self.images[split][i] = decode(file, self.size, self.channels, self.fit, where)
+        self.filled.add(Path(file_name).stem)
+
+    def data(self, where: str, classes: list[str]) -> ImageData:
+        """The train and test splits, once every listed image has been put."""
+        if missing := sorted(set(self.slots) - self.filled):
+            raise DataError(f"{where} lacks {len(missing)} of the images its lists name (e.g. "
+                            f"{missing[0]}): replace it with the official files, or list only "
+                            "the images it holds.")
+
+        def split(name: str) -> Split:
+            labels = [label for _, label in self.listing[name]]
+            return Split(torch.from_numpy(self.images[name]), torch.tensor(labels, dtype=torch.int64))
+
+        return ImageData(split("train"), split("test"), classes)
 
 
 def available_memory() -> int | None:
@@ -121,8 +174,7 @@ class Folder(CachedSource):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.fit not in FITS:
-            raise ConfigError(f"data.fit must be one of {list(FITS)}, got {self.fit!r}")
+        check_fit(self.fit)
 
     @property
     def cache_name(self) -> str:
