@@ -230,35 +230,10 @@ class Trainer:
         self.check_finite(totals.longest.item(), totals.any_nonfinite())
         return totals.means(self.ranks)
 
-    @torch.inference_mode()
     def evaluate(self, batches, tta_flip: bool = False) -> dict[str, float]:
-        """Loss and accuracy of `eval_model`; with tta_flip, of the mean of the softmax of each
-        image and its mirror image (reported apart, never mixed into the plain accuracy).
-
-        The loss is computed in log space (log-softmax; log-sum-exp for the mean of two
-        softmaxes): the log of a clamped softmax capped a confidently wrong prediction at 27.6
-        per image (a true 53.4 read 22.7), and val/loss drives selection and stopping."""
-        model = self.eval_model
-        model.eval()
-        if self.ranks.distributed:  # BatchNorm statistics as rank 0 has them, on every rank
-            for buffer in model.buffers():
-                dist.broadcast(buffer, src=0)
-        # sums in float64: over this rank's batches, then over the ranks, they add up exactly
-        # (float32 batch sums) to what one process evaluating every batch would get
-        loss_sum = torch.zeros((), device=self.device, dtype=torch.float64)
-        correct = torch.zeros((), device=self.device, dtype=torch.float64)
-        seen = torch.zeros((), device=self.device, dtype=torch.float64)
-        for images, labels in batches:
-            with self.autocast():
-                log_probs = model(images).float().log_softmax(dim=1)
-                if tta_flip:
-                    mirrored = model(images.flip(3)).float().log_softmax(dim=1)
-                    log_probs = torch.logaddexp(log_probs, mirrored) - math.log(2)
-            loss_sum += nn.functional.nll_loss(log_probs, labels, reduction="sum")
-            correct += (log_probs.argmax(dim=1) == labels).sum()
-            seen += len(labels)
-        loss_sum, correct, seen = all_reduce(torch.stack([loss_sum, correct, seen]), self.ranks).tolist()
-        return {"loss": loss_sum / seen, "acc": correct / seen}
+        """Loss and accuracy of `eval_model` (see `evaluate`)."""
+        return evaluate(self.eval_model, batches, device=self.device, amp_dtype=self.amp_dtype,
+                        tta_flip=tta_flip, ranks=self.ranks)
 
     def run_epoch(self, train, val, epoch: int = 0, progress: EpochProgress | None = None,
                   save_inside: Callable[[EpochProgress], None] = lambda p: None) -> dict[str, float]:
@@ -355,6 +330,37 @@ class Trainer:
         """Load the best validation epoch's weights (no-op without a validation split)."""
         if state.best_weights is not None:
             unwrap(self.eval_model).load_state_dict(state.best_weights)
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, batches, *, device: torch.device, amp_dtype=None,
+         tta_flip: bool = False, ranks: Ranks = SINGLE) -> dict[str, float]:
+    """Loss and accuracy of `model` over `batches`; with tta_flip, of the mean of the softmax of each
+    image and its mirror image (reported apart, never mixed into the plain accuracy).
+
+    The loss is computed in log space (log-softmax; log-sum-exp for the mean of two
+    softmaxes): the log of a clamped softmax capped a confidently wrong prediction at 27.6
+    per image (a true 53.4 read 22.7), and val/loss drives selection and stopping."""
+    model.eval()
+    if ranks.distributed:  # BatchNorm statistics as rank 0 has them, on every rank
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+    # sums in float64: over this rank's batches, then over the ranks, they add up exactly
+    # (float32 batch sums) to what one process evaluating every batch would get
+    loss_sum = torch.zeros((), device=device, dtype=torch.float64)
+    correct = torch.zeros((), device=device, dtype=torch.float64)
+    seen = torch.zeros((), device=device, dtype=torch.float64)
+    for images, labels in batches:
+        with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            log_probs = model(images).float().log_softmax(dim=1)
+            if tta_flip:
+                mirrored = model(images.flip(3)).float().log_softmax(dim=1)
+                log_probs = torch.logaddexp(log_probs, mirrored) - math.log(2)
+        loss_sum += nn.functional.nll_loss(log_probs, labels, reduction="sum")
+        correct += (log_probs.argmax(dim=1) == labels).sum()
+        seen += len(labels)
+    loss_sum, correct, seen = all_reduce(torch.stack([loss_sum, correct, seen]), ranks).tolist()
+    return {"loss": loss_sum / seen, "acc": correct / seen}
 
 
 @dataclass
