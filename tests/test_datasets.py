@@ -155,6 +155,13 @@ def test_a_pets_job_trains_and_a_job_without_files_stops_with_the_message(tmp_pa
 
 # --- SVHN, STL-10, Flowers-102, Tiny ImageNet ----------------------------------------------------
 
+def a_smoke_job_completes(out: Path, data: list[str], *extra: str) -> bool:
+    """One epoch of a smoke-sized job on the dataset, as `python train.py` runs it."""
+    run_here(["experiment=smoke", "logger=none", "trainer.progress=false", "trainer.epochs=1",
+              "trainer.batch_size=4", "trainer.eval_batch_size=8", *data, *extra], out)
+    return json.loads((out / "summary.json").read_text())["status"] == "completed"
+
+
 def test_svhn_reads_the_mat_files_and_label_10_is_digit_0(tmp_path, compose_cfg):
     from scipy.io import savemat
 
@@ -175,6 +182,8 @@ def test_svhn_reads_the_mat_files_and_label_10_is_digit_0(tmp_path, compose_cfg)
     extra = load_splits(compose_cfg(["data=svhn", f"data.root={tmp_path}", "data.val_size=0",
                                      "data.extra=true", *md5s]).data)
     assert len(extra.train) == 16 and (tmp_path / "svhn-extra.uint8.pt").exists()
+    assert a_smoke_job_completes(tmp_path / "run", ["data=svhn", f"data.root={tmp_path}", "data.val_size=2",
+                                                    *md5s], "aug=none")  # (no flips for digits)
 
 
 def stl10_files(rng, n):
@@ -205,6 +214,10 @@ def test_stl10_reads_the_binary_files_with_1_based_labels(tmp_path, compose_cfg,
     assert torch.equal(splits.test.images, torch.from_numpy(test[0]))  # images upright, in order
     assert splits.test.labels.tolist() == (test[1].astype(int) - 1).tolist()
     assert len(splits.train) == 6  # no unlabelled images
+    if not extracted:
+        assert a_smoke_job_completes(tmp_path / "run", ["data=stl10", f"data.root={tmp_path}",
+                                                        "data.val_size=2", "data.files.archive.md5=null"],
+                                       "aug=rrc")  # (96 px: a padding crop is refused)
 
 
 def test_flowers102_trains_on_train_and_val_and_tests_on_tstid(tmp_path, compose_cfg):
@@ -225,6 +238,8 @@ def test_flowers102_trains_on_train_and_val_and_tests_on_tstid(tmp_path, compose
     assert splits.test.labels.tolist() == [0, 1, 2, 0]
     check_colours(splits.train, splits.classes)
     check_colours(splits.test, splits.classes)
+    assert a_smoke_job_completes(tmp_path / "run", ["data=flowers102", f"data.root={tmp_path}",
+                                                    "data.val_size=2", "data.image_size=16", *md5s])
 
 
 def write_tiny_imagenet(root: Path, as_zip: bool) -> None:
@@ -264,6 +279,10 @@ def test_tiny_imagenet_reads_train_and_uses_val_as_test(tmp_path, compose_cfg, a
     assert splits.test.labels.tolist() == [2, 0, 1, 0]
     for split in (splits.train, splits.val, splits.test):
         check_colours(split, splits.classes)
+    if as_zip:
+        assert a_smoke_job_completes(tmp_path / "run", ["data=tiny_imagenet", f"data.root={tmp_path}",
+                                                        "data.val_size=3", "data.num_classes=3",
+                                                        "data.files.archive.md5=null", "data.image_size=16"])
     with pytest.raises(DataError, match="lists 3 classes.*data.num_classes=3"):
         load_splits(compose_cfg(["data=tiny_imagenet", f"data.root={tmp_path}",
                                  f"data.cache_dir={tmp_path / 'other'}", "data.files.archive.md5=null"]).data)
