@@ -30,6 +30,7 @@ def test_the_jobs_own_test_set_gives_the_numbers_of_its_summary(job, capsys):
     assert report["images"] == 64 and report["split"] == "test"
     assert json.loads((out / "eval-synthetic-test.json").read_text())["acc"] == summary["test_acc"]
     assert "synthetic test: acc=" in capsys.readouterr().out
+    assert len(summary["provenance"]["data"]["classes"]) == 10  # the class names, recorded
 
 
 def test_its_validation_split_with_flip_tta(job):

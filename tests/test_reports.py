@@ -244,7 +244,9 @@ def test_data_provenance_identifies_the_cache_without_reading_it(tmp_path, compo
     url = "https://example.org/cifar-10-python.tar.gz"
     cfg = compose_cfg(["data=cifar10", f"data.root={tmp_path}", f"data.url={url}"]).data
     source = make_source(cfg)
-    assert data_source(cfg, source) == {"name": "cifar10", "source": url, "cache": None, "cache_id": None}
+    assert data_source(cfg, source, ["airplane", "automobile"]) == {
+        "name": "cifar10", "source": url, "classes": ["airplane", "automobile"], "cache": None,
+        "cache_id": None}
     cache = tmp_path / "cifar10.uint8.pt"  # where experiments.data.cifar decodes CIFAR-10 to
     cache.write_bytes(b"x" * 10)
     first = data_source(cfg, source)
@@ -254,4 +256,4 @@ def test_data_provenance_identifies_the_cache_without_reading_it(tmp_path, compo
     assert data_source(cfg, source)["cache_id"] != first["cache_id"]
     synthetic = compose_cfg(["data=synthetic"]).data
     assert data_source(synthetic, make_source(synthetic)) == {
-        "name": "synthetic", "source": "generated", "cache": None, "cache_id": None}
+        "name": "synthetic", "source": "generated", "classes": None, "cache": None, "cache_id": None}

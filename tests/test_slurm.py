@@ -82,11 +82,28 @@ def test_a_preempted_slurm_job_is_requeued_into_its_directory_and_completes(slur
                "hydra.launcher.partition=null", "hydra.launcher.gpus_per_node=null",
                "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=null",
                "hydra.launcher.timeout_min=10", "experiment=smoke", "logger=none",
-               "trainer.progress=false", "data.train_size=4096", "model=resnet18,preact",
+               "trainer.progress=false", "trainer.epochs=2", "data.train_size=2048",
+               "model=resnet18,preact",
                f"hydra.sweep.dir={sweep}"]
     env = {k: v for k, v in os.environ.items() if k != "OMP_NUM_THREADS"}  # (Slurm's allotment rules)
     sweeping = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
+    try:
+        requeue_after_usr2(sweep, sweeping)
+    finally:  # (a failed test leaves no sweep waiting on the queue)
+        if sweeping.poll() is None:
+            sweeping.kill()
+            subprocess.run(["scancel", "--user=root"], check=False)
+    jobs = {p.name[0]: json.loads((p / "summary.json").read_text()) for p in sweep.glob("[01]-*")}
+    assert jobs["0"]["status"] == jobs["1"]["status"] == "completed"
+    assert jobs["0"]["resumed_from_epoch"] == 1 and jobs["0"]["resumed_from_step"] > 0
+    assert jobs["1"]["resumed_from_epoch"] is None
+    assert jobs["0"]["threads"] == jobs["1"]["threads"] == 1  # cpus_per_task=1
+    assert min(j["images_per_s"] for j in jobs.values()) > 100  # (18.7 img/s with every core's threads)
+
+
+def requeue_after_usr2(sweep: Path, sweeping: subprocess.Popen) -> None:
+    """USR2 to job 0 inside its epoch 2; the requeued job released; the sweep's end."""
     deadline = time.monotonic() + 300
     while not list(sweep.glob("0-*/checkpoint.pt")) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -102,9 +119,3 @@ def test_a_preempted_slurm_job_is_requeued_into_its_directory_and_completes(slur
         time.sleep(1)
     out, _ = sweeping.communicate(timeout=240)
     assert sweeping.returncode == 0, out[-3000:]
-    jobs = {p.name[0]: json.loads((p / "summary.json").read_text()) for p in sweep.glob("[01]-*")}
-    assert jobs["0"]["status"] == jobs["1"]["status"] == "completed"
-    assert jobs["0"]["resumed_from_epoch"] == 1 and jobs["0"]["resumed_from_step"] > 0
-    assert jobs["1"]["resumed_from_epoch"] is None
-    assert jobs["0"]["threads"] == jobs["1"]["threads"] == 1  # cpus_per_task=1
-    assert min(j["images_per_s"] for j in jobs.values()) > 100  # (18.7 img/s with every core's threads)

@@ -218,7 +218,7 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
              len(splits.train), len(splits.val or ()), len(splits.test), len(splits.classes))
     plan = BatchSchedule(options)  # the batch size of every epoch: once per job
     plan.check_fits(len(splits.train), cfg.data.val_size)
-    provenance = collect_provenance(cfg, device, splits.source)  # after the data: its cache exists
+    provenance = collect_provenance(cfg, device, splits.source, splits.classes)  # (after the data: its cache)
     model, model_input = build_model(cfg, device, channels_last, ranks, options.sync_batchnorm)
     loaders = build_loaders(cfg, options, splits, model_input, device, channels_last, ranks,
                             job.side_by_side)

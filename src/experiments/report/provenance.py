@@ -82,13 +82,14 @@ def device_name(device: torch.device) -> str:
     return device.type
 
 
-def data_source(data_cfg, source) -> dict[str, Any]:
+def data_source(data_cfg, source, classes: list[str] | None = None) -> dict[str, Any]:
     """The dataset's name and where it comes from (its URL, or its folder; synthetic data is
-    generated from the config), and its decode-once cache (of `source`, the data's Source).
+    generated from the config), its class names (label k is classes[k]), and its decode-once
+    cache (of `source`, the data's Source).
     `cache_id` hashes the cache file's path, size and modification time: it changes whenever
     the cache is rewritten, without reading the file."""
     info = {"name": data_cfg.name, "source": data_cfg.get("url") or data_cfg.get("root") or "generated",
-            "cache": None, "cache_id": None}
+            "classes": list(classes) if classes is not None else None, "cache": None, "cache_id": None}
     path = source.cache_path if source is not None else None
     if path is not None and path.exists():
         st = path.stat()
@@ -97,10 +98,10 @@ def data_source(data_cfg, source) -> dict[str, Any]:
     return info
 
 
-def collect(cfg, device: torch.device, source) -> dict[str, Any]:
+def collect(cfg, device: torch.device, source, classes: list[str] | None = None) -> dict[str, Any]:
     """Everything above for one job (call it after the data is loaded, so its cache exists)."""
     return {"code": code_state(), "versions": versions(), "device_name": device_name(device),
-            "data": data_source(cfg.data, source), "command": redact_command(sys.argv)}
+            "data": data_source(cfg.data, source, classes), "command": redact_command(sys.argv)}
 
 
 def resumed_code_change(checkpoint: dict, code: dict[str, Any]) -> dict[str, Any] | None:
