@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A one-node Slurm cluster on this machine, for the tests that submit real Slurm jobs
-# (tests/test_slurm.py): Debian's slurm-wlm and munge, run as root.
+# (tests/test_cluster.py): Debian's slurm-wlm and munge, run as root.
 #   bash tests/support/slurm.sh install   apt-get the packages (.ci/run does it; needs root)
 #   bash tests/support/slurm.sh start     munged, slurmctld, slurmd; returns once the node is idle
 #   bash tests/support/slurm.sh stop
