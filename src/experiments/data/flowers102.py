@@ -20,7 +20,7 @@ import numpy as np
 
 from experiments.data.base import ImageData
 from experiments.data.fetch import DownloadedSource
-from experiments.data.folder import ImageSlots, check_fit
+from experiments.data.folder import ImageSlots, Photos
 from experiments.data.folder import stamp as files_stamp
 from experiments.errors import DataError
 
@@ -74,22 +74,13 @@ def read_images_archive(path: Path, images: ImageSlots) -> ImageData:
 
 
 @dataclass(kw_only=True)
-class Flowers102(DownloadedSource):
+class Flowers102(Photos, DownloadedSource):
     """data=flowers102: `files` maps images, labels and setid to {name, md5}, fetched from
     `url` + name."""
 
     names: ClassVar[tuple[str, ...]] = ("flowers102",)
 
     files: dict[str, dict[str, str | None]]
-    fit: str = "center_crop"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_fit(self.fit)
-
-    @property
-    def cache_name(self) -> str:
-        return f"flowers102-{self.image_size}px-{self.channels}ch-{self.fit}.uint8.pt"
 
     def load(self) -> ImageData:
         base = Path(self.root) / FOLDER if (Path(self.root) / FOLDER).is_dir() else Path(self.root)

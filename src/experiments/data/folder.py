@@ -89,6 +89,23 @@ def check_fit(fit: str) -> None:
         raise ConfigError(f"data.fit must be one of {list(FITS)}, got {fit!r}")
 
 
+@dataclass(kw_only=True)
+class Photos:
+    """What every source of photos shares (data=folder, pets, flowers102, tiny_imagenet): they
+    are decoded once at data.image_size with `fit` (checked when built), and a cache is named
+    by dataset, size, channels and fit. Mixed in before the source's base class."""
+
+    fit: str = "center_crop"  # or stretch
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_fit(self.fit)
+
+    @property
+    def cache_name(self) -> str:
+        return f"{self.names[0]}-{self.image_size}px-{self.channels}ch-{self.fit}.uint8.pt"
+
+
 class ImageSlots:
     """The images of listed files, each decoded into its place in its split's array as it is
     found (in a folder, or as a member of an archive read in one pass).
@@ -166,15 +183,10 @@ def stamp(root: Path, files: list[tuple[Path, int]], classes: list[str]) -> str:
 
 
 @dataclass(kw_only=True)
-class Folder(CachedSource):
+class Folder(Photos, CachedSource):
     """data=folder data.root=PATH; num_classes comes from the class folders (conf/data/folder.yaml)."""
 
     names: ClassVar[tuple[str, ...]] = ("folder",)
-    fit: str = "center_crop"  # or stretch
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_fit(self.fit)
 
     @property
     def cache_name(self) -> str:

@@ -22,7 +22,7 @@ from typing import ClassVar
 
 from experiments.data.base import ImageData
 from experiments.data.fetch import DownloadedSource
-from experiments.data.folder import SUFFIXES, ImageSlots, check_fit
+from experiments.data.folder import SUFFIXES, ImageSlots, Photos
 from experiments.data.folder import stamp as files_stamp
 from experiments.errors import DataError
 
@@ -114,21 +114,12 @@ def read_images_archive(path: Path, images: ImageSlots, classes: list[str]) -> I
 
 
 @dataclass(kw_only=True)
-class Pets(DownloadedSource):
+class Pets(Photos, DownloadedSource):
     """data=pets: `files` maps images and annotations to {name, md5}, fetched from `url` + name."""
 
     names: ClassVar[tuple[str, ...]] = ("pets",)
 
     files: dict[str, dict[str, str | None]]
-    fit: str = "center_crop"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_fit(self.fit)
-
-    @property
-    def cache_name(self) -> str:
-        return f"pets-{self.image_size}px-{self.channels}ch-{self.fit}.uint8.pt"
 
     @property
     def extracted(self) -> Path:

@@ -18,7 +18,7 @@ from typing import ClassVar
 
 from experiments.data.base import ImageData
 from experiments.data.fetch import DownloadedSource
-from experiments.data.folder import SUFFIXES, ImageSlots, check_fit
+from experiments.data.folder import SUFFIXES, ImageSlots, Photos
 from experiments.data.folder import stamp as files_stamp
 from experiments.errors import DataError
 
@@ -90,21 +90,12 @@ def read_tiny_imagenet(tree: Tree, size: int, channels: int, fit: str, num_class
 
 
 @dataclass(kw_only=True)
-class TinyImagenet(DownloadedSource):
+class TinyImagenet(Photos, DownloadedSource):
     """data=tiny_imagenet: `files` maps archive to {name, md5}, fetched from `url` + name."""
 
     names: ClassVar[tuple[str, ...]] = ("tiny_imagenet",)
 
     files: dict[str, dict[str, str | None]]
-    fit: str = "center_crop"
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        check_fit(self.fit)
-
-    @property
-    def cache_name(self) -> str:
-        return f"tiny_imagenet-{self.image_size}px-{self.channels}ch-{self.fit}.uint8.pt"
 
     def load(self) -> ImageData:
         folder = Path(self.root) / FOLDER
