@@ -104,6 +104,7 @@ class RankProcesses:
         while pending:
             for sentinel in wait(list(pending)):
                 process = pending.pop(sentinel)
+                process.join()  # ended: its sentinel fires before it is reaped (exitcode None)
                 if process.exitcode != 0:
                     self.failed = self.failed or (int(process.name.split()[-1]),
                                                   describe_exit(process.exitcode))
