@@ -32,6 +32,9 @@ CASES = {
                             signal.SIGUSR2, 12 + 7, 7),
     # 6 accumulated steps in epoch 1, 3 at the doubled batch in epoch 2
     "SIGINT, SAM, mixup, accumulation, batch schedule": (TOGETHER, signal.SIGINT, 6 + 2, 2),
+    # 12 micro-batches in groups of 5, 5, 2: the signal in the epoch's short last group, so the
+    # resumed epoch has every step done and only validates
+    "SIGTERM after a short last group": (["trainer.grad_accum_steps=5"], signal.SIGTERM, 3 + 3, 3),
 }
 NOT_COMPARED = ("time/epoch_s", "time/images_per_s")  # wall-clock, not results
 RESULTS = ("test_acc", "test_loss", "test_acc_final", "best_val_acc", "best_val_loss",
