@@ -3,6 +3,10 @@
 The job itself is wired in src/experiments/job.py; the configs live in conf/.
 """
 
+import time
+
+started = time.perf_counter()  # before the imports: the first job's start-up counts them
+
 import sys
 
 import hydra
@@ -10,6 +14,7 @@ from omegaconf import DictConfig
 
 from experiments.config.secrets import hide_argv_secrets
 from experiments.task import run
+from experiments.timing import process_started
 from experiments.training.distributed import agree_on_run_time
 
 
@@ -19,6 +24,7 @@ def main(cfg: DictConfig) -> float:
 
 
 if __name__ == "__main__":
+    process_started(started)
     sys.argv = hide_argv_secrets(sys.argv)  # before Hydra records the command line anywhere
     agree_on_run_time()  # torchrun: every rank names the same run directory
     main()

@@ -49,6 +49,19 @@ def test_warp_equals_torchvision_pipeline(angle, flip, shift):
     assert torch.equal(ours, ref.float())
 
 
+@pytest.mark.parametrize("shift", [(0, 0), (1, 3), (4, 4), (2, 0)])
+def test_reflect_padded_crops_equal_torchvisions(shift):
+    """aug.crop_pad_mode=reflect (the speed runs'): the stored dataset is padded as torchvision's
+    RandomCrop(padding_mode="reflect") pads, so every crop equals torchvision's at that offset."""
+    images = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(2))
+    aug = BatchAugment(crop_padding=4, crop_pad_mode="reflect")
+    ours = crop_flip_at(aug.store(images), torch.arange(3), 4, torch.tensor([shift] * 3), None)
+    ref = TF.crop(TF.pad(images, [4] * 4, padding_mode="reflect"), *shift, 32, 32)
+    assert torch.equal(ours, ref)
+    assert not torch.equal(aug.store(images), BatchAugment(crop_padding=4).store(images))
+
+
 def test_crop_offsets_stay_in_range_and_cover_it():
     out = augmented(BatchAugment(crop_padding=4), coordinate_images(N))
     dy = out[:, 0, 16, 16].long() - 1 - 16  # the centre pixel always comes from inside the image

@@ -15,14 +15,15 @@ MODELS, AUGS, OPTIMS, SCHEDS = (sorted(p.stem for p in (CONF / g).glob("*.yaml")
 
 
 def test_groups_hold_the_documented_options():
-    assert set(MODELS) == {"resnet18", "preact", "timm", "mlp", "lenet"}
+    assert set(MODELS) == {"resnet18", "preact", "timm", "mlp", "lenet", "speedrun", "airbench"}
     assert set(AUGS) == {"none", "basic", "advanced", "rrc"}
     assert set(OPTIMS) == {"sgd", "adam", "adamw", "rmsprop", "sam", "muon"}
-    assert set(SCHEDS) == {"cosine", "plateau", "step", "onecycle", "none"}
+    assert set(SCHEDS) == {"cosine", "plateau", "step", "onecycle", "linear", "none"}
 
 
 SMALL = {"resnet18": ["model.width=8"], "preact": ["model.width=8"], "mlp": ["model.width=32"],
-         "timm": ["model.name=mobilenetv3_small_050"], "lenet": []}  # CPU-sized versions
+         "timm": ["model.name=mobilenetv3_small_050"], "lenet": [], "speedrun": ["model.width=8"],
+         "airbench": ["model.width=8"]}  # CPU-sized versions
 
 
 @pytest.fixture(scope="module")

@@ -40,7 +40,8 @@ OPTIMIZERS = {
     "sam": lambda params: SAM(params, functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9), rho=0.05),
     "muon": lambda params: Muon(params, lr=0.02, momentum=0.9, nesterov=True, ns_steps=5, weight_decay=0.0,
                                 adamw_lr=1e-3, adamw_betas=(0.9, 0.95), adamw_eps=1e-10,
-                                adamw_weight_decay=0.0),
+                                adamw_weight_decay=0.0, aux="adamw", edge_matrices="aux", sgd_lr=0.02,
+                                sgd_momentum=0.9, sgd_nesterov=True, sgd_weight_decay=0.0),
 }
 
 

@@ -88,7 +88,7 @@ def step_once(cfg):
 
     one_batch = PreMadeBatches([next(iter(train_batches))])
     metrics = trainer.run_epoch(one_batch, val_batches)  # one step, validation, schedule
-    test = trainer.evaluate(test_batches, tta_flip=cfg.trainer.tta == "flip")
+    test = trainer.evaluate(test_batches, tta=cfg.trainer.tta)
 
     assert trainer.steps_taken == 1
     assert any(not torch.equal(a, b) for a, b in zip(before, model_.parameters()))

@@ -18,7 +18,9 @@ from experiments.training.sam import SAM
 # the reference's defaults (github.com/KellerJordan/Muon, muon.py: Muon and its auxiliary Adam):
 # what these tests compare with torch.optim.Muon and AdamW under
 REFERENCE = dict(lr=0.02, momentum=0.95, nesterov=True, ns_steps=5, weight_decay=0.0,
-                 adamw_lr=3e-4, adamw_betas=(0.9, 0.95), adamw_eps=1e-10, adamw_weight_decay=0.0)
+                 adamw_lr=3e-4, adamw_betas=(0.9, 0.95), adamw_eps=1e-10, adamw_weight_decay=0.0,
+                 aux="adamw", edge_matrices="aux", sgd_lr=0.02, sgd_momentum=0.9, sgd_nesterov=True,
+                 sgd_weight_decay=0.0)
 
 
 def make_muon(params, **settings):

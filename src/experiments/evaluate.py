@@ -90,8 +90,8 @@ def run(job_dir: Path, overrides: list[str]) -> dict:
     batches = build_loaders(cfg, options, dataclasses.replace(splits, test=chosen), model_input, device,
                             channels_last=False).test
     result = evaluate(model, batches, device=device, amp_dtype=resolve_precision(options.precision, device))
-    if options.tta == "flip":
-        result["tta_acc"] = evaluate(model, batches, device=device, tta_flip=True,
+    if options.tta != "none":
+        result["tta_acc"] = evaluate(model, batches, device=device, tta=options.tta,
                                      amp_dtype=resolve_precision(options.precision, device))["acc"]
     report = {"job": str(job_dir), "data": cfg.data.name, "split": split, "images": batches.num_images,
               "classes": cfg.data.num_classes, "device": str(device), **result,

@@ -28,6 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import experiments.config  # noqa: F401  (registers the schemas and resolvers with Hydra)
 from experiments.batches import Batching, Loaders
+from experiments.batches.device import Normalize
 from experiments.config.checks import optimizer_key
 from experiments.config.groups import CONFIG_GROUPS
 from experiments.config.secrets import redact_overrides
@@ -39,6 +40,7 @@ from experiments.report.job_summary import CONFIG_FILE, SummaryFile, completed_s
 from experiments.report.provenance import collect as collect_provenance
 from experiments.report.provenance import resumed_code_change
 from experiments.report.tracking import NoTracker, Tracker
+from experiments.timing import JobClock, NoClock
 from experiments.training.backends import (
     CompileWatch,
     configure_backends,
@@ -52,8 +54,10 @@ from experiments.training.batch_schedule import BatchSchedule
 from experiments.training.checkpoint import Checkpoint, fingerprint
 from experiments.training.distributed import join
 from experiments.training.interrupts import NEVER, Interrupted, Interrupts
+from experiments.training.lookahead import Lookahead
 from experiments.training.options import TrainerOptions
 from experiments.training.param_groups import param_groups
+from experiments.training.profile import StepProfiler
 from experiments.training.trainer import FitState, Trainer
 
 log = logging.getLogger(__name__)
@@ -164,29 +168,44 @@ def build_optimizer(cfg: DictConfig, options: TrainerOptions, model: torch.nn.Mo
 
 def build_trainer(cfg: DictConfig, options: TrainerOptions, model: torch.nn.Module,
                   device: torch.device, n_train: int, plan: BatchSchedule,
-                  ranks: Ranks = SINGLE, interrupts: Interrupts = NEVER) -> Trainer:
+                  ranks: Ranks = SINGLE, interrupts: Interrupts = NEVER,
+                  clock: JobClock | None = None, trace_dir: Path | None = None) -> Trainer:
     """Optimizer, lr schedule (over the run's real optimizer steps under the batch-size
-    schedule `plan`), mixing, EMA and the model (under DDP wrapped, then compiled if asked) in
-    one Trainer."""
+    schedule `plan`), mixing, EMA or lookahead, the profiler (into `trace_dir`, when
+    trainer.profile asks and this rank writes) and the model (under DDP wrapped, then compiled
+    if asked) in one Trainer."""
     optimizer = build_optimizer(cfg, options, model, device)
     ema = ModelEmaV3(model, decay=options.ema_decay) if options.ema_decay else None  # before wrapping
+    steps = functools.partial(plan.steps_until, n_train)
+    lookahead = Lookahead(model, options.lookahead, steps(options.epochs)) if options.lookahead else None
     mixup = instantiate(cfg.mix) if cfg.mix.get("_target_") else None
-    schedule = instantiate(cfg.sched)(
-        optimizer, epochs=options.epochs, steps=functools.partial(plan.steps_until, n_train))
+    schedule = instantiate(cfg.sched)(optimizer, epochs=options.epochs, steps=steps)
+    profiler = (StepProfiler(options.profile, trace_dir, device)
+                if options.profile and trace_dir is not None else None)
     if ranks.distributed:
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     return Trainer(maybe_compile(model, options.compile), optimizer, schedule, options,
-                   device=device, batch_schedule=plan, mixup=mixup, ema=ema, ranks=ranks,
-                   interrupts=interrupts)
+                   device=device, batch_schedule=plan, mixup=mixup, ema=ema, lookahead=lookahead,
+                   ranks=ranks, interrupts=interrupts, clock=clock, profiler=profiler)
+
+
+def init_from_data(model: torch.nn.Module, splits: Splits, model_input: ModelInput,
+                   device: torch.device) -> None:
+    """A model that computes part of its initialization from the training images (airbench's
+    whitening filters: `init_from_data`, from its first `init_images`) gets them here, as the
+    model takes them (normalized), unaugmented, in the split's order; the same on every rank."""
+    if hasattr(model, "init_from_data"):
+        images = splits.train.images[:model.init_images].to(device)
+        model.init_from_data(Normalize(model_input.mean, model_input.std, device)(images))
 
 
 def test_once(trainer: Trainer, fit: FitState, test_batches, tta: str) -> dict[str, float | None]:
     """The test set, evaluated here only: with the final weights, then with the weights chosen
-    on validation (the reported test_acc), and with flip TTA as a separate number."""
+    on validation (the reported test_acc), and with TTA (trainer.tta) as a separate number."""
     final = trainer.evaluate(test_batches)
     trainer.use_best_weights(fit)
     chosen = trainer.evaluate(test_batches)
-    tta_acc = trainer.evaluate(test_batches, tta_flip=True)["acc"] if tta == "flip" else None
+    tta_acc = trainer.evaluate(test_batches, tta=tta)["acc"] if tta != "none" else None
     return {"acc": chosen["acc"], "loss": chosen["loss"], "acc_final": final["acc"],
             "tta_acc": tta_acc}
 
@@ -195,7 +214,7 @@ def test_once(trainer: Trainer, fit: FitState, test_batches, tta: str) -> dict[s
 
 def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
           checkpoint: Checkpoint, summary: SummaryFile | None, ranks: Ranks = SINGLE,
-          store=None, interrupts: Interrupts = NEVER) -> dict | None:
+          store=None, interrupts: Interrupts = NEVER, clock: JobClock | None = None) -> dict | None:
     """Build everything from the config, train (resuming from `checkpoint` when it holds one),
     test once with the chosen weights. `cfg` is what the parts are instantiated from, `options`
     its trainer group, checked and typed, `record` the resolved config with secrets masked (what
@@ -203,7 +222,9 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
     epoch. Under DDP (`ranks`) this rank joins the job's process group (at `store`, or from the
     environment) and trains its share; only rank 0 writes, and returns the summary.
     `interrupts` (training/interrupts.py) stop the fit at a signal, after a checkpoint of where
-    it was (Interrupted: the summary says `interrupted`)."""
+    it was (Interrupted: the summary says `interrupted`). `clock` is charged with where the
+    time goes (experiments/timing.py)."""
+    clock = clock or NoClock()
     device = resolve_device(options.device, ranks.gpu_slot(job.num))
     configure_backends(options, device)
     share_cpu(ranks, job.side_by_side)
@@ -220,16 +241,18 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
     plan.check_fits(len(splits.train), cfg.data.val_size)
     provenance = collect_provenance(cfg, device, splits.source, splits.classes)  # (after the data: its cache)
     model, model_input = build_model(cfg, device, channels_last, ranks, options.sync_batchnorm)
+    init_from_data(model, splits, model_input, device)
     loaders = build_loaders(cfg, options, splits, model_input, device, channels_last, ranks,
                             job.side_by_side)
-    trainer = build_trainer(cfg, options, model, device, len(splits.train), plan, ranks, interrupts)
+    writes = ranks.main  # rank 0 owns the job's files
+    trainer = build_trainer(cfg, options, model, device, len(splits.train), plan, ranks, interrupts,
+                            clock, job.output_dir / "tb" if writes else None)
     log.info("model %s (%.2fM parameters) on %s%s, autocast %s", job.choices.get("model"),
              sum(p.numel() for p in model.parameters()) / 1e6, device,
              f" (rank {ranks.rank} of {ranks.world_size})" if ranks.distributed else "",
              trainer.amp_dtype)
 
     resumed = checkpoint.resume(trainer, loaders.train.generators)
-    writes = ranks.main  # rank 0 owns the job's files
     # the steps already taken inside the epoch it resumes (0: at an epoch's end)
     resumed_step = (resumed.state.progress or {}).get("steps", 0) if resumed.state else None
     if resumed.state is not None:
@@ -243,32 +266,38 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
     if writes:
         OmegaConf.save(record, job.output_dir / CONFIG_FILE)  # resolved: every number of this job
     make_tracker = instantiate(cfg.logger) if writes else lambda *a, **k: NoTracker()
-    with (make_tracker(job.output_dir, run_name=job.name, group=job.group, config=record,
-                       resumed_after=resumed.epoch,
-                       history=resumed.state.history if resumed.state else [],
-                       wandb_id=resumed.saved.get("wandb_id"), provenance=provenance) as tracker,
-          CompileWatch(options.compile) as compiled):
+    tracker = make_tracker(job.output_dir, run_name=job.name, group=job.group, config=record,
+                           resumed_after=resumed.epoch,
+                           history=resumed.state.history if resumed.state else [],
+                           wandb_id=resumed.saved.get("wandb_id"), provenance=provenance)
+    with clock.around("logging", tracker), CompileWatch(options.compile) as compiled:
 
         def after_epoch(state: FitState, metrics: dict[str, float]) -> None:
-            if writes:
-                log_epoch(tracker, state.epoch, options.epochs, metrics)  # log first: a kill in
-            checkpoint.save(trainer, state, {  # between redoes one epoch (every rank; 0 writes)
-                "wandb_id": tracker.wandb_id, "code": provenance["code"], "code_changed": code_changed})
-            if writes:
-                summary.running(state)  # after the checkpoint: what it says is done, is saved
+            if writes:  # logged first: a kill before the next checkpoint redoes these epochs
+                with clock("logging"):
+                    log_epoch(tracker, state.epoch, options.epochs, metrics)
 
-        def inside_epoch(state: FitState) -> None:  # a checkpoint inside an epoch (state.progress)
-            checkpoint.save(trainer, state, {
-                "wandb_id": tracker.wandb_id, "code": provenance["code"], "code_changed": code_changed})
+        def save(state: FitState) -> None:  # every rank (rank 0 writes)
+            with clock("checkpoint"):
+                checkpoint.save(trainer, state, {"wandb_id": tracker.wandb_id,
+                                                 "code": provenance["code"], "code_changed": code_changed})
+            if writes and state.progress is None:  # at an epoch's end
+                with clock("logging"):
+                    summary.running(state)  # after the checkpoint: what it says is done, is saved
 
+        clock.started_fit()
         try:
             fit = trainer.fit(loaders.train, loaders.val, state=resumed.state,
-                              after_epoch=after_epoch, inside_epoch=inside_epoch)
+                              after_epoch=after_epoch, save=save)
         except Interrupted as stopped:
             if writes:
                 summary.interrupted(str(stopped))  # with the epochs done and checkpointed
             raise
-        test = test_once(trainer, fit, loaders.test, options.tta)
+        finally:
+            if trainer.profiler is not None:
+                trainer.profiler.close()
+        with clock("test"):
+            test = test_once(trainer, fit, loaders.test, options.tta)
         if compiled.fallbacks:
             log.warning("trainer.compile: part of this job ran uncompiled: %s", compiled.status)
         if not writes:
@@ -284,10 +313,12 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
             "compile": compiled.status, "wandb_id": tracker.wandb_id,
             "pretrained": model_input.weights,
             "provenance": provenance, "code_changed_on_resume": code_changed})
-        tracker.log_results({"choices": job.choices, **record}, result)
-    torch.save(trainer.eval_weights(), job.output_dir / "model.pt")  # the tested weights
-    if not options.keep_checkpoint:
-        checkpoint.remove()
+        with clock("logging"):
+            tracker.log_results({"choices": job.choices, **record}, result)
+    with clock("checkpoint"):
+        torch.save(trainer.eval_weights(), job.output_dir / "model.pt")  # the tested weights
+        if not options.keep_checkpoint:
+            checkpoint.remove()
     return result
 
 

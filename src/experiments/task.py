@@ -31,6 +31,7 @@ from experiments.job_dir import JobDir
 from experiments.ranks import Ranks, launched_ranks
 from experiments.report.job_summary import COMPLETED, SummaryFile
 from experiments.spawn import RankJob, RankProcesses, abort_group
+from experiments.timing import JobClock, take_process_start
 from experiments.training.backends import resolve_device
 from experiments.training.checkpoint import Checkpoint, fingerprint
 from experiments.training.distributed import broadcast, join, leave
@@ -43,6 +44,7 @@ log = logging.getLogger(__name__)
 def run(cfg: DictConfig) -> float:
     """The task function. Returns `cfg.optimized_metric` as a float for sweepers such as Optuna
     (NaN on the ranks other than 0 of a launched job: a launcher reads rank 0's)."""
+    clock = JobClock(take_process_start())  # the first job of a process counts its imports
     job = JobInfo.current()
     ranks = launched_ranks()
     if ranks is not None:
@@ -69,7 +71,8 @@ def run(cfg: DictConfig) -> float:
                     summary.running()
                     with interrupts:
                         result = train_ranks(cfg, options, job, record, checkpoint, summary, ranks,
-                                             interrupts)
+                                             interrupts, clock)
+                    result["time_s"] = clock.summary()
                     summary.completed(result)
                 except Interrupted as signalled:  # checkpointed, and the summary says so
                     stopped = signalled
@@ -126,22 +129,25 @@ def stored_result(stored: dict | None, job: JobInfo, record: dict) -> dict | Non
 # --- several ranks ---------------------------------------------------------------------------
 
 def train_ranks(cfg: DictConfig, options, job: JobInfo, record: dict, checkpoint: Checkpoint,
-                summary: SummaryFile, launched: Ranks | None, interrupts: Interrupts) -> dict:
+                summary: SummaryFile, launched: Ranks | None, interrupts: Interrupts,
+                clock: JobClock) -> dict:
     """`train` as rank 0: alone, among a launcher's ranks, or starting ranks 1..N-1 itself."""
     if launched is not None:
         if options.devices not in (1, launched.world_size):
             raise ConfigError(f"trainer.devices={options.devices}, but the launcher started "
                               f"{launched.world_size} ranks: leave it at 1 (the launcher's count "
                               "rules) or make it equal")
-        return train(cfg, options, job, record, checkpoint, summary, launched, interrupts=interrupts)
+        return train(cfg, options, job, record, checkpoint, summary, launched,
+                     interrupts=interrupts, clock=clock)
     if options.devices == 1:
-        return train(cfg, options, job, record, checkpoint, summary, Ranks(), interrupts=interrupts)
+        return train(cfg, options, job, record, checkpoint, summary, Ranks(),
+                     interrupts=interrupts, clock=clock)
     ranks = Ranks(0, options.devices, 0, options.devices)
     rank_job = RankJob(OmegaConf.to_container(cfg, resolve=True), record, options, job)
     with RankProcesses(options.devices, rank_job, options.collective_timeout_s, run_rank) as others:
         try:
             return train(cfg, options, job, record, checkpoint, summary, ranks, others.store,
-                         interrupts)
+                         interrupts, clock)
         except (Interrupted, *EXPECTED_FAILURES):  # rank 0's own (every rank diverges at once)
             raise
         except Exception as err:  # a broken collective, or rank 0's own error

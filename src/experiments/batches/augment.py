@@ -4,13 +4,14 @@ torchvision's v2 transforms applied to a batch draw ONE set of parameters for th
 per-image transforms in a DataLoader are slow. Here every image gets its own crop offset, flip,
 rotation angle and erasing box, all drawn for the batch at once, with exactly the semantics of
 
-    RandomCrop(32, padding=p) -> RandomHorizontalFlip() -> RandomRotation(d)   (nearest, fill 0)
+    RandomCrop(32, padding=p, padding_mode=m) -> RandomHorizontalFlip() -> RandomRotation(d)   (nearest, fill 0)
     -> ToTensor -> Normalize(mean, std) -> RandomErasing(p, scale, ratio, value=0)
 
 `aug=rrc` (RandomResizedCrop + flip, at any image size) is experiments.batches.resized_crop.
 
 How it stays cheap:
-- the dataset is stored zero-padded once, so a random crop is a window of it; crop and flip are
+- the dataset is stored padded once (zeros, or reflected: `crop_pad_mode`), so a random crop is a
+  window of it; crop and flip are
   ONE uint8 gather with one index per output pixel, shared by the channels;
 - rotation is one sampling grid + `grid_sample` for the whole batch, on the cropped images;
 - erasing is a mask built from per-image row and column ranges, multiplied in place.
@@ -25,7 +26,7 @@ import torch.nn.functional as F
 
 from experiments.batches.resized_crop import resized_crop, sample_boxes
 from experiments.errors import ConfigError
-from experiments.values import POSITIVE, PROBABILITY, Rule, integer, number, pair, shown
+from experiments.values import POSITIVE, PROBABILITY, Rule, integer, number, one_of, pair, shown
 
 
 def crop_flip_at(stored: torch.Tensor, index: torch.Tensor, padding: int,
@@ -98,7 +99,8 @@ def uniform(n: int, low: float, high: float, gen: torch.Generator, device) -> to
 
 FRACTION_PAIR = pair(number(0, 1, open_low=True), "")
 AUG_RULES = {  # aug.<key>: what it must be (the ranges torchvision takes)
-    "crop_padding": integer(0, "an integer >= 0 (pixels of zero padding)"),
+    "crop_padding": integer(0, "an integer >= 0 (pixels of padding)"),
+    "crop_pad_mode": one_of("zeros", "reflect"),
     "flip": Rule(lambda v: isinstance(v, bool), "true or false"),
     "rotate_degrees": number(0, 180, "a number of degrees in [0, 180] (angles are drawn from [-d, d])"),
     "erase_p": PROBABILITY,
@@ -129,11 +131,14 @@ class BatchAugment:
 
     def __init__(self, crop_padding: int = 0, flip: bool = False, rotate_degrees: float = 0.0,
                  erase_p: float = 0.0, erase_scale=(0.02, 0.33), erase_ratio=(0.3, 3.3),
-                 rrc_scale: list | tuple | None = None, rrc_ratio=(3 / 4, 4 / 3)):
-        check_aug(crop_padding=crop_padding, flip=flip, rotate_degrees=rotate_degrees,
+                 rrc_scale: list | tuple | None = None, rrc_ratio=(3 / 4, 4 / 3),
+                 crop_pad_mode: str = "zeros"):
+        check_aug(crop_padding=crop_padding, crop_pad_mode=crop_pad_mode, flip=flip,
+                  rotate_degrees=rotate_degrees,
                   erase_p=erase_p, erase_scale=erase_scale, erase_ratio=erase_ratio,
                   rrc_scale=rrc_scale, rrc_ratio=rrc_ratio)
         self.crop_padding, self.flip, self.rotate_degrees = crop_padding, flip, rotate_degrees
+        self.crop_pad_mode = crop_pad_mode
         self.erase_p, self.erase_scale, self.erase_ratio = erase_p, tuple(erase_scale), tuple(erase_ratio)
         self.rrc_scale = None if rrc_scale is None else tuple(float(v) for v in rrc_scale)
         self.rrc_ratio = tuple(float(v) for v in rrc_ratio)
@@ -144,9 +149,16 @@ class BatchAugment:
         return self.rrc_scale is not None
 
     def store(self, images: torch.Tensor) -> torch.Tensor:
-        """The dataset as kept on the device: zero-padded once, so every crop is a window of it."""
+        """The dataset as kept on the device: padded once, so every crop is a window of it
+        (reflect, as torchvision's padding_mode="reflect": the edge pixel is not repeated)."""
         p = self.crop_padding  # 0 under rrc (check_aug refuses both)
-        return F.pad(images, (p, p, p, p)) if p else images
+        if not p:
+            return images
+        if self.crop_pad_mode == "zeros":
+            return F.pad(images, (p, p, p, p))
+        # torch reflects float tensors only; in chunks, so that the float copy stays small
+        return torch.cat([F.pad(chunk.float(), (p, p, p, p), mode="reflect").to(images.dtype)
+                          for chunk in images.split(4096)])
 
     def select(self, stored: torch.Tensor, index: torch.Tensor, gen: torch.Generator,
                size: int | None = None) -> torch.Tensor:
@@ -182,5 +194,6 @@ class BatchAugment:
 
     def __repr__(self) -> str:
         rrc = f", rrc_scale={self.rrc_scale}, rrc_ratio={self.rrc_ratio}" if self.resizes else ""
-        return (f"BatchAugment(crop_padding={self.crop_padding}, flip={self.flip}, "
+        return (f"BatchAugment(crop_padding={self.crop_padding}, crop_pad_mode={self.crop_pad_mode}, "
+                f"flip={self.flip}, "
                 f"rotate_degrees={self.rotate_degrees}, erase_p={self.erase_p}{rrc})")

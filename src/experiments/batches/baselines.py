@@ -37,7 +37,8 @@ def pil_transform(aug: BatchAugment, mean, std, size: int):
     if aug.resizes:
         ops.append(T.RandomResizedCrop(size, scale=aug.rrc_scale, ratio=aug.rrc_ratio))
     if aug.crop_padding:
-        ops.append(T.RandomCrop(size, padding=aug.crop_padding))
+        ops.append(T.RandomCrop(size, padding=aug.crop_padding,
+                                   padding_mode="constant" if aug.crop_pad_mode == "zeros" else "reflect"))
     if aug.flip:
         ops.append(T.RandomHorizontalFlip())
     if aug.rotate_degrees:

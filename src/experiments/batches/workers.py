@@ -29,7 +29,8 @@ def torchvision_transform(augment: BatchAugment | None, mean, std, size: int,
         ops.append(v2.RandomResizedCrop(size, scale=aug.rrc_scale, ratio=aug.rrc_ratio,
                                         antialias=True))
     if aug.crop_padding:
-        ops.append(v2.RandomCrop(stored, padding=aug.crop_padding))
+        ops.append(v2.RandomCrop(stored, padding=aug.crop_padding,
+                                  padding_mode="constant" if aug.crop_pad_mode == "zeros" else "reflect"))
     if aug.flip:
         ops.append(v2.RandomHorizontalFlip())
     if aug.rotate_degrees:

@@ -65,6 +65,8 @@ RULES = {
     "param_groups.backbone_lr_scale": number(0, 1, "a fraction of optim.lr in (0, 1]", open_low=True),
     "param_groups.layer_decay": number(0, 1, "", open_low=True).or_null(
         "a factor in (0, 1] per layer, or null (off)"),
+    "param_groups.vector_lr_scale": POSITIVE,
+    "param_groups.vector_weight_decay_scale": NON_NEGATIVE,
     "data.image_size": integer(1, "a positive integer (pixels)"),
     "data.num_classes": POSITIVE_INT,
     "data.noise": number(0, 1, "a weight in [0, 1]"),
@@ -177,8 +179,8 @@ def check_combinations(cfg: DictConfig, options: TrainerOptions) -> None:
         if cfg.aug.get("flip"):
             raise ConfigError(f"aug.flip=true mirrors images, which changes the class of "
                               f"data={cfg.data.name} images: use aug=none or aug.flip=false")
-        if options.tta == "flip":
-            raise ConfigError(f"trainer.tta=flip mirrors data={cfg.data.name} images, which "
+        if options.tta != "none":
+            raise ConfigError(f"trainer.tta={options.tta} mirrors data={cfg.data.name} images, which "
                               "changes their class: use trainer.tta=none")
     check_augmentation_fits_data(cfg)
     if cfg.mix.get("_target_"):

@@ -3,5 +3,7 @@
 from experiments.models.preact import PreActResNet18
 from experiments.models.resnet import timm_model, timm_resnet18
 from experiments.models.small import MLP, LeNet
+from experiments.models.speed import AirbenchNet, SpeedResNet
 
-__all__ = ["LeNet", "MLP", "PreActResNet18", "timm_model", "timm_resnet18"]
+__all__ = ["AirbenchNet", "LeNet", "MLP", "PreActResNet18", "SpeedResNet", "timm_model",
+           "timm_resnet18"]

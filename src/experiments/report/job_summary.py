@@ -53,7 +53,9 @@ class JobSummary:
     best_epoch: int | None = None  # the chosen epoch (null without a validation split)
     epochs_completed: int = 0
     early_stopped: bool = False
-    train_time_s: float | None = None  # training only: validation and test excluded
+    # training passes only (validation, test, checkpoints and the warm-up step excluded: how
+    # the speed runs publish theirs); where the rest of the wall time went: time_s
+    train_time_s: float | None = None
     images_per_s: float | None = None  # training images per second over train_time_s
     error: str | None = None  # why the job failed, and what to change
     resumed_from_epoch: int | None = None  # the checkpoint's epoch, when the job resumed
@@ -75,6 +77,9 @@ class JobSummary:
     compile: str | None = only(COMPLETED)  # null (off), compiled, or "eager fallback: ..."
     pretrained: str | None = only(COMPLETED)  # the weights' file or cache entry; null: from scratch
     wandb_id: str | None = only(COMPLETED)
+    # seconds of the job's wall time by section: startup, warmup, train, validation,
+    # checkpoint, test, logging, rest, wall (experiments/timing.py)
+    time_s: dict | None = only(COMPLETED)
     # running jobs only: whose process writes it, so a reader tells running from killed
     pid: int | None = only(RUNNING)
     host: str | None = only(RUNNING)
@@ -115,7 +120,7 @@ FLOATS = chosen("best_val_acc", "test_acc", "test_acc_final", "test_tta_acc", "t
                 "images_per_s")
 COUNTS = chosen("epochs_completed", "best_epoch", "resumed_from_epoch")
 # dicts: dotted columns in a sweep's DataFrame (`provenance.code.commit`), left out when null
-NESTED = chosen("provenance", "code_changed_on_resume")
+NESTED = chosen("provenance", "code_changed_on_resume", "time_s")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -49,16 +49,25 @@ class MetricsCSV:
 
     def write(self, row: dict[str, Any]) -> None:
         try:
-            if self.columns is None:
-                self.columns = list(row)
-                with open(self.path, "w", newline="") as f:
-                    csv.DictWriter(f, self.columns).writeheader()
+            if self.columns is None or not row.keys() <= set(self.columns):
+                self.start(row)
             with open(self.path, "a", newline="") as f:
                 csv.DictWriter(f, self.columns, extrasaction="ignore").writerow(row)
         except OSError as err:  # a full disk's write error names no file: say which
             if out_of_space(err):
                 raise DiskFull(self.path) from err
             raise
+
+    def start(self, row: dict[str, Any]) -> None:
+        """The header, written first, and again with the new columns when a row brings some (an
+        epoch that validates after some that did not: trainer.val_every): the rows so far stay,
+        with those cells empty."""
+        rows = list(csv.DictReader(open(self.path, newline=""))) if self.columns else []
+        self.columns = [*(self.columns or []), *(k for k in row if k not in (self.columns or []))]
+        with open(self.path, "w", newline="") as f:
+            writer = csv.DictWriter(f, self.columns)
+            writer.writeheader()
+            writer.writerows(rows)
 
 
 class Tracker:

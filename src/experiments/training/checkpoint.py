@@ -34,7 +34,7 @@ READS = (1, 2)  # 1 (before DDP): resumed, with a note (one generator drew order
 NOT_IN_FINGERPRINT = ("logger", "paths", "data.root", "data.cache_dir", "data.download",
                       "data.download_timeout_s", "trainer.progress", "trainer.resume",
                       "trainer.keep_checkpoint", "trainer.devices", "trainer.checkpoint_every_min",
-                      "trainer.stop_signals")
+                      "trainer.checkpoint_every", "trainer.profile", "trainer.stop_signals")
 
 
 class CheckpointError(Refusal):

@@ -23,6 +23,13 @@ multiplier) scales its Muon lr and its AdamW lr, once, here, unless the group gi
 `lr` (`adamw_lr`), which is taken as it is (training/param_groups.py gives the final lr): the
 schedules then scale every group's lr alike.
 
+Two choices the speed runs make differently (conf/experiment/speedrun.yaml): `edge_matrices=muon`
+sends the first and last matrices to Muon too (the CIFAR-100 speedrun orthogonalizes every
+conv kernel and its head), and `aux=sgd` steps the other side with SGD (`sgd_*` settings: lr,
+momentum, nesterov, weight decay), torch's own SGD step (`torch.optim.sgd.sgd`), instead of
+AdamW; the speedrun takes SGD at lr 0.02, momentum 0.9, nesterov, for its BatchNorm weights and
+biases.
+
 Not torch.optim.Muon: it takes 2-D parameters only (no conv kernels) and has no AdamW side,
 and the trainer, the lr schedules and the checkpoint want one optimizer object.
 """
@@ -31,14 +38,17 @@ from __future__ import annotations
 
 import torch
 from timm.optim import Muon as TimmMuon
+from torch.optim.sgd import sgd
 
-from experiments.values import MOMENTUM, NON_NEGATIVE, POSITIVE, integer, pair
+from experiments.values import MOMENTUM, NON_NEGATIVE, POSITIVE, integer, one_of, pair
 
 NS_EPS = 1e-7  # the reference's clamp of the matrix norm before the iteration
 MATRIX_NDIMS = (2, 4)  # linear weights, conv kernels
 MUON_KEYS = ("lr", "momentum", "nesterov", "ns_steps", "weight_decay")
 ADAMW_KEYS = {"adamw_lr": "lr", "adamw_betas": "betas", "adamw_eps": "eps",
               "adamw_weight_decay": "weight_decay"}  # constructor argument -> AdamW group key
+SGD_KEYS = {"sgd_lr": "lr", "sgd_momentum": "momentum", "sgd_nesterov": "nesterov",
+            "sgd_weight_decay": "weight_decay"}  # constructor argument -> SGD group key
 
 
 def split_groups(params, settings: dict) -> list[dict]:
@@ -49,7 +59,8 @@ def split_groups(params, settings: dict) -> list[dict]:
     for g in groups:
         g["params"] = [g["params"]] if isinstance(g["params"], torch.Tensor) else list(g["params"])
     matrices = [p for g in groups for p in g["params"] if p.ndim in MATRIX_NDIMS]
-    edges = {id(matrices[0]), id(matrices[-1])} if matrices else set()
+    edges = {id(matrices[0]), id(matrices[-1])} if matrices and settings["edge_matrices"] == "aux" else set()
+    sgd = settings["aux"] == "sgd"
     out = []
     for g in groups:
         own = {k: g.pop(k) for k in settings if k in g}  # the group's own settings, as given
@@ -61,7 +72,13 @@ def split_groups(params, settings: dict) -> list[dict]:
         if muon:
             out.append({**rest, "params": muon, "use_muon": True,
                         **{k: s[k] for k in MUON_KEYS}, "lr": own.get("lr", s["lr"] * scale)})
-        if adamw:
+        if adamw and sgd:
+            out.append({**rest, "params": adamw, "use_muon": False, "sgd": True,
+                        **{key: s[arg] for arg, key in SGD_KEYS.items()},
+                        "lr": own.get("sgd_lr", s["sgd_lr"] * scale),
+                        "weight_decay": own.get("sgd_weight_decay",
+                                                own.get("weight_decay", s["sgd_weight_decay"]))})
+        elif adamw:
             # (timm steps its AdamW side with NAdamW when the group says nesterov: it does not;
             # and at lr * fallback_lr_scale: the group's lr is already AdamW's)
             out.append({**rest, "params": adamw, "use_muon": False, "nesterov": False,
@@ -79,7 +96,9 @@ def split_groups(params, settings: dict) -> list[dict]:
 # config before the job builds anything)
 MUON_RULES = {"ns_steps": integer(1, "a positive integer (Newton-Schulz steps)"),
               "adamw_lr": POSITIVE, "adamw_betas": pair(MOMENTUM, "two numbers in [0, 1)", False),
-              "adamw_eps": POSITIVE, "adamw_weight_decay": NON_NEGATIVE}
+              "adamw_eps": POSITIVE, "adamw_weight_decay": NON_NEGATIVE,
+              "aux": one_of("adamw", "sgd"), "edge_matrices": one_of("aux", "muon"),
+              "sgd_lr": POSITIVE, "sgd_momentum": MOMENTUM, "sgd_weight_decay": NON_NEGATIVE}
 RULES = {"lr": POSITIVE, "momentum": MOMENTUM, "weight_decay": NON_NEGATIVE, **MUON_RULES}
 
 
@@ -89,11 +108,14 @@ class Muon(TimmMuon):
 
     def __init__(self, params, *, lr: float, momentum: float, nesterov: bool, ns_steps: int,
                  weight_decay: float, adamw_lr: float, adamw_betas: tuple[float, float],
-                 adamw_eps: float, adamw_weight_decay: float):
+                 adamw_eps: float, adamw_weight_decay: float, aux: str, edge_matrices: str,
+                 sgd_lr: float, sgd_momentum: float, sgd_nesterov: bool, sgd_weight_decay: float):
         adamw_betas = tuple(float(b) for b in adamw_betas)
         settings = dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
                         weight_decay=weight_decay, adamw_lr=adamw_lr, adamw_betas=adamw_betas,
-                        adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay)
+                        adamw_eps=adamw_eps, adamw_weight_decay=adamw_weight_decay, aux=aux,
+                        edge_matrices=edge_matrices, sgd_lr=sgd_lr, sgd_momentum=sgd_momentum,
+                        sgd_nesterov=sgd_nesterov, sgd_weight_decay=sgd_weight_decay)
         for key, rule in RULES.items():
             rule.check(f"Muon's {key}", settings[key])
         super().__init__(split_groups(params, settings), lr=lr, momentum=momentum,
@@ -101,6 +123,34 @@ class Muon(TimmMuon):
                          ns_coefficients="original", adjust_lr_fn="original", eps=NS_EPS,
                          betas=adamw_betas)
         self.settings = settings
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        """timm's step for the Muon and AdamW groups; torch's SGD step for the `sgd` groups
+        (aux=sgd), which timm's step is not shown."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            if group.get("sgd"):
+                self.sgd_step(group)
+        everything = self.param_groups
+        self.param_groups = [g for g in everything if not g.get("sgd")]
+        try:
+            super().step()
+        finally:
+            self.param_groups = everything
+        return loss
+
+    def sgd_step(self, group: dict) -> None:
+        params = [p for p in group["params"] if p.grad is not None]
+        buffers = [self.state[p].get("momentum_buffer") for p in params]
+        sgd(params, [p.grad for p in params], buffers, weight_decay=group["weight_decay"],
+            momentum=group["momentum"], lr=group["lr"], dampening=0.0,
+            nesterov=group["nesterov"], maximize=False)
+        for p, buffer in zip(params, buffers):  # (sgd creates the buffers at the first step)
+            self.state[p]["momentum_buffer"] = buffer
 
     def add_param_group(self, param_group: dict) -> None:
         if "use_muon" not in param_group:

@@ -37,6 +37,18 @@ class BatchScheduleOptions:
 
 
 @dataclass
+class LookaheadOptions:
+    """airbench94's lookahead: at every `every`-th step the slow weights move towards the
+    weights, `slow = d * slow + (1 - d) * weights`, with d = decay * (step / total) ** warmup_power
+    (0 at the start: no averaging), and the weights are set to the slow ones; the last step
+    ends on the slow weights."""
+
+    every: int = 5
+    decay: float = 0.7737809375  # 0.95 ** 5: airbench94's per-step 0.95 over its 5 steps
+    warmup_power: float = 3.0
+
+
+@dataclass
 class TrainerOptions:
     epochs: int = 30
     batch_size: int = 128  # per optimizer micro-step; effective batch = batch_size * grad_accum_steps
@@ -47,7 +59,12 @@ class TrainerOptions:
     # e.g. 0.9998: validate, select and test an exponential moving average of the weights
     # (timm's ModelEmaV3)
     ema_decay: Optional[float] = None
-    tta: str = "none"  # none | flip: also report test accuracy averaged with mirrored images
+    # none | flip | flip_translate: also report test accuracy averaged over mirrored (and, with
+    # flip_translate, 1-px shifted: airbench's TTA) copies of each image, as test_tta_acc
+    tta: str = "none"
+    # a lookahead of the weights (airbench94): every `every` steps the weights become an average
+    # of themselves and their slow copy; null: off. See training/lookahead.py
+    lookahead: Optional[LookaheadOptions] = None
     # off by default; e.g. trainer.batch_schedule={epochs: [60, 120], sizes: [256, 512],
     # scale_lr: true}. A node even when off, so that such an override merges into it
     batch_schedule: Optional[BatchScheduleOptions] = field(default_factory=BatchScheduleOptions)
@@ -70,6 +87,16 @@ class TrainerOptions:
     progress: bool = True  # the progress bar
     resume: bool = True  # rerunning into the same directory resumes, or returns a finished result
     keep_checkpoint: bool = False  # keep checkpoint.pt after the job completes (model.pt stays)
+    # checkpoint every this many epochs (the last epoch, and a stop signal, always checkpoint):
+    # a checkpoint costs ~0.1 s for a ResNet-18 here, the speed presets' epochs 1-2 s on a GPU;
+    # a killed job redoes the epochs since its last checkpoint
+    checkpoint_every: int = 1
+    # validate every this many epochs (the last epoch always validates): model selection,
+    # early stopping (its patience counts validations) and sched=plateau see those epochs only
+    val_every: int = 1
+    # record this many training steps (after a warm-up step) with torch.profiler: the trace goes
+    # into the job's TensorBoard run (tb/), the top ops table to the log; 0: off
+    profile: int = 0
     # also checkpoint inside an epoch every this many minutes (null: at epoch ends only); a
     # killed job then loses at most that much (training/interrupts.py)
     checkpoint_every_min: Optional[float] = None
@@ -87,6 +114,9 @@ class TrainerOptions:
             self.early_stopping.monitor = self.monitor
         for key, rule in RULES.items():
             rule.check(f"trainer.{key}", get(self, key))
+        if self.lookahead is not None:
+            for key, rule in LOOKAHEAD_RULES.items():
+                rule.check(f"trainer.lookahead.{key}", getattr(self.lookahead, key))
         self.check_ranks_divide(self.devices)
         unknown = [name for name in self.stop_signals if name not in signal.Signals.__members__]
         if unknown:
@@ -116,6 +146,11 @@ class TrainerOptions:
         return sizes
 
 
+LOOKAHEAD_RULES = {"every": POSITIVE_INT,
+                   "decay": number(0, 1, "a number in [0, 1)", open_high=True),
+                   "warmup_power": number(0, INF, "a number >= 0")}
+
+
 def get(options, dotted: str):
     for part in dotted.split("."):
         options = getattr(options, part)
@@ -126,13 +161,15 @@ DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?|mps")
 RULES = {  # trainer.<key>: what it must be
     "epochs": POSITIVE_INT, "batch_size": POSITIVE_INT, "eval_batch_size": POSITIVE_INT,
     "grad_accum_steps": POSITIVE_INT, "devices": POSITIVE_INT, "collective_timeout_s": POSITIVE,
+    "checkpoint_every": POSITIVE_INT, "val_every": POSITIVE_INT,
+    "profile": integer(0, "an integer >= 0 (training steps to record; 0: off)"),
     "checkpoint_every_min": POSITIVE.or_null("null (at epoch ends only) or minutes > 0"),
     "grad_clip": POSITIVE.or_null("a number > 0 or null"),
     "label_smoothing": number(0, 1, "a number in [0, 1)", open_high=True),
     "ema_decay": number(0, 1, "", open_low=True, open_high=True).or_null(
         "null or a decay in (0, 1), e.g. 0.9998"),
     "nonfinite_tolerance": integer(0, "an integer >= 0"),
-    "tta": one_of("none", "flip"),
+    "tta": one_of("none", "flip", "flip_translate"),
     "precision": one_of("auto", *PRECISIONS),
     "monitor": one_of(*VAL_METRICS),
     "early_stopping.monitor": one_of(None, *VAL_METRICS),

@@ -1,7 +1,10 @@
 """Per-group learning rates for fine-tuning: the new classifier learns at `optim.lr`, the
 pretrained backbone slower (`param_groups.backbone_lr_scale`), or every block slower the further
 it is from the head (`param_groups.layer_decay`, timm's layer-wise decay, where timm's model
-defines its layers). Groups carry timm's `lr_scale`; `lr` is set from it here, so the schedules
+defines its layers). Or, for training from scratch (airbench94), the 1-D parameters (biases and
+norms) at their own multiples of the lr and the weight decay (`param_groups.vector_lr_scale`,
+`vector_weight_decay_scale`: airbench's BatchNorm biases learn at 64x the lr, with 1/64 the
+decay, so that their lr x decay stays the other weights'). Groups carry timm's `lr_scale`; `lr` is set from it here, so the schedules
 (torch's LambdaLR scales each group's own initial lr) keep the ratios all the way.
 """
 
@@ -25,10 +28,20 @@ def classifier(model: nn.Module) -> nn.Module:
 
 
 def param_groups(model: nn.Module, lr: float, weight_decay: float, backbone_lr_scale: float = 1.0,
-                 layer_decay: float | None = None) -> list:
+                 layer_decay: float | None = None, vector_lr_scale: float = 1.0,
+                 vector_weight_decay_scale: float = 1.0) -> list:
     """What the optimizer is given: the parameters as they are (one group), or groups with
     their own `lr` (and timm's `lr_scale`)."""
-    if layer_decay is not None:
+    vectors = vector_lr_scale != 1.0 or vector_weight_decay_scale != 1.0
+    if vectors and (layer_decay is not None or backbone_lr_scale != 1.0):
+        raise ConfigError("param_groups: the vector_* scales (training from scratch) do not "
+                          "combine with backbone_lr_scale or layer_decay (fine-tuning): set one kind")
+    if vectors:
+        params = [p for p in model.parameters() if p.requires_grad]
+        groups = [{"params": [p for p in params if p.ndim > 1], "lr_scale": 1.0},
+                  {"params": [p for p in params if p.ndim <= 1], "lr_scale": vector_lr_scale,
+                   "weight_decay": weight_decay * vector_weight_decay_scale}]
+    elif layer_decay is not None:
         if backbone_lr_scale != 1.0:
             raise ConfigError("param_groups: set layer_decay or backbone_lr_scale, not both "
                               "(layer-wise decay already lowers the backbone's rates)")

@@ -34,7 +34,7 @@ class Schedule:
             return
         if self.monitor is None:
             self.scheduler.step()
-        else:
+        elif self.monitor in metrics:  # (not every epoch validates: trainer.val_every)
             self.scheduler.step(metrics[self.monitor])
 
     def state_dict(self) -> dict:
@@ -105,6 +105,23 @@ def one_cycle(optimizer: Optimizer, *, epochs: int, steps: Steps, pct_start: flo
                            final_div_factor=final_div_factor, anneal_strategy=anneal_strategy,
                            cycle_momentum=False)
     return Schedule(optimizer, scheduler, "step")
+
+
+def linear_warmup_decay(optimizer: Optimizer, *, epochs: int, steps: Steps, start_ratio: float,
+                        peak_at: float, end_ratio: float) -> Schedule:
+    """airbench94's triangle: from start_ratio x lr, linearly up to lr at `peak_at` of the run's
+    steps, then linearly down to end_ratio x lr at its end. Step k (0-based) of a run of n
+    steps trains at factor(k), as in the source's LambdaLR (there: n = 476, the peak at step
+    int(0.23 n) = 109)."""
+    total = max(1, steps(epochs))
+    peak = int(peak_at * total)
+
+    def factor(step: int) -> float:
+        if step < peak:
+            return start_ratio + (1 - start_ratio) * step / peak
+        return 1 - (1 - end_ratio) * (step - peak) / max(1, total - peak)
+
+    return Schedule(optimizer, LambdaLR(optimizer, factor), "step")
 
 
 def constant(optimizer: Optimizer, *, epochs: int, steps: Steps) -> Schedule:

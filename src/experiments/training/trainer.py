@@ -19,11 +19,13 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from experiments.ranks import SINGLE, Ranks
+from experiments.timing import JobClock, NoClock
 from experiments.training import metrics as m
 from experiments.training.backends import resolve_precision, synchronize, unwrap
 from experiments.training.batch_schedule import BatchSchedule
 from experiments.training.distributed import MAX, all_reduce
 from experiments.training.interrupts import GO_ON, NEVER, SAVE, Interrupted, Interrupts
+from experiments.training.lookahead import Lookahead
 from experiments.training.options import TrainerOptions
 from experiments.training.sam import SAM
 from experiments.training.schedules import Schedule
@@ -47,8 +49,9 @@ class FitState:
     best_epoch: int | None = None
     best_val: dict[str, float] = field(default_factory=dict)  # validation metrics at best_epoch
     best_weights: dict[str, torch.Tensor] | None = None
-    train_time_s: float = 0.0
-    train_images: int = 0
+    train_time_s: float = 0.0  # training passes only: validation and the warm-up step excluded
+    train_images: int = 0  # the images of those passes
+    warmup_s: float = 0.0  # the job's first optimizer step (compile, autotuning): apart
     history: list[dict[str, float]] = field(default_factory=list)  # metrics of every epoch
     select: dict = field(default_factory=dict)
     stopper: dict = field(default_factory=dict)
@@ -63,19 +66,24 @@ class FitState:
 
 class Trainer:
     """Optional parts: `mixup` (timm Mixup: mixed images, soft targets), `ema` (timm ModelEmaV3:
-    the averaged weights are the ones validated, selected and tested), a SAM optimizer (its
+    the averaged weights are the ones validated, selected and tested), `lookahead`
+    (training/lookahead.py: an average written back into the weights), a SAM optimizer (its
     second pass is part of the step), a batch-size schedule (training/batch_schedule.py, made
-    once per job). Everything else comes from `options`, the `trainer` config group as one
-    typed object."""
+    once per job), a `profiler` (training/profile.py: stepped after every optimizer step), a
+    `clock` (experiments/timing.py: where the job's time goes). Everything else comes from
+    `options`, the `trainer` config group as one typed object."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, schedule: Schedule,
                  options: TrainerOptions, *, device: torch.device,
                  batch_schedule: BatchSchedule | None = None, mixup=None, ema=None,
-                 ranks: Ranks = SINGLE, interrupts: Interrupts = NEVER):
+                 lookahead: Lookahead | None = None, ranks: Ranks = SINGLE,
+                 interrupts: Interrupts = NEVER, clock: JobClock | None = None, profiler=None):
         self.model, self.optimizer, self.schedule = model, optimizer, schedule
         self.options, self.device, self.mixup, self.ema = options, device, mixup, ema
+        self.lookahead, self.profiler = lookahead, profiler
         self.ranks = ranks  # under DDP `model` is wrapped (DistributedDataParallel)
         self.interrupts = interrupts  # asked after every step: checkpoint here, or stop
+        self.clock = clock or NoClock()
         self.batch_schedule = batch_schedule or BatchSchedule(options)
         self.sam = optimizer if isinstance(optimizer, SAM) else None
         self.amp_dtype = resolve_precision(options.precision, device)
@@ -86,6 +94,8 @@ class Trainer:
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=smoothing)  # takes soft targets too
         self.nonfinite_streak = torch.zeros((), device=device, dtype=torch.long)
         self.steps_taken = 0  # optimizer steps, over the whole run
+        self.warmed_up = False  # this process has taken its first step (timed apart)
+        self.warmup, self.saving_s = (0.0, 0), 0.0  # in this epoch: (seconds, images); saves
 
     @property
     def eval_model(self) -> nn.Module:
@@ -123,6 +133,8 @@ class Trainer:
                  "steps": self.steps_taken}
         if self.ema is not None:
             state["ema"] = self.ema.state_dict()
+        if self.lookahead is not None:
+            state["lookahead"] = self.lookahead.state_dict()
         return state
 
     def load_state_dict(self, state: dict) -> None:
@@ -133,6 +145,8 @@ class Trainer:
         self.steps_taken = state["steps"]
         if self.ema is not None:
             self.ema.load_state_dict(state["ema"])
+        if self.lookahead is not None:
+            self.lookahead.load_state_dict(state["lookahead"])
 
     def forward_backward(self, images: torch.Tensor, targets: torch.Tensor, group_size: int,
                          last: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,6 +182,10 @@ class Trainer:
         self.steps_taken += 1
         if self.ema is not None:
             self.ema.update(unwrap(self.model), step=self.steps_taken)
+        if self.lookahead is not None:
+            self.lookahead.after_step(self.steps_taken)
+        if self.profiler is not None:
+            self.profiler.step()
         return outputs
 
     def sam_second_pass(self, group: list[Batch]) -> None:
@@ -215,8 +233,13 @@ class Trainer:
                 continue  # done before the checkpoint (drawn again: the generators move on alike)
             if self.mixup is not None:  # mixed images, soft targets
                 group = [self.mixup(images, labels) for images, labels in group]
+            first, step_started = not self.warmed_up, time.perf_counter()
             for (_, targets), (logits, loss) in zip(group, self.optimizer_step(group)):
                 totals.add(logits, loss, targets)
+            if first:  # the process's first step: compile, cuDNN autotuning, first allocations
+                synchronize(self.device)
+                self.warmed_up = True
+                self.warmup = (time.perf_counter() - step_started, sum(len(t) for _, t in group))
             answer = self.ask_interrupts()
             if answer != GO_ON:
                 synchronize(self.device)
@@ -224,37 +247,43 @@ class Trainer:
                 progress.seconds += time.perf_counter() - started
                 started = time.perf_counter()
                 save_inside(progress)
+                self.saving_s += time.perf_counter() - started  # (no training time)
+                started = time.perf_counter()
                 if answer != SAVE:
                     raise Interrupted(answer, f"in epoch {progress.epoch} after step {step + 1}")
         self.nonfinite_streak = totals.streak
         self.check_finite(totals.longest.item(), totals.any_nonfinite())
         return totals.means(self.ranks)
 
-    def evaluate(self, batches, tta_flip: bool = False) -> dict[str, float]:
+    def evaluate(self, batches, tta: str = "none") -> dict[str, float]:
         """Loss and accuracy of `eval_model` (see `evaluate`)."""
         return evaluate(self.eval_model, batches, device=self.device, amp_dtype=self.amp_dtype,
-                        tta_flip=tta_flip, ranks=self.ranks)
+                        tta=tta, ranks=self.ranks)
 
     def run_epoch(self, train, val, epoch: int = 0, progress: EpochProgress | None = None,
                   save_inside: Callable[[EpochProgress], None] = lambda p: None) -> dict[str, float]:
-        """One epoch of training (timed) and validation: the metrics every logger records.
-        `progress` continues an epoch checkpointed inside."""
+        """One epoch of training (timed) and validation (None: not this epoch): the metrics
+        every logger records. `progress` continues an epoch checkpointed inside."""
         if progress is None:
-            lr = max(group["lr"] for group in self.optimizer.param_groups)  # optim.lr's, as scheduled
+            lr = scheduled_lr(self.optimizer)
             progress = EpochProgress.start(epoch, train, lr) if hasattr(train, "generators") else None
         else:
             progress.restore_generators(train)  # the epoch's order and augmentation, from its start
-        lr = progress.lr if progress is not None else max(g["lr"] for g in self.optimizer.param_groups)
+        lr = progress.lr if progress is not None else scheduled_lr(self.optimizer)
         before = progress.seconds if progress is not None else 0.0  # trained before a resume
+        self.warmup, self.saving_s = (0.0, 0), 0.0  # this epoch's warm-up step; its saves inside
         start = time.perf_counter()
-        train_metrics = self.train_epoch(train, progress, save_inside)
-        synchronize(self.device)
-        seconds = time.perf_counter() - start + before
+        with self.clock("train"):
+            train_metrics = self.train_epoch(train, progress, save_inside)
+            synchronize(self.device)
+        self.clock.move(self.warmup[0], "train", "warmup")
+        seconds = time.perf_counter() - start + before - self.saving_s
         metrics = {m.TRAIN_LOSS: train_metrics["loss"], m.TRAIN_ACC: train_metrics["acc"],
                    m.LR: lr, m.BATCH_SIZE: train.batch_size, m.EPOCH_S: seconds,
                    m.IMAGES_PER_S: train.num_images / seconds}
         if val is not None:
-            evaluated = self.evaluate(val)
+            with self.clock("validation"):
+                evaluated = self.evaluate(val)
             metrics.update({m.VAL_LOSS: evaluated["loss"], m.VAL_ACC: evaluated["acc"]})
         self.schedule.step_epoch(metrics)
         return metrics
@@ -272,15 +301,17 @@ class Trainer:
 
     def fit(self, train, val, *, state: FitState | None = None,
             after_epoch: Callable[[FitState, dict[str, float]], None] = lambda s, m: None,
-            inside_epoch: Callable[[FitState], None] = lambda s: None) -> FitState:
+            save: Callable[[FitState], None] = lambda s: None) -> FitState:
         """Train until `options.epochs` are done, keeping the weights of the best validation epoch
         in `state.best_weights` (the model keeps the last epoch's: `use_best_weights` swaps).
+        Validation runs every `options.val_every` epochs and at the last.
 
         `state` continues an earlier, interrupted fit (inside an epoch when `state.progress`
-        says so). `after_epoch` sees the state after every epoch (to log it and checkpoint it),
-        `inside_epoch` the state with `progress` set, when the interrupts ask for a checkpoint
-        inside one. Early stopping fires once its monitor is exhausted. A stop signal raises
-        Interrupted, after that checkpoint (or after the epoch's, between epochs).
+        says so). `after_epoch` sees the state after every epoch (to log it); `save` is asked to
+        checkpoint it: every `options.checkpoint_every` epochs, at the last one (and at an
+        early stop), and when the interrupts ask, between epochs or inside one (then with
+        `state.progress` set). Early stopping fires once its monitor is exhausted. A stop signal
+        raises Interrupted, after that checkpoint.
         """
         state, epochs = state or FitState(), self.options.epochs
         select, stopper = self.monitors(state)
@@ -290,7 +321,7 @@ class Trainer:
 
         def save_inside(progress: EpochProgress) -> None:
             state.progress = progress.state_dict()
-            inside_epoch(state)
+            save(state)
             self.interrupts.saved()
             state.progress = None
 
@@ -299,22 +330,29 @@ class Trainer:
             state.progress = None
             # a resumed epoch's batch size is set again, its lr already scaled (it is restored)
             self.batch_schedule.apply(epoch, train, self.schedule if resumed is None else None)
-            metrics = self.run_epoch(train, val, epoch, resumed, save_inside)
+            validates = val is not None and (epoch % self.options.val_every == 0
+                                             or epoch == epochs)
+            metrics = self.run_epoch(train, val if validates else None, epoch, resumed, save_inside)
             state.epoch, state.history = epoch, state.history + [{"epoch": epoch, **metrics}]
-            state.train_time_s += metrics[m.EPOCH_S]
-            state.train_images += train.num_images
-            if val is not None and select.update(metrics):
+            warmup_s, warmup_images = self.warmup
+            state.train_time_s += metrics[m.EPOCH_S] - warmup_s
+            state.train_images += train.num_images - warmup_images
+            state.warmup_s += warmup_s
+            if validates and select.update(metrics):
                 state.best_weights = {k: v.detach().clone() for k, v in self.eval_weights().items()}
                 state.best_epoch = epoch
                 state.best_val = {"loss": metrics[m.VAL_LOSS], "acc": metrics[m.VAL_ACC]}
-            if stopper is not None and val is not None:
+            if stopper is not None and validates:
                 stopper.update(metrics)
                 state.early_stopped = stopper.exhausted
             state.select = select.state_dict()
             state.stopper = stopper.state_dict() if stopper is not None else {}
             after_epoch(state, metrics)
-            self.interrupts.saved()
             answer = self.ask_interrupts()  # e.g. a signal during validation: stop here
+            if (answer != GO_ON or epoch % self.options.checkpoint_every == 0 or epoch == epochs
+                    or state.early_stopped):
+                save(state)
+                self.interrupts.saved()
             if answer not in (GO_ON, SAVE):
                 raise Interrupted(answer, f"after epoch {epoch}")
             bar.set_postfix({"loss": f"{metrics[m.TRAIN_LOSS]:.3g}",
@@ -332,11 +370,31 @@ class Trainer:
             unwrap(self.eval_model).load_state_dict(state.best_weights)
 
 
+def tta_log_probs(model: nn.Module, images: torch.Tensor, tta: str = "none") -> torch.Tensor:
+    """Log-probabilities of `images` (none), of the mean of the softmax of each image and its
+    mirror image (flip), or airbench's: that mean at weight 1/2 for the image, 1/4 for each of
+    two copies shifted by one pixel (up-left, down-right; reflect-padded) (flip_translate)."""
+    def mirrored(x: torch.Tensor) -> torch.Tensor:
+        plain = model(x).float().log_softmax(dim=1)
+        if tta == "none":
+            return plain
+        return torch.logaddexp(plain, model(x.flip(3)).float().log_softmax(dim=1)) - math.log(2)
+
+    if tta != "flip_translate":
+        return mirrored(images)
+    h, w = images.shape[-2:]
+    padded = nn.functional.pad(images, (1, 1, 1, 1), mode="reflect")
+    shifted = [mirrored(padded[..., :h, :w]), mirrored(padded[..., 2:, 2:])]
+    parts = torch.stack([mirrored(images) + math.log(0.5), *(s + math.log(0.25) for s in shifted)])
+    return torch.logsumexp(parts, dim=0)
+
+
 @torch.inference_mode()
 def evaluate(model: nn.Module, batches, *, device: torch.device, amp_dtype=None,
-         tta_flip: bool = False, ranks: Ranks = SINGLE) -> dict[str, float]:
-    """Loss and accuracy of `model` over `batches`; with tta_flip, of the mean of the softmax of each
-    image and its mirror image (reported apart, never mixed into the plain accuracy).
+             tta: str = "none", ranks: Ranks = SINGLE) -> dict[str, float]:
+    """Loss and accuracy of `model` over `batches`; with `tta` (flip, flip_translate: see
+    `tta_log_probs`), of its averaged predictions (reported apart, never mixed into the plain
+    accuracy).
 
     The loss is computed in log space (log-softmax; log-sum-exp for the mean of two
     softmaxes): the log of a clamped softmax capped a confidently wrong prediction at 27.6
@@ -352,10 +410,7 @@ def evaluate(model: nn.Module, batches, *, device: torch.device, amp_dtype=None,
     seen = torch.zeros((), device=device, dtype=torch.float64)
     for images, labels in batches:
         with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
-            log_probs = model(images).float().log_softmax(dim=1)
-            if tta_flip:
-                mirrored = model(images.flip(3)).float().log_softmax(dim=1)
-                log_probs = torch.logaddexp(log_probs, mirrored) - math.log(2)
+            log_probs = tta_log_probs(model, images, tta)
         loss_sum += nn.functional.nll_loss(log_probs, labels, reduction="sum")
         correct += (log_probs.argmax(dim=1) == labels).sum()
         seen += len(labels)
@@ -385,6 +440,15 @@ class EpochProgress:
 
     def state_dict(self) -> dict:
         return dict(vars(self))
+
+
+def scheduled_lr(optimizer: torch.optim.Optimizer) -> float:
+    """optim.lr as scheduled (train/lr): the lr of the first group at optim.lr's own scale
+    (fine-tuning's head, airbench's weights, Muon's side of a model), else the highest."""
+    for group in optimizer.param_groups:
+        if group.get("lr_scale", 1.0) == 1.0:
+            return group["lr"]
+    return max(group["lr"] for group in optimizer.param_groups)
 
 
 def accumulation_groups(batches, size: int):
