@@ -17,7 +17,8 @@ import torch.nn as nn
 
 from conftest import run_train
 from experiments.config.checks import check_config
-from experiments.job import build_model, build_optimizer, build_trainer
+from experiments.data import load_splits
+from experiments.job import build_model, build_optimizer, build_trainer, init_from_data
 from experiments.models import AirbenchNet, SpeedResNet
 from experiments.training.batch_schedule import BatchSchedule
 from experiments.training.lookahead import Lookahead
@@ -79,8 +80,6 @@ def test_whitening_decorrelates_the_training_patches():
 
 def test_the_job_whitens_airbench_from_its_first_training_images(compose_cfg, tmp_path):
     cfg = compose_cfg([*AIRBENCH, "size=smoke", "model.width=64"])
-    from experiments.job import init_from_data
-    from experiments.data import load_splits
     device = torch.device("cpu")
     model, model_input = build_model(cfg, device, channels_last=False)
     before = model.whiten.weight.clone()

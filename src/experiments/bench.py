@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import statistics
 import tempfile
@@ -66,15 +67,22 @@ def images_per_s(batches, count: int, device: torch.device, warmup: int = 2) -> 
     """Throughput of drawing `count` batches after `warmup` (worker start-up is not counted),
     over as many passes of `batches` as that takes."""
     it = endless(batches)
-    for _ in range(warmup):
-        next(it)
-    synchronize(device)
-    start, seen = time.perf_counter(), 0
-    for _ in range(count):
-        images, _ = next(it)
-        seen += len(images)
-    synchronize(device)
-    return seen / (time.perf_counter() - start)
+    try:
+        for _ in range(warmup):
+            next(it)
+        synchronize(device)
+        start, seen = time.perf_counter(), 0
+        for _ in range(count):
+            images, _ = next(it)
+            seen += len(images)
+        synchronize(device)
+        return seen / (time.perf_counter() - start)
+    finally:
+        # the DataLoader iterator inside ends here, in this process: left to the garbage
+        # collector, a copy of it forked into the next loader's workers would be collected
+        # there, and its __del__ print "AssertionError: can only test a child process"
+        it.close()
+        gc.collect()
 
 
 AUG_ROWS = {"basic": 32, "advanced": 32, "rrc": 64}  # option: stored (= output) image size

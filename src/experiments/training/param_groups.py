@@ -4,8 +4,9 @@ it is from the head (`param_groups.layer_decay`, timm's layer-wise decay, where 
 defines its layers). Or, for training from scratch (airbench94), the 1-D parameters (biases and
 norms) at their own multiples of the lr and the weight decay (`param_groups.vector_lr_scale`,
 `vector_weight_decay_scale`: airbench's BatchNorm biases learn at 64x the lr, with 1/64 the
-decay, so that their lr x decay stays the other weights'). Groups carry timm's `lr_scale`; `lr` is set from it here, so the schedules
-(torch's LambdaLR scales each group's own initial lr) keep the ratios all the way.
+decay, so that their lr x decay stays the other weights'). Groups carry timm's `lr_scale`;
+`lr` is set from it here, so the schedules (torch's LambdaLR scales each group's own initial
+lr) keep the ratios all the way.
 """
 
 from __future__ import annotations
