@@ -258,7 +258,7 @@ def test_the_speedrun_preset_runs_at_smoke_size_and_learns(tmp_path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["test_acc"] > 0.5  # chance: 0.1
     assert summary["best_val_acc"] is None  # no validation split, as the speedrun
-    assert summary["choices"]["model"] == "speedrun" and summary["choices"]["optim"] == "muon"
+    assert summary["choices"]["model"] == "speedrun" and summary["choices"]["optim"] == "speedrun"
 
 
 def test_airbench_runs_at_smoke_size_learns_and_its_time_adds_up_to_the_wall_time(tmp_path):
