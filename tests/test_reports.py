@@ -176,7 +176,8 @@ def test_report_of_a_real_grid_over_two_seeds(tmp_path):
         ("model", "resnet18", ""), ("model", "preact", "resnet18")]
     assert (effects[1]["n_pairs"], effects[1]["n_seeds"]) == ("2", "2")
     assert effects[1]["diff_test_acc_low"] and effects[1]["n_jobs"] == "2"
-    for png in PLOT_FILES:
+    assert "![grid](plots/grid.png)" in md and "![effects](plots/effects.png)" in md
+    for png in (*PLOT_FILES, "grid.png", "effects.png"):
         assert f"](plots/{png})" in md, png
         with Image.open(sweep / "plots" / png) as img:
             assert img.format == "PNG" and img.size[0] > 300 and img.size[1] > 150, png
