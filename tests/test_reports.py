@@ -5,6 +5,7 @@ import csv
 import importlib.metadata
 import json
 import os
+import re
 import socket
 import statistics
 
@@ -139,8 +140,13 @@ def test_an_optuna_search_in_sqlite_continues_into_the_same_sweep_directory(tmp_
     study = optuna.load_study(study_name="resnet18-sgd", storage=db)
     assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4  # no repeats
-    jobs = sorted(p.name.split("-")[0] for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    names = [p.name for p in sweep.iterdir() if (p / ".hydra").is_dir()]
+    jobs = sorted(name.split("-")[0] for name in names)
     assert jobs == ["0", "1", "2", "3"]
+    # named by the trial's number and sampled values (tests/test_trial_names.py), all distinct
+    number = r"-?[0-9.]+(e-?[0-9]+)?"
+    assert all(re.fullmatch(rf"\d+-lr={number}-wd={number}-bs=(64|128|256)", n) for n in names), names
+    assert len({name.split("-", 1)[1] for name in names}) == 4
     summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
     assert [s["status"] for s in summaries] == ["completed"] * 4
 
