@@ -83,6 +83,9 @@ def test_sweep_summary_tables_and_plots(sweep):
     assert len(best) == 1 and float(best[0]["best_val_acc"]) == max(float(r["best_val_acc"]) for r in rows)
     md = (sweep_dir / "summary.md").read_text()
     assert md.count("| completed |") == 8
-    for png in ("val_acc.png", "train_loss.png", "lr.png", "test_acc.png"):
+    for png in ("val_acc.png", "train_loss.png", "lr.png", "test_acc.png", "grid.png", "effects.png"):
         with Image.open(sweep_dir / "plots" / png) as img:
-            assert img.format == "PNG" and img.size[0] > 300 and img.size[1] > 150
+            assert img.format == "PNG" and 300 < img.size[0] <= 4000 and 150 < img.size[1] <= 4000
+    # the grid drawn beside its table: rows model x optim, columns aug
+    assert "| model / optim \\ aug | basic | advanced |" in md and "![grid](plots/grid.png)" in md
+    assert "![effects](plots/effects.png)" in md

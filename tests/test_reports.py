@@ -5,6 +5,7 @@ import csv
 import importlib.metadata
 import json
 import os
+import re
 import socket
 import statistics
 
@@ -139,8 +140,13 @@ def test_an_optuna_search_in_sqlite_continues_into_the_same_sweep_directory(tmp_
     study = optuna.load_study(study_name="resnet18-sgd", storage=db)
     assert len(study.trials) == 4 and all(t.state.name == "COMPLETE" for t in study.trials)
     assert len({tuple(sorted(t.params.items())) for t in study.trials}) == 4  # no repeats
-    jobs = sorted(p.name.split("-")[0] for p in sweep.iterdir() if (p / ".hydra").is_dir())
+    names = [p.name for p in sweep.iterdir() if (p / ".hydra").is_dir()]
+    jobs = sorted(name.split("-")[0] for name in names)
     assert jobs == ["0", "1", "2", "3"]
+    # named by the trial's number and sampled values (tests/test_trial_names.py), all distinct
+    number = r"-?[0-9.]+(e-?[0-9]+)?"
+    assert all(re.fullmatch(rf"\d+-lr={number}-wd={number}-bs=(64|128|256)", n) for n in names), names
+    assert len({name.split("-", 1)[1] for name in names}) == 4
     summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
     assert [s["status"] for s in summaries] == ["completed"] * 4
 
@@ -176,7 +182,8 @@ def test_report_of_a_real_grid_over_two_seeds(tmp_path):
         ("model", "resnet18", ""), ("model", "preact", "resnet18")]
     assert (effects[1]["n_pairs"], effects[1]["n_seeds"]) == ("2", "2")
     assert effects[1]["diff_test_acc_low"] and effects[1]["n_jobs"] == "2"
-    for png in PLOT_FILES:
+    assert "![grid](plots/grid.png)" in md and "![effects](plots/effects.png)" in md
+    for png in (*PLOT_FILES, "grid.png", "effects.png"):
         assert f"](plots/{png})" in md, png
         with Image.open(sweep / "plots" / png) as img:
             assert img.format == "PNG" and img.size[0] > 300 and img.size[1] > 150, png

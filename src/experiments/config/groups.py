@@ -1,13 +1,6 @@
-"""The config groups (the directories of conf/ a job picks one option from), named once.
+"""The config groups, named once in experiments.groups (a module without torch, for the report);
+here for the config's code, job.py and the tests."""
 
-Every job records its choice of each in summary.json (`choices`), and every sweep table has a
-column for each, so two jobs that differ only in a group nobody swept (`mix`, `loader`,
-`experiment`) never look alike. tests/test_choices.py fails when a conf/ directory is missing here.
-"""
+from experiments.groups import CONFIG_GROUPS, NAMED_GROUPS
 
-# in the order of the table's columns; Hydra's own groups (hydra/*) are not the job's choices
-CONFIG_GROUPS = ("model", "optim", "aug", "mix", "sched", "data", "loader", "trainer", "logger",
-                 "experiment", "size", "hparams_search", "paths")
-
-# always in a job directory's name (conf/hydra/default.yaml's sweep.subdir)
-NAMED_GROUPS = ("model", "optim", "aug")
+__all__ = ["CONFIG_GROUPS", "NAMED_GROUPS"]

@@ -36,6 +36,14 @@ def job_suffix(task_overrides) -> str:
     return "-" + ",".join(parts).replace("/", "_") if parts else ""
 
 
+def trial_name(task_overrides, params) -> str:
+    """An Optuna trial's sampled values, `lr=0.0123-wd=3e-4-bs=64` (experiments.config.optuna):
+    conf/hparams_search/optuna.yaml names its trials' directories by them."""
+    from experiments.config.optuna import trial_subdir
+
+    return trial_subdir(task_overrides, params)
+
+
 def folder_classes(root: str) -> int:
     """`data=folder`'s class count, read from the folder names under ROOT/train."""
     from experiments.data.folder import class_names
@@ -97,6 +105,7 @@ def imagenet_stats(which: str, channels: int) -> list[float]:
 def register_resolvers() -> None:
     for name, fn in (("job_suffix", job_suffix), ("folder_classes", folder_classes),
                      ("named_choices", named_choices), ("smoke_width", smoke_width),
-                     ("imagenet_stats", imagenet_stats), ("run_time", run_time)):
+                     ("imagenet_stats", imagenet_stats), ("run_time", run_time),
+                     ("trial_name", trial_name)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

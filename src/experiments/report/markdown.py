@@ -3,16 +3,15 @@ factor did, the plots, what failed, what produced the numbers, and every job."""
 
 from __future__ import annotations
 
-import itertools
-import math
 from pathlib import Path
 
 import pandas as pd
 
 from experiments.report import effects
 from experiments.report.analysis import SweepAnalysis
-from experiments.report.effects import Comparison, completed, levels
-from experiments.report.plots import PLOTS
+from experiments.report.effects import Comparison, completed
+from experiments.report.grid import frame, sweep_grid
+from experiments.report.plots import EFFECTS_PLOT, GRID_PLOT, PLOTS
 from experiments.report.tables import (
     by_config_shown,
     markdown_table,
@@ -29,7 +28,8 @@ PROVENANCE = "provenance."
 def report_markdown(roots: list[Path], result: SweepAnalysis, out_dir: Path) -> str:
     same, shown = shared_and_shown(result.table)
     text = ["# Sweep report", "", f"Sweeps: {', '.join(str(r) for r in roots)}", "",
-            *pick_section(result), *grid_section(result), *effects_section(result.analysis),
+            *pick_section(result), *grid_section(result, out_dir),
+            *effects_section(result.analysis, out_dir),
             *plots_section(out_dir), *problems_section(result.df), *provenance_section(result.df),
             "## All jobs", "",
             "Sorted by test accuracy (%). `*` marks the jobs of the picked configuration (best "
@@ -84,34 +84,28 @@ def tied(others: int) -> str:
             "with it on validation accuracy (the first in the sweep's order is shown); see the grid.")
 
 
-def grid_section(result: SweepAnalysis) -> list[str]:
-    """Test accuracy per cell of the grid: rows the first factor, columns the others."""
-    factors, df = result.analysis.factors, result.df
-    done = completed(df)
-    if not factors or done.empty:
+def grid_section(result: SweepAnalysis, out_dir: Path) -> list[str]:
+    """Test accuracy per cell of the grid (experiments.report.grid), and its picture."""
+    grid = sweep_grid(result)
+    if grid is None:
         return []
-    stats = done.groupby(factors)["test_acc"].agg(["mean", "std", "count"])
-    cells_in_grid = math.prod(len(levels(df, f)) for f in factors)
-    if len(stats) < cells_in_grid / 2:  # e.g. a random search: the job table says more
-        return ["## Grid: test accuracy (%)", "", f"Not shown: only {len(stats)} of the "
-                f"{cells_in_grid} combinations of {', '.join(factors)} have a completed job.", ""]
-    balanced = result.analysis.balanced
-    cells = pd.Series([mean_pm_std("test_acc", m, s) + ("" if balanced else f" (n={n})")
-                       for m, s, n in zip(stats["mean"], stats["std"], stats["count"])], index=stats.index)
-    rows, rest = factors[0], factors[1:]
-    if rest:
-        table = cells.unstack(rest)
-        columns = list(itertools.product(*(levels(df, f) for f in rest)))
-        table = table.reindex(index=levels(df, rows), columns=columns if len(rest) > 1 else [c[0] for c in columns])
-        table.columns = [" / ".join(c) if isinstance(c, tuple) else str(c) for c in table.columns]
-    else:
-        table = cells.reindex(levels(df, rows)).to_frame("test accuracy (%)")
-    corner = f"{rows} \\ {' / '.join(rest)}" if rest else rows
-    table = table.fillna(MISSING_CELL).rename_axis(corner).reset_index()
-    note = "mean +- std over seeds" if (stats["count"] > 1).any() else "one job per cell"
+    if isinstance(grid, str):  # e.g. a random search: the job table says more
+        return ["## Grid: test accuracy (%)", "", grid, ""]
+
+    def cell(mean: float, std: float, n: int) -> str:
+        if n == 0:
+            return MISSING_CELL
+        return mean_pm_std("test_acc", mean, std) + ("" if grid.balanced else f" (n={n})")
+
+    note = "mean +- std over seeds" if grid.several_seeds else "one job per cell"
     return ["## Grid: test accuracy (%)", "", f"{note}; `{MISSING_CELL}`: no completed job"
-            + ("" if balanced else "; the grid is unbalanced (n = completed jobs per cell)") + ".", "",
-            markdown_table(table)]
+            + ("" if grid.balanced else "; the grid is unbalanced (n = completed jobs per cell)") + ".", "",
+            markdown_table(frame(grid, cell)), *picture(out_dir, GRID_PLOT)]
+
+
+def picture(out_dir: Path, name: str) -> list[str]:
+    """The Markdown image of plots/NAME, when it was drawn."""
+    return [f"![{name.removesuffix('.png')}](plots/{name})", ""] if (out_dir / "plots" / name).exists() else []
 
 
 def points(x: float | None) -> str:
@@ -129,7 +123,7 @@ def agreeing(c: Comparison) -> int:
     return c.n_better if c.mean >= 0 else c.n_worse
 
 
-def effects_section(analysis: effects.Effects) -> list[str]:
+def effects_section(analysis: effects.Effects, out_dir: Path) -> list[str]:
     if not analysis.factors:
         searched = (f" ({', '.join(analysis.searched)} take more than {effects.MAX_LEVELS} values:"
                     " a search, not a grid)") if analysis.searched else ""
@@ -158,6 +152,10 @@ def effects_section(analysis: effects.Effects) -> list[str]:
         for c, v in zip(*[[c for c in analysis.comparisons if c.metric == m] for m in effects.METRICS])])
     text += ["### Paired differences (points; `agree`: pairs on the side of the mean)", "",
              markdown_table(pairs)]
+    if (out_dir / "plots" / EFFECTS_PLOT).exists():
+        text += ["Each level against its factor's first level (as in effects.csv), test accuracy: "
+                 "the mean paired difference and its 95% interval (filled: the interval excludes 0; "
+                 "open: it includes 0; diamond: one seed, no interval).", "", *picture(out_dir, EFFECTS_PLOT)]
     if analysis.interactions:
         rows = pd.DataFrame([{
             "effect": f"{i.factor}: {i.a[0]} − {i.a[1]}",

@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from experiments.config.groups import CONFIG_GROUPS
+from experiments.groups import CONFIG_GROUPS
 from experiments.report.job_summary import (
     CONFIG_FILE,
     COUNTS,
@@ -70,9 +70,14 @@ def read_metrics(job_dir: Path) -> list[dict[str, float]]:
         return [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(f)]
 
 
+# libyaml's loader when PyYAML has it: 7x faster than the pure-Python one (a big sweep has a
+# file per job), the same safe subset
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def read_overrides(job_dir: Path) -> dict[str, str]:
     path = job_dir / ".hydra" / "overrides.yaml"
-    items = yaml.safe_load(path.read_text()) if path.exists() else []
+    items = yaml.load(path.read_text(), Loader=SAFE_LOADER) if path.exists() else []
     pairs = (item.split("=", 1) for item in items or [] if "=" in item)
     return {k.lstrip("+~"): v for k, v in pairs if not k.lstrip("+~").startswith("hydra")}
 
@@ -110,7 +115,7 @@ def selection_so_far(job: Job) -> dict[str, Any]:
 def monitored(job_dir: Path) -> str:
     """The metric the job selects its epoch on: trainer.monitor in its config."""
     path = job_dir / CONFIG_FILE
-    config = yaml.safe_load(path.read_text()) if path.exists() else None
+    config = yaml.load(path.read_text(), Loader=SAFE_LOADER) if path.exists() else None
     return ((config or {}).get("trainer") or {}).get("monitor") or DEFAULT_MONITOR
 
 

@@ -42,7 +42,7 @@ def write_tables(roots: list[Path], out_dir: Path, jobs: list[Job] | None = None
         return None
     result = analyse_sweep(jobs)
     if plots:
-        write_plots(jobs, result.df, result.configs, out_dir / "plots")
+        write_plots(jobs, result, out_dir / "plots")
     write_csv(out_dir / "summary.csv", result.table)
     write_csv(out_dir / "effects.csv", result.analysis.csv)
     if (result.configs["n"] > 1).any():
