@@ -41,6 +41,7 @@ from experiments.report.provenance import collect as collect_provenance
 from experiments.report.provenance import resumed_code_change
 from experiments.report.tracking import NoTracker, Tracker
 from experiments.timing import JobClock, NoClock
+from experiments.training import metrics as m
 from experiments.training.backends import (
     CompileWatch,
     configure_backends,
@@ -58,6 +59,7 @@ from experiments.training.lookahead import Lookahead
 from experiments.training.options import TrainerOptions
 from experiments.training.param_groups import param_groups
 from experiments.training.profile import StepProfiler
+from experiments.training.progress import CONSOLE_ONLY, FILE_ONLY, duration
 from experiments.training.trainer import FitState, Trainer
 
 log = logging.getLogger(__name__)
@@ -323,6 +325,19 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
 
 
 def log_epoch(tracker: Tracker, epoch: int, epochs: int, metrics: dict[str, float]) -> None:
+    """Every metric by its full name to the trackers and train.log; one short line to the
+    console (above the progress bar: training/progress.py)."""
     tracker.log_epoch(epoch, metrics)
-    log.info("epoch %d/%d %s", epoch, epochs,
-             " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
+    log.info("epoch %d/%d %s", epoch, epochs, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()),
+             extra=FILE_ONLY)
+    log.info("%s", epoch_line(epoch, epochs, metrics), extra=CONSOLE_ONLY)
+
+
+def epoch_line(epoch: int, epochs: int, metrics: dict[str, float]) -> str:
+    """`epoch 3/30  loss 1.234  acc 61.2%  val 58.9%  lr 0.087  1.9 s`: what the console shows."""
+    parts = [f"epoch {epoch}/{epochs}", f"loss {metrics[m.TRAIN_LOSS]:.3f}",
+             f"acc {100 * metrics[m.TRAIN_ACC]:.1f}%"]
+    if m.VAL_ACC in metrics:
+        parts.append(f"val {100 * metrics[m.VAL_ACC]:.1f}%")
+    parts += [f"lr {metrics[m.LR]:.3g}", duration(metrics[m.EPOCH_S])]
+    return "  ".join(parts)

@@ -85,10 +85,14 @@ def run(cfg: DictConfig) -> float:
         stop(job, str(refused), user_error=True, log_file=False)
     if stopped is not None:  # (the job's directory is released by now)
         end_interrupted(stopped, interrupts)
-    log.info("done: test_acc=%s best_val_acc=%s -> %s", result["test_acc"],
-             result["best_val_acc"], job.output_dir)
+    log.info("done: test %s (best val %s) -> %s", percent(result["test_acc"]),
+             percent(result["best_val_acc"]), job.output_dir)
     value = result.get(cfg.optimized_metric)
     return float("nan") if value is None else float(value)
+
+
+def percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
 
 
 def start(cfg: DictConfig, job: JobInfo, job_dir: JobDir):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from experiments.ranks import SINGLE, Ranks
 from experiments.timing import JobClock, NoClock
@@ -27,6 +27,7 @@ from experiments.training.distributed import MAX, all_reduce
 from experiments.training.interrupts import GO_ON, NEVER, SAVE, Interrupted, Interrupts
 from experiments.training.lookahead import Lookahead
 from experiments.training.options import TrainerOptions
+from experiments.training.progress import EpochBar, interactive
 from experiments.training.sam import SAM
 from experiments.training.schedules import Schedule
 from experiments.training.selection import Monitor
@@ -96,6 +97,7 @@ class Trainer:
         self.steps_taken = 0  # optimizer steps, over the whole run
         self.warmed_up = False  # this process has taken its first step (timed apart)
         self.warmup, self.saving_s = (0.0, 0), 0.0  # in this epoch: (seconds, images); saves
+        self.bar: EpochBar | None = None  # the epoch's progress on the console (fit sets it)
 
     @property
     def eval_model(self) -> nn.Module:
@@ -236,6 +238,8 @@ class Trainer:
             first, step_started = not self.warmed_up, time.perf_counter()
             for (_, targets), (logits, loss) in zip(group, self.optimizer_step(group)):
                 totals.add(logits, loss, targets)
+            if self.bar is not None:  # (every rank's share of the step's images)
+                self.bar.update(sum(len(t) for _, t in group) * self.ranks.world_size)
             if first:  # the process's first step: compile, cuDNN autotuning, first allocations
                 synchronize(self.device)
                 self.warmed_up = True
@@ -313,11 +317,16 @@ class Trainer:
         `state.progress` set). Early stopping fires once its monitor is exhausted. A stop signal
         raises Interrupted, after that checkpoint.
         """
-        state, epochs = state or FitState(), self.options.epochs
+        state = state or FitState()
+        shown = self.options.progress and self.ranks.main  # the bars (training/progress.py)
+        # on a terminal, log lines go above the bar (tqdm.write), never into it
+        with logging_redirect_tqdm() if shown and interactive() else nullcontext():
+            return self.fit_epochs(train, val, state, after_epoch, save, shown)
+
+    def fit_epochs(self, train, val, state: FitState, after_epoch, save, shown: bool) -> FitState:
+        """`fit`'s loop over the epochs."""
+        epochs, started, walls = self.options.epochs, time.perf_counter(), []
         select, stopper = self.monitors(state)
-        bar = tqdm(range(state.epoch + 1, epochs + 1), desc="epochs", unit="epoch",
-                   initial=state.epoch, total=epochs, disable=not self.options.progress,
-                   dynamic_ncols=True)
 
         def save_inside(progress: EpochProgress) -> None:
             state.progress = progress.state_dict()
@@ -325,14 +334,20 @@ class Trainer:
             self.interrupts.saved()
             state.progress = None
 
-        for epoch in bar if not state.early_stopped else ():
+        for epoch in range(state.epoch + 1, epochs + 1) if not state.early_stopped else ():
             resumed = EpochProgress(**state.progress) if state.progress else None
             state.progress = None
             # a resumed epoch's batch size is set again, its lr already scaled (it is restored)
             self.batch_schedule.apply(epoch, train, self.schedule if resumed is None else None)
+            job_eta = sum(walls) / len(walls) * (epochs - epoch + 1) if walls else None
+            self.bar = EpochBar(epoch, epochs, train.num_images, enabled=shown, job_eta_s=job_eta)
             validates = val is not None and (epoch % self.options.val_every == 0
                                              or epoch == epochs)
-            metrics = self.run_epoch(train, val if validates else None, epoch, resumed, save_inside)
+            try:
+                metrics = self.run_epoch(train, val if validates else None, epoch, resumed, save_inside)
+            finally:
+                self.bar.close()
+                self.bar = None
             state.epoch, state.history = epoch, state.history + [{"epoch": epoch, **metrics}]
             warmup_s, warmup_images = self.warmup
             state.train_time_s += metrics[m.EPOCH_S] - warmup_s
@@ -355,13 +370,12 @@ class Trainer:
                 self.interrupts.saved()
             if answer not in (GO_ON, SAVE):
                 raise Interrupted(answer, f"after epoch {epoch}")
-            bar.set_postfix({"loss": f"{metrics[m.TRAIN_LOSS]:.3g}",
-                             **({"val_acc": f"{metrics[m.VAL_ACC]:.3g}"} if m.VAL_ACC in metrics else {})})
+            walls.append(time.perf_counter() - started)
+            started = time.perf_counter()
             if state.early_stopped:
                 log.info("early stopping at epoch %d: %s has not improved for %d epochs",
                          epoch, stopper.key, stopper.patience)
                 break
-        bar.close()
         return state
 
     def use_best_weights(self, state: FitState) -> None:
