@@ -2,6 +2,7 @@
 
 import csv
 import json
+import re
 
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -69,9 +70,18 @@ def test_smoke_job_writes_the_defined_summary_keys_and_metric_names(smoke_job):
     assert set(acc.Tags()["scalars"]) == set(EPOCH_METRICS) | logged
 
 
-def test_progress_bar_shows_epochs_with_eta(smoke_job):
-    _, proc = smoke_job
-    assert "3/3" in proc.stderr and ("epoch/s" in proc.stderr or "s/epoch" in proc.stderr)
+def test_without_a_terminal_the_console_has_one_short_line_per_epoch_and_no_bar(smoke_job):
+    """A pipe (a log file, Slurm's output): no carriage-return bar; each epoch one short line,
+    every metric by its full name in train.log only (the bar on a terminal: test_console.py)."""
+    out, proc = smoke_job
+    console = proc.stdout + proc.stderr
+    assert "\r" not in console
+    for epoch in (1, 2, 3):
+        assert re.search(rf"epoch {epoch}/3  loss \d+\.\d{{3}}  acc \d+\.\d%  val \d+\.\d%  lr \S+  \d+\.\d s\n",
+                         console), console[-2000:]
+    log = (out / "train.log").read_text()
+    assert "train/loss=" not in console and log.count("train/loss=") == 3
+    assert "  acc " not in log  # the console's line is the console's
 
 
 @pytest.mark.parametrize("overrides,message", [

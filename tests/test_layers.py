@@ -1,6 +1,6 @@
 """The import graph: no module imports from a layer above its own, and there is no cycle.
 
-Layers, bottom to top (README "The code"): errors and atomic file writes; data and models;
+Layers, bottom to top (docs/code.md): errors and atomic file writes; data and models;
 batches; training; config; report; the job, the benchmark and the summarize command.
 """
 
@@ -13,6 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [  # (module prefix, layer)
     ("experiments.errors", 0), ("experiments.atomic", 0), ("experiments.values", 0),
     ("experiments.ranks", 0), ("experiments.timing", 0),
+    ("experiments.groups", 0),
     ("experiments.data", 1), ("experiments.models", 1),
     ("experiments.batches", 2),
     ("experiments.training", 3),
@@ -33,7 +34,7 @@ def layer(module: str) -> int:
     for prefix, level in LAYERS:
         if module == prefix or module.startswith(prefix + "."):
             return level
-    raise AssertionError(f"{module} is in no layer: add it to LAYERS and to the README")
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS and to docs/code.md")
 
 
 def imports(path: Path) -> set[str]:

@@ -1,6 +1,7 @@
 """The 2x2x2 grid as a Hydra multirun (smoke sized): 8 jobs, 8 directories, 8 separate runs."""
 
 import json
+import re
 import time
 
 import pytest
@@ -21,6 +22,7 @@ def sweep(tmp_path_factory):
     proc = run_train("-m", "experiment=smoke", *GRID, f"hydra.sweep.dir={sweep_dir}",
                      cwd=sweep_dir.parent, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (sweep_dir.parent / "console.txt").write_text(proc.stdout + proc.stderr)
     return sweep_dir, time.perf_counter() - start
 
 
@@ -34,6 +36,17 @@ def test_grid_writes_eight_named_job_directories(sweep):
         model, optim, aug = name.split("-")[1:]
         assert summary["status"] == "completed"
         assert tuple(summary["choices"][g] for g in ("model", "optim", "aug")) == (model, optim, aug)
+
+
+def test_the_console_says_which_job_of_how_many_runs_and_the_sweeps_eta(sweep):
+    """`job 3/8 2-resnet18-adamw-basic`, then `... done: test 61.2% (4.1 s; sweep ETA 21.0 s)`;
+    the last job has no ETA left to give."""
+    sweep_dir, _ = sweep
+    console = (sweep_dir.parent / "console.txt").read_text()
+    for k, name in enumerate(NAMES, 1):
+        assert f"job {k}/8 {name}\n" in console
+        assert re.search(rf"job {k}/8 {name} done: test \d+\.\d% \([^)]*" + ("\\)" if k == 8 else "; sweep ETA"),
+                         console), name
 
 
 def test_every_smoke_job_learns(sweep):

@@ -263,8 +263,8 @@ def test_the_speedrun_preset_runs_at_smoke_size_and_learns(tmp_path):
 
 def test_airbench_runs_at_smoke_size_learns_and_its_time_adds_up_to_the_wall_time(tmp_path):
     """As a user runs it: `time_s`'s sections add up to its wall, `rest` (what no section
-    claims) stays under 3% of it, and the wall is the process's own time but for the
-    interpreter's start and end (timed from outside)."""
+    claims) stays under 3% of it, and the wall is the process's time, timed from outside, but
+    for the interpreter's start and exit."""
     started = time.perf_counter()
     done = run_train("experiment=airbench", "size=smoke", "logger=tensorboard", "trainer.progress=false",
                      f"hydra.run.dir={tmp_path}", cwd=tmp_path)
@@ -278,7 +278,9 @@ def test_airbench_runs_at_smoke_size_learns_and_its_time_adds_up_to_the_wall_tim
     assert all(t[k] >= 0 for k in sections) and t["rest"] < 0.03 * t["wall"], t
     assert t["train"] == pytest.approx(summary["train_time_s"], abs=0.01)
     assert t["validation"] == 0 and t["test"] > 0 and t["startup"] > 0 and t["warmup"] > 0
-    assert 0.85 * outside < t["wall"] <= outside, (t["wall"], outside)
+    # outside the wall: the interpreter's start and its exit after summary.json is written (the
+    # teardown of torch's and timm's modules: 0.8-1.8 s here, 2026-12-01)
+    assert t["wall"] <= outside < t["wall"] + 4.0, (t["wall"], outside)
 
 
 def test_checkpoint_every_and_val_every_thin_out_checkpoints_and_validations(tmp_path):

@@ -31,6 +31,19 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 log = logging.getLogger(__name__)
 
 
+
+def swept_keys(argv: list[str]) -> set[str]:
+    """The keys the command line sweeps (`optim.lr=0.05,0.1`, `seed=range(3)`, ...): a job's
+    name shows its values of them (config/resolvers.py), a trial's its searched ones."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    try:
+        parsed = OverridesParser.create().parse_overrides(
+            [a for a in argv if "=" in a and not a.startswith("-")])
+    except Exception:  # not a Hydra command line (e.g. the compose API in tests)
+        return set()
+    return {o.key_or_group for o in parsed if o.is_sweep_override()}
+
 def stored_trials(study_name: str | None, storage) -> int:
     """How many trials the stored study has (0: in memory, or not created yet)."""
     if storage is None:
@@ -107,7 +120,6 @@ def short_keys(keys: list[str]) -> dict[str, str]:
 def searched_keys(params, argv: list[str]) -> list[str]:
     """The keys Optuna samples: those of hydra.sweeper.params whose value is a search space (not
     a fixed value), then the command line's sweeps (`optim=sgd,adamw`, `optim.lr=interval(...)`)."""
-    from experiments.config.resolvers import swept_keys
 
     parser = OverridesParser.create()
     keys = []

@@ -8,22 +8,12 @@ import os
 import sys
 from datetime import datetime
 
-from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
 from experiments.config.groups import NAMED_GROUPS
+from experiments.config.optuna import swept_keys, trial_subdir
 
 log = logging.getLogger(__name__)
-
-
-def swept_keys(argv: list[str]) -> set[str]:
-    """The keys the command line sweeps (`optim.lr=0.05,0.1`, `seed=range(3)`, ...)."""
-    try:
-        parsed = OverridesParser.create().parse_overrides(
-            [a for a in argv if "=" in a and not a.startswith("-")])
-    except Exception:  # not a Hydra command line (e.g. the compose API in tests)
-        return set()
-    return {o.key_or_group for o in parsed if o.is_sweep_override()}
 
 
 def job_suffix(task_overrides) -> str:
@@ -39,8 +29,6 @@ def job_suffix(task_overrides) -> str:
 def trial_name(task_overrides, params) -> str:
     """An Optuna trial's sampled values, `lr=0.0123-wd=3e-4-bs=64` (experiments.config.optuna):
     conf/hparams_search/optuna.yaml names its trials' directories by them."""
-    from experiments.config.optuna import trial_subdir
-
     return trial_subdir(task_overrides, params)
 
 

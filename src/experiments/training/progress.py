@@ -52,9 +52,8 @@ class EpochBar:
         self.bar = None
         if enabled and self.terminal:
             self.bar = tqdm(total=images, desc=f"epoch {epoch}/{epochs}", unit="img",
-                            unit_scale=True, leave=False, dynamic_ncols=True, smoothing=0.1)
-            if job_eta_s is not None:
-                self.bar.set_postfix_str(f"job ETA {duration(job_eta_s)}", refresh=False)
+                            unit_scale=True, leave=False, dynamic_ncols=True, smoothing=0.1,
+                            postfix=f"job ETA {duration(job_eta_s)}" if job_eta_s is not None else None)
 
     def update(self, images: int) -> None:
         self.done += images
