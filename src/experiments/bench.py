@@ -19,7 +19,6 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import statistics
 import tempfile
@@ -63,26 +62,27 @@ def endless(batches):
         yield from batches
 
 
+STARTED_ITERATORS = []  # every loader's iterator, alive until the benchmark's process ends
+
+
 def images_per_s(batches, count: int, device: torch.device, warmup: int = 2) -> float:
     """Throughput of drawing `count` batches after `warmup` (worker start-up is not counted),
     over as many passes of `batches` as that takes."""
     it = endless(batches)
-    try:
-        for _ in range(warmup):
-            next(it)
-        synchronize(device)
-        start, seen = time.perf_counter(), 0
-        for _ in range(count):
-            images, _ = next(it)
-            seen += len(images)
-        synchronize(device)
-        return seen / (time.perf_counter() - start)
-    finally:
-        # the DataLoader iterator inside ends here, in this process: left to the garbage
-        # collector, a copy of it forked into the next loader's workers would be collected
-        # there, and its __del__ print "AssertionError: can only test a child process"
-        it.close()
-        gc.collect()
+    for _ in range(warmup):
+        next(it)
+    synchronize(device)
+    start, seen = time.perf_counter(), 0
+    for _ in range(count):
+        images, _ = next(it)
+        seen += len(images)
+    synchronize(device)
+    # `it` is kept, not closed: closing a DataLoader iterator with batches in flight joins its
+    # workers (up to 5 s each: the --quick run took 82 s instead of 39 s); left as garbage, a
+    # copy forked into the next loader's workers was collected there, whose __del__ printed
+    # "AssertionError: can only test a child process"
+    STARTED_ITERATORS.append(it)
+    return seen / (time.perf_counter() - start)
 
 
 AUG_ROWS = {"basic": 32, "advanced": 32, "rrc": 64}  # option: stored (= output) image size
