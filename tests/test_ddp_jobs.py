@@ -17,8 +17,8 @@ import yaml
 
 from conftest import ROOT, run_train
 
-# one worker runs every test that starts DDP ranks (test_interrupts.py's too): `no_rank_left`
-# looks for any spawned rank on the machine
+# one worker runs every test that starts DDP ranks (test_interrupts.py's too): two DDP jobs at
+# once would put 4 ranks on the 2 cores
 pytestmark = pytest.mark.xdist_group("ddp_jobs")
 
 SMOKE = ["experiment=smoke", "logger=none", "trainer.progress=false"]
@@ -29,10 +29,19 @@ def summary(job_dir: Path) -> dict:
     return json.loads((job_dir / "summary.json").read_text())
 
 
-def no_rank_left() -> bool:
-    """No spawned rank is still running (multiprocessing's spawn names itself in the command line)."""
+def no_rank_left(cwd: Path) -> bool:
+    """No rank spawned by a job started in `cwd` is still running: multiprocessing's spawn names
+    itself in the command line, and a spawned rank keeps its parent's working directory (other
+    tests' ranks, on the other worker, run in their own)."""
     out = subprocess.run(["pgrep", "-f", "multiprocessing.spawn"], capture_output=True, text=True)
-    return out.stdout.strip() == ""
+    for pid in out.stdout.split():
+        try:
+            where = os.readlink(f"/proc/{pid}/cwd")
+        except OSError:  # ended meanwhile
+            continue
+        if Path(where).is_relative_to(cwd):
+            return False
+    return True
 
 
 # what else runs under DDP, together: SAM (both passes all-reduced), EMA, mixing, gradient
@@ -88,7 +97,7 @@ def test_a_killed_ddp_job_resumes_into_one_job_directory_owned_by_rank_0(tmp_pat
         ".hydra", "config.yaml", "metrics.csv", "model.pt", "summary.json", "train.log",
         "train.rank1.log"]
     assert (run / "train.rank1.log").read_text().count("(rank 1 of 2)") == 2  # its two runs
-    assert no_rank_left()
+    assert no_rank_left(tmp_path)
 
 
 def test_in_a_sweep_of_ddp_jobs_a_failing_rank_fails_its_job_fast_and_the_others_run(tmp_path):
@@ -109,5 +118,5 @@ def test_in_a_sweep_of_ddp_jobs_a_failing_rank_fails_its_job_fast_and_the_others
     assert killed["error"] == "rank 1: it was killed (signal 9)"
     assert fine["status"] == "completed" and fine["world_size"] == 2
     assert took < 180, took  # the three in minutes: no failure waited out a collective's timeout (30 min)
-    assert no_rank_left()
+    assert no_rank_left(tmp_path)
 
