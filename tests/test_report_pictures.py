@@ -205,3 +205,25 @@ def test_a_256_job_sweep_reports_in_bounded_time_with_bounded_pictures(tmp_path)
     sizes = {png: png_size(sweep / "plots" / png) for png in plots.ALL_PLOTS}
     assert all(w <= plots.MAX_PX and h <= plots.MAX_PX for w, h in sizes.values()), sizes
     assert sizes["best_val_acc.png"][1] < 1200 and sizes["epochs.png"][1] < 1200  # 20 bars, not 256
+
+
+def test_the_sweep_callback_reads_an_ended_job_once_and_a_rewritten_one_again(tmp_path, monkeypatch):
+    """The rebuild after every job (report/callbacks.py) keeps the jobs that ended: one whose
+    summary.json is rewritten (a rerun) is read again, the others are not."""
+    import json
+
+    from experiments.report import sweep as sweep_module
+
+    jobs = grid_sweep(tmp_path, seeds=2, factors={"model": ["a", "b"]}, epochs=2)
+    cache, reads = {}, []
+    load = sweep_module.load_job
+    monkeypatch.setattr(sweep_module, "load_job", lambda d, s: reads.append(d.name) or load(d, s))
+    first = sweep_module.load_sweeps([tmp_path], cache)
+    assert len(reads) == len(jobs) == 4
+    summary = jobs[1] / "summary.json"
+    rerun = {**json.loads(summary.read_text()), "test_acc": 0.123}
+    time.sleep(0.01)  # (a new modification time)
+    summary.write_text(json.dumps(rerun))
+    again = sweep_module.load_sweeps([tmp_path], cache)
+    assert reads[4:] == [jobs[1].name]
+    assert again[1].summary["test_acc"] == 0.123 and again[0] is first[0]

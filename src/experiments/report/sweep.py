@@ -23,6 +23,7 @@ from experiments.report.job_summary import (
     FLOATS,
     NESTED,
     RESULT_COLUMNS,
+    SUMMARY_FILE,
     pid_alive,
     read_summary,
 )
@@ -130,8 +131,31 @@ def selected_epoch(metrics: list[dict[str, float]], monitor: str) -> dict[str, A
             "best_epoch": int(best[EPOCH]) if EPOCH in best else None}
 
 
-def load_sweeps(roots: list[Path]) -> list[Job]:
-    return [load_job(d, Path(root).name) for root in roots for d in find_job_dirs(Path(root))]
+ENDED = ("completed", "failed")  # a job that will not change (until it is rerun: a new summary)
+
+
+def load_sweeps(roots: list[Path], cache: dict | None = None) -> list[Job]:
+    """Every job of the sweeps under `roots`. With `cache` (a dict the caller keeps between
+    calls: the sweep callback, rebuilding after every job), an ended job whose summary.json has
+    not changed since is not read again: a rebuild of a 1,024-job sweep read every job in
+    0.7 s (2-core CPU, 2026-12-01), after each of its jobs."""
+    return [cached_job(d, Path(root).name, cache) for root in roots for d in find_job_dirs(Path(root))]
+
+
+def cached_job(job_dir: Path, sweep: str, cache: dict | None) -> Job:
+    if cache is None:
+        return load_job(job_dir, sweep)
+    try:
+        stamp = (job_dir / SUMMARY_FILE).stat().st_mtime_ns
+    except OSError:
+        stamp = None
+    hit = cache.get(job_dir)
+    if hit is not None and hit[0] == stamp and stamp is not None:
+        return hit[1]
+    job = load_job(job_dir, sweep)
+    if job.summary.get("status") in ENDED:
+        cache[job_dir] = (stamp, job)
+    return job
 
 
 # --- one row per job -------------------------------------------------------------------------
