@@ -21,9 +21,6 @@ from experiments.training.sam import SAM
 from experiments.training.selection import Monitor
 from support.jobs import run_here
 
-# its module-scoped fixture is built once: the tests stay on one xdist worker (pyproject.toml)
-pytestmark = pytest.mark.xdist_group("test_bad_input")
-
 BASE = ["experiment=smoke", "logger=none", "trainer.epochs=1", "trainer.progress=false"]
 # name: (python flags, overrides, what the message must say); the smoke training set has 768 images
 CASES = {

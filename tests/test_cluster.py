@@ -18,9 +18,6 @@ import pytest
 
 from conftest import ROOT, run_train
 
-# its module-scoped fixture is built once: the tests stay on one xdist worker (pyproject.toml)
-pytestmark = pytest.mark.xdist_group("test_cluster")
-
 SMOKE = ["experiment=smoke", "logger=none", "trainer.progress=false", "trainer.epochs=1"]
 TWO_TASKS = ["hydra.launcher.tasks_per_node=2", "hydra.launcher.cpus_per_task=1",
              "hydra.launcher.gpus_per_node=null", "hydra.launcher.timeout_min=10"]

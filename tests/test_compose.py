@@ -10,9 +10,6 @@ from conftest import CONF
 from experiments.batches.augment import BatchAugment
 from experiments.batches.device import Normalize
 
-# its module-scoped fixture is built once: the tests stay on one xdist worker (pyproject.toml)
-pytestmark = pytest.mark.xdist_group("test_compose")
-
 MODELS, AUGS, OPTIMS, SCHEDS = (sorted(p.stem for p in (CONF / g).glob("*.yaml"))
                                 for g in ("model", "aug", "optim", "sched"))
 

@@ -12,14 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import yaml
 
 from conftest import ROOT, run_train
-
-# one worker runs every test that starts DDP ranks (test_interrupts.py's too): two DDP jobs at
-# once would put 4 ranks on the 2 cores
-pytestmark = pytest.mark.xdist_group("ddp_jobs")
 
 SMOKE = ["experiment=smoke", "logger=none", "trainer.progress=false"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # per rank: two ranks of two threads oversubscribe 2 cores

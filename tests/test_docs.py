@@ -17,9 +17,6 @@ from omegaconf import OmegaConf
 from conftest import CONF, ROOT
 from experiments.errors import ConfigError
 
-# its module-scoped fixture is built once: the tests stay on one xdist worker (pyproject.toml)
-pytestmark = pytest.mark.xdist_group("test_docs")
-
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 MAX_README_LINES = 450

@@ -12,9 +12,6 @@ from experiments import evaluate
 from experiments.errors import ConfigError
 from support.jobs import run_here
 
-# its module-scoped fixture is built once: the tests stay on one xdist worker (pyproject.toml)
-pytestmark = pytest.mark.xdist_group("test_evaluate")
-
 TINY = ["experiment=smoke", "logger=none", "trainer.progress=false", "model=preact", "model.width=4",
         "data.train_size=256", "data.val_size=64", "data.test_size=64", "trainer.epochs=2"]
 

@@ -30,9 +30,6 @@ from experiments.training.param_groups import param_groups
 from experiments.training.schedules import warmup_cosine
 from support.pickles import creates
 
-# its module-scoped fixture is built once: the tests stay on one xdist worker (pyproject.toml)
-pytestmark = pytest.mark.xdist_group("test_finetune")
-
 NAME = "test_resnet"  # timm's 0.5M-parameter test model, pretrained at 160 px, mean/std 0.5
 
 

@@ -18,9 +18,6 @@ from experiments.job import build_loaders, build_model, build_trainer
 from experiments.training.batch_schedule import BatchSchedule
 from support.batches import PreMadeBatches
 
-# its module-scoped fixture is built once: the tests stay on one xdist worker (pyproject.toml)
-pytestmark = pytest.mark.xdist_group("test_grid")
-
 MODELS = sorted(p.stem for p in (CONF / "model").glob("*.yaml"))
 PRESETS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
 CPU = torch.device("cpu")

@@ -127,7 +127,6 @@ def test_checkpoints_on_the_clock_lose_at_most_their_interval_to_a_kill(tmp_path
     assert_same_numbers(out, clean)
 
 
-@pytest.mark.xdist_group("ddp_jobs")  # with test_ddp_jobs.py: its check for left ranks sees all
 def test_sigterm_stops_every_rank_of_a_ddp_job_at_one_step_and_its_rerun_completes(tmp_path):
     run = tmp_path / "run"
     command = ["experiment=smoke", "logger=none", "trainer.progress=false", "trainer.devices=2",

@@ -12,9 +12,6 @@ from experiments.report.job_summary import COMPLETED, LOGGED_RESULTS, keys_for
 from experiments.training.metrics import EPOCH, EPOCH_METRICS
 from support.jobs import run_here
 
-# its module-scoped fixture is built once: the tests stay on one xdist worker (pyproject.toml)
-pytestmark = pytest.mark.xdist_group("test_jobs")
-
 TAGS = {"train/loss", "train/acc", "val/loss", "val/acc", "train/lr"}
 
 

@@ -10,9 +10,6 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from conftest import run_train
 
-# its module-scoped fixture is built once: the tests stay on one xdist worker (pyproject.toml)
-pytestmark = pytest.mark.xdist_group("test_multirun")
-
 GRID = ["model=resnet18,preact", "optim=sgd,adamw", "aug=basic,advanced"]
 NAMES = [f"{i}-{m}-{o}-{a}" for i, (m, o, a) in enumerate(
     (m, o, a) for m in ("resnet18", "preact") for o in ("sgd", "adamw") for a in ("basic", "advanced"))]
