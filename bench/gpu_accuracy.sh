@@ -40,7 +40,10 @@ out, preset = Path(sys.argv[1]), sys.argv[2]
 runs = [json.loads(p.read_text()) for p in sorted(out.glob("*/summary.json"))]
 pct = lambda v: "n/a" if v is None else f"{100 * v:.2f}%"
 for s in runs:
-    print(f"{s['name']}: status {s['status']}, {s['epochs_completed']} epochs, "
+    if s["status"] != "completed":
+        print(f"{s['name']}: {s['status']} after {s['epochs_completed']} epochs: {s.get('error')}")
+        continue
+    print(f"{s['name']}: {s['epochs_completed']} epochs, "
           f"{s['train_time_s']:.2f} s of training ({s['time_s']['wall']:.0f} s wall), "
           f"{s['precision']} on {s['device']}; test {pct(s['test_acc'])} (final weights "
           f"{pct(s['test_acc_final'])}, TTA {pct(s['test_tta_acc'])}, best val {pct(s['best_val_acc'])})")
