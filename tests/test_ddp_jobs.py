@@ -102,8 +102,7 @@ def test_in_a_sweep_of_ddp_jobs_a_failing_rank_fails_its_job_fast_and_the_others
     done = run_train("-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", *SMOKE, "model=lenet",
                      "model._target_=support.faulty.FailingLeNet",
                      "+model.fault=raise,kill,none", "trainer.devices=2", "trainer.epochs=1",
-                     f"hydra.sweep.dir={sweep}", cwd=tmp_path, fresh=True,  # (loky in a fork of the
-                     # test process hung: a new interpreter, as a user starts it)
+                     f"hydra.sweep.dir={sweep}", cwd=tmp_path,
                      env={**ONE_THREAD, "PYTHONPATH": os.pathsep.join([str(ROOT / "tests"), *sys.path])})
     took = time.monotonic() - started
     assert done.returncode != 0  # a sweep with a failed job says so
