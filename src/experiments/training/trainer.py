@@ -238,13 +238,12 @@ class Trainer:
             first, step_started = not self.warmed_up, time.perf_counter()
             for (_, targets), (logits, loss) in zip(group, self.optimizer_step(group)):
                 totals.add(logits, loss, targets)
-            images = sum(len(t) for _, t in group)  # this rank's, of this step
-            if self.bar is not None:
-                self.bar.update(images * self.ranks.world_size)
+            if self.bar is not None:  # (every rank's share of the step's images)
+                self.bar.update(sum(len(t) for _, t in group) * self.ranks.world_size)
             if first:  # the process's first step: compile, cuDNN autotuning, first allocations
                 synchronize(self.device)
                 self.warmed_up = True
-                self.warmup = (time.perf_counter() - step_started, images)
+                self.warmup = (time.perf_counter() - step_started, sum(len(t) for _, t in group))
             answer = self.ask_interrupts()
             if answer != GO_ON:
                 synchronize(self.device)
