@@ -16,7 +16,7 @@ import time
 import pytest
 
 from conftest import ROOT, run_train
-from support.forked import fork, kill_and_rerun, signal_at_step, signal_during_validation, wait
+from support.forked import fork, kill_after_checkpoint, signal_at_step, signal_during_validation, wait
 from support.jobs import run_here
 
 # 12 optimizer steps per epoch (384 training images in batches of 32), about 1 s a job
@@ -113,7 +113,15 @@ def test_checkpoints_on_the_clock_lose_at_most_their_interval_to_a_kill(tmp_path
     # after the first, inside epoch 1
     args = [*TINY, "trainer.checkpoint_every_min=1e-9"]
     clean, out = tmp_path / "clean", tmp_path / "killed"
-    kill_and_rerun(args, out, clean, reference_args=TINY)  # (the interval changes no number)
+    reference = fork(lambda: run_here(TINY, clean))  # (the interval changes no number)
+
+    def crash():
+        kill_after_checkpoint()
+        run_here(args, out)
+
+    assert wait(fork(crash)) == -9
+    assert wait(fork(lambda: run_here(args, out))) == 0
+    assert wait(reference) == 0
     resumed = summary(out)
     assert resumed["resumed_from_epoch"] == 0 and resumed["resumed_from_step"] >= 2
     assert_same_numbers(out, clean)

@@ -25,7 +25,7 @@ from experiments.training.lookahead import Lookahead
 from experiments.training.options import LookaheadOptions
 from experiments.training.schedules import linear_warmup_decay, warmup_cosine
 from experiments.training.trainer import tta_log_probs
-from support.forked import kill_and_rerun
+from support.forked import fork, kill_after_checkpoint, wait
 from support.jobs import run_here
 
 SPEEDRUN = ["experiment=speedrun", "data=synthetic", "data.num_classes=100"]  # the real shapes
@@ -314,7 +314,15 @@ def test_a_job_killed_between_sparse_checkpoints_resumes_to_the_uninterrupted_nu
             "model.width=4", "data.train_size=448", "data.val_size=64", "data.test_size=64",
             "trainer.epochs=4", "trainer.checkpoint_every=2"]
     clean, killed = tmp_path / "clean", tmp_path / "killed"
-    kill_and_rerun(args, killed, clean)
+    reference = fork(lambda: run_here(args, clean))
+
+    def crash():
+        kill_after_checkpoint()
+        run_here(args, killed)
+
+    assert wait(fork(crash)) == -9
+    assert wait(fork(lambda: run_here(args, killed))) == 0
+    assert wait(reference) == 0
     resumed, uninterrupted = (json.loads((o / "summary.json").read_text()) for o in (killed, clean))
     assert resumed["resumed_from_epoch"] == 2
     for key in ("test_acc", "test_loss", "best_val_acc", "best_epoch", "epochs_completed"):

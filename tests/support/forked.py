@@ -96,21 +96,3 @@ def signal_during_validation(signum: int) -> None:
         return evaluate(self, *args, **kwargs)
 
     Trainer.evaluate = evaluating
-
-
-def kill_and_rerun(args: list[str], killed, clean, reference_args: list[str] | None = None) -> None:
-    """The resume check's three runs, as `python train.py` runs them (support/jobs.py): a
-    reference run of `reference_args` (default: `args`) into `clean`, side by side with a run
-    of `args` into `killed` that is SIGKILLed two steps after its first checkpoint, then the
-    same command again into `killed`, to its end. The callers compare the two directories."""
-    from support.jobs import run_here
-
-    reference = fork(lambda: run_here(reference_args or args, clean))  # 2 cores: side by side
-
-    def crash():
-        kill_after_checkpoint()
-        run_here(args, killed)
-
-    assert wait(fork(crash)) == -9
-    assert wait(fork(lambda: run_here(args, killed))) == 0
-    assert wait(reference) == 0
