@@ -14,7 +14,7 @@ from pathlib import Path
 
 import yaml
 
-from conftest import ROOT, run_train
+from conftest import ROOT, run_train, start_train
 
 SMOKE = ["experiment=smoke", "logger=none", "trainer.progress=false"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # per rank: two ranks of two threads oversubscribe 2 cores
@@ -68,9 +68,7 @@ def test_a_killed_ddp_job_resumes_into_one_job_directory_owned_by_rank_0(tmp_pat
     # checkpoint, the same command again
     run = tmp_path / "run"
     command = [*SMOKE, "trainer.devices=2", "trainer.epochs=3", f"hydra.run.dir={run}"]
-    env = {**os.environ, **ONE_THREAD, "WANDB_SILENT": "true"}
-    job = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *command], cwd=tmp_path, env=env,
-                           start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    job = start_train(*command, cwd=tmp_path, env=ONE_THREAD, new_session=True)
     deadline = time.monotonic() + 240
     while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline and job.poll() is None:
         time.sleep(0.2)

@@ -7,15 +7,12 @@ process (support/forked.py); the last test signals `python train.py` on 2 DDP ra
 
 import csv
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from conftest import ROOT, run_train
+from conftest import run_train, start_train
 from support.forked import fork, kill_after_checkpoint, signal_at_step, signal_during_validation, wait
 from support.jobs import run_here
 
@@ -131,16 +128,14 @@ def test_sigterm_stops_every_rank_of_a_ddp_job_at_one_step_and_its_rerun_complet
     run = tmp_path / "run"
     command = ["experiment=smoke", "logger=none", "trainer.progress=false", "trainer.devices=2",
                "trainer.epochs=2", "trainer.keep_checkpoint=true", f"hydra.run.dir={run}"]
-    env = {**os.environ, "WANDB_SILENT": "true"}
-    job = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *command], cwd=tmp_path, env=env,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    job = start_train(*command, cwd=tmp_path)
     deadline = time.monotonic() + 240
     while not (run / "checkpoint.pt").exists() and time.monotonic() < deadline and job.poll() is None:
         time.sleep(0.05)
     time.sleep(0.3)  # inside epoch 2
     job.send_signal(signal.SIGTERM)  # to rank 0 only: it decides for both
     started = time.monotonic()
-    assert job.wait(timeout=60) == 128 + signal.SIGTERM, job.stderr.read()[-3000:]
+    assert job.wait(timeout=60) == 128 + signal.SIGTERM, job.output()[1][-3000:]
     assert time.monotonic() - started < 20  # within seconds
     stopped = summary(run)
     assert stopped["status"] == "interrupted" and stopped["epochs_completed"] == 1

@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -12,19 +11,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import ROOT, run_train
+from conftest import run_train, start_train
 from experiments.data import load_splits
 from experiments.task import explain
 from support.archives import write_cifar_archive
 from support.jobs import run_here
 
 SMOKE = ["experiment=smoke", "trainer.epochs=4", "logger=tensorboard"]
-
-
-def start_train(*args, cwd):
-    env = {**os.environ, "WANDB_SILENT": "true"}
-    return subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=cwd, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def kill_after_checkpoint(proc, checkpoint, timeout=120):
