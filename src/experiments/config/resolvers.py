@@ -90,10 +90,16 @@ def imagenet_stats(which: str, channels: int) -> list[float]:
     return list(values) if channels == 3 else [round(sum(values) / 3, 4)] * channels
 
 
+def batch_scaled(value: float, at_batch: int, batch: int) -> float:
+    """${batch_scaled:VALUE,AT_BATCH,${trainer.batch_size}}: VALUE at batch AT_BATCH, in
+    proportion to the batch elsewhere (a learning rate set per image, on the batch's mean loss)."""
+    return value * batch / at_batch
+
+
 def register_resolvers() -> None:
     for name, fn in (("job_suffix", job_suffix), ("folder_classes", folder_classes),
                      ("named_choices", named_choices), ("smoke_width", smoke_width),
                      ("imagenet_stats", imagenet_stats), ("run_time", run_time),
-                     ("trial_name", trial_name)):
+                     ("trial_name", trial_name), ("batch_scaled", batch_scaled)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
