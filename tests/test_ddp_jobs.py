@@ -12,9 +12,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import yaml
 
 from conftest import ROOT, run_train, start_train
+from experiments.timing import SECTIONS
 
 SMOKE = ["experiment=smoke", "logger=none", "trainer.progress=false"]
 ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # per rank: two ranks of two threads oversubscribe 2 cores
@@ -90,6 +92,10 @@ def test_a_killed_ddp_job_resumes_into_one_job_directory_owned_by_rank_0(tmp_pat
         ".hydra", "config.yaml", "metrics.csv", "model.pt", "summary.json", "train.log",
         "train.rank1.log"]
     assert (run / "train.rank1.log").read_text().count("(rank 1 of 2)") == 2  # its two runs
+    # every second of the resumed run is in a section, waiting for rank 1 to exit in `shutdown`
+    t = result["time_s"]
+    assert sum(t[k] for k in (*SECTIONS, "rest")) == pytest.approx(t["wall"], abs=0.01)
+    assert t["shutdown"] < 1.0 and t["rest"] < 0.03 * t["wall"], t  # (the ranks end at once: spawn.py)
     assert no_rank_left(tmp_path)
 
 

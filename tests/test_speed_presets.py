@@ -20,6 +20,7 @@ from experiments.config.checks import check_config
 from experiments.data import load_splits
 from experiments.job import build_model, build_optimizer, build_trainer, init_from_data
 from experiments.models import AirbenchNet, SpeedResNet
+from experiments.timing import SECTIONS
 from experiments.training.batch_schedule import BatchSchedule
 from experiments.training.lookahead import Lookahead
 from experiments.training.options import LookaheadOptions
@@ -286,7 +287,7 @@ def test_airbench_runs_at_smoke_size_learns_and_its_time_adds_up_to_the_wall_tim
     # diverged to 0.31 without the lookahead)
     assert summary["test_acc"] > 0.9 and summary["test_tta_acc"] > 0.9
     t = summary["time_s"]
-    sections = ("startup", "warmup", "train", "validation", "checkpoint", "test", "logging", "rest")
+    sections = (*SECTIONS, "rest")
     assert sum(t[k] for k in sections) == pytest.approx(t["wall"], abs=0.01)
     assert all(t[k] >= 0 for k in sections) and t["rest"] < 0.03 * t["wall"], t
     assert t["train"] == pytest.approx(summary["train_time_s"], abs=0.01)

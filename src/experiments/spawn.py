@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
+import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -158,6 +160,13 @@ def rank_main(target: Callable, rank_job: RankJob, ranks: Ranks, port: int, time
                           timeout=timedelta(seconds=timeout_s))
     store.set(started_key(ranks.rank), "1")
     target(rank_job, ranks, store, failures)
+    # done (its process group left, its log written): it ends here, not through the interpreter's
+    # teardown of torch's and timm's modules, which rank 0 (and a sweep's next job) waited for:
+    # 1.5-3.5 s a smoke job under trainer.devices=2, 0.08 s this way (this CPU, 2026-12-02)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def started_key(rank: int) -> str:

@@ -148,7 +148,9 @@ def train_ranks(cfg: DictConfig, options, job: JobInfo, record: dict, checkpoint
                      interrupts=interrupts, clock=clock)
     ranks = Ranks(0, options.devices, 0, options.devices)
     rank_job = RankJob(OmegaConf.to_container(cfg, resolve=True), record, options, job)
-    with RankProcesses(options.devices, rank_job, options.collective_timeout_s, run_rank) as others:
+    processes = RankProcesses(options.devices, rank_job, options.collective_timeout_s, run_rank)
+    # (their start is start-up; waiting for them to exit at the end is `shutdown`)
+    with clock.around("shutdown", processes, entering=False) as others:
         try:
             return train(cfg, options, job, record, checkpoint, summary, ranks, others.store,
                          interrupts, clock)

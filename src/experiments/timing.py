@@ -4,8 +4,9 @@ At 1-2 s per epoch (the speed presets) the framework's own costs decide the resu
 says how its wall time divides: start-up (imports for the first job of a process, the data, the
 model, resuming), warm-up (the job's first optimizer step: compile, cuDNN's autotuning, the
 allocator's first blocks), training passes, validation, checkpointing (model.pt included), test,
-logging (TensorBoard, W&B, metrics.csv, summary.json while running, the console) and the rest
-(what no section claims: Python between them). The sections add up to `wall` by construction;
+logging (TensorBoard, W&B, metrics.csv, summary.json while running, the console), shutdown
+(under trainer.devices=N, rank 0 waiting for the ranks it started to exit) and the rest (what no
+section claims: Python between them). The sections add up to `wall` by construction;
 what the accounting is worth is how small `rest` stays (tests/test_speed_presets.py checks it).
 
 Each section ends at a point where the GPU has finished its work (the trainer synchronizes after
@@ -16,9 +17,9 @@ for its own kernels, not for the previous section's queue.
 from __future__ import annotations
 
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
-SECTIONS = ("startup", "warmup", "train", "validation", "checkpoint", "test", "logging")
+SECTIONS = ("startup", "warmup", "train", "validation", "checkpoint", "test", "logging", "shutdown")
 
 _process_start: float | None = None
 
@@ -63,10 +64,11 @@ class JobClock:
                 self.open[-1][2] += spent
 
     @contextmanager
-    def around(self, section: str, manager):
+    def around(self, section: str, manager, entering: bool = True):
         """`with clock.around("logging", tracker) as t:` charges the manager's entering and
-        leaving (a W&B run's start and finish) to `section`, not what runs inside."""
-        with self(section):
+        leaving (a W&B run's start and finish) to `section`, not what runs inside; with
+        `entering=False` its leaving only (the entering stays with the enclosing section)."""
+        with self(section) if entering else nullcontext():
             value = manager.__enter__()
         try:
             yield value
