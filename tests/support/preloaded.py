@@ -39,10 +39,8 @@ PRELOAD = [
 ]
 
 
-def _context():
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(PRELOAD)  # (taken when the server starts: this process's first job)
-    return context
+FORKSERVER = multiprocessing.get_context("forkserver")
+FORKSERVER.set_forkserver_preload(PRELOAD)  # (read when the server starts: this process's first job)
 
 
 class Started:
@@ -53,7 +51,7 @@ class Started:
         self.command, self._outputs = command, tempfile.TemporaryDirectory()
         self._out, self._err = Path(self._outputs.name) / "stdout", Path(self._outputs.name) / "stderr"
         args = (command[1:], str(cwd), env, str(self._out), str(self._err), new_session)
-        self._process = _context().Process(target=_main, args=args)
+        self._process = FORKSERVER.Process(target=_main, args=args)
         self._process.start()
         self.pid = self._process.pid
 

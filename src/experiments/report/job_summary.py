@@ -77,8 +77,8 @@ class JobSummary:
     compile: str | None = only(COMPLETED)  # null (off), compiled, or "eager fallback: ..."
     pretrained: str | None = only(COMPLETED)  # the weights' file or cache entry; null: from scratch
     wandb_id: str | None = only(COMPLETED)
-    # seconds of the job's wall time by section: startup, warmup, train, validation,
-    # checkpoint, test, logging, rest, wall (experiments/timing.py)
+    # seconds of the job's wall time by section, with `rest` and `wall` (experiments/timing.py:
+    # SECTIONS)
     time_s: dict | None = only(COMPLETED)
     # running jobs only: whose process writes it, so a reader tells running from killed
     pid: int | None = only(RUNNING)
