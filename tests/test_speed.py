@@ -2,10 +2,13 @@
 
 import json
 import math
+import multiprocessing
+from contextlib import closing
 
+import pytest
 import torch
 
-from experiments import bench
+from experiments import bench, task
 from experiments.batches.augment import BatchAugment
 from experiments.batches.baselines import PilLoader, UnseededSplit, pil_transform, unseeded
 from experiments.batches.device import DeviceLoader, Normalize
@@ -54,9 +57,9 @@ def test_dataloader_augmentations_do_not_depend_on_the_workers():
     transform = torchvision_transform(BatchAugment(4, True, 15.0, 0.5), MEAN, STD, 32)
     passes = []
     for workers in (0, 2):
-        loader = WorkerLoader(split, 16, transform, device="cpu", workers=workers, shuffle=True,
-                              drop_last=True, seed=3)
-        passes.append([torch.cat([x for x, _ in loader]) for _ in range(2)])
+        with closing(WorkerLoader(split, 16, transform, device="cpu", workers=workers, shuffle=True,
+                                  drop_last=True, seed=3)) as loader:
+            passes.append([torch.cat([x for x, _ in loader]) for _ in range(2)])
     assert torch.equal(passes[0][0], passes[1][0]) and torch.equal(passes[0][1], passes[1][1])
     assert not torch.equal(passes[0][0], passes[0][1])
 
@@ -69,6 +72,22 @@ def test_both_paths_train_a_smoke_job_to_a_finite_loss(tmp_path):
         assert summary["status"] == "completed" and math.isfinite(summary["test_loss"])
         rows = (out / "metrics.csv").read_text().splitlines()
         assert math.isfinite(float(rows[1].split(",")[rows[0].split(",").index("train/loss")]))
+        # its loaders' persistent workers (2 each) ended with it, not at some later collection
+        assert multiprocessing.active_children() == []
+
+
+def test_a_failed_job_ends_its_dataloader_workers_before_its_memory_is_released(tmp_path, monkeypatch):
+    # diverged (lr 1e30) with its workers mid-pass: release()'s collection would otherwise end
+    # them, at 5 s a worker (workers.end_workers)
+    alive_at_release = []
+    release = task.release
+    monkeypatch.setattr(task, "release", lambda err: (alive_at_release.extend(
+        multiprocessing.active_children()), release(err)))
+    with pytest.raises(SystemExit):
+        run_here(["experiment=smoke", "loader=dataloader", "logger=none", "trainer.epochs=1",
+                  "optim.lr=1e30"], tmp_path)
+    assert "diverged" in json.loads((tmp_path / "summary.json").read_text())["error"]
+    assert alive_at_release == [] and multiprocessing.active_children() == []
 
 
 def test_quick_benchmark_writes_the_documented_json(tmp_path, capsys):
@@ -100,8 +119,8 @@ def test_the_usual_pil_baseline_runs_the_same_augmentation():
     (a flat grey image shows only image, black fill and erased values, as in the check above)."""
     split = Split(torch.full((64, 3, 32, 32), 200, dtype=torch.uint8), torch.zeros(64, dtype=torch.long))
     aug = BatchAugment(4, True, 15.0, 0.5)
-    images, labels = next(iter(PilLoader(split, 64, pil_transform(aug, MEAN, STD, 32),
-                                               torch.device("cpu"))))
+    with closing(PilLoader(split, 64, pil_transform(aug, MEAN, STD, 32), torch.device("cpu"))) as pil:
+        images, labels = next(iter(pil))
     assert images.shape == (64, 3, 32, 32) and images.dtype == torch.float32 and labels.tolist() == [0] * 64
     image_value = Normalize(MEAN, STD, "cpu")(split.images[:1])[0, 0, 0, 0]
     black_value = Normalize(MEAN, STD, "cpu")(torch.zeros(1, 3, 1, 1, dtype=torch.uint8))[0, 0, 0, 0]

@@ -62,12 +62,9 @@ def endless(batches):
         yield from batches
 
 
-STARTED_ITERATORS = []  # every loader's iterator, alive until the benchmark's process ends
-
-
 def images_per_s(batches, count: int, device: torch.device, warmup: int = 2) -> float:
     """Throughput of drawing `count` batches after `warmup` (worker start-up is not counted),
-    over as many passes of `batches` as that takes."""
+    over as many passes of `batches` as that takes; then `batches` ends its workers."""
     it = endless(batches)
     for _ in range(warmup):
         next(it)
@@ -77,12 +74,10 @@ def images_per_s(batches, count: int, device: torch.device, warmup: int = 2) -> 
         images, _ = next(it)
         seen += len(images)
     synchronize(device)
-    # `it` is kept, not closed: closing a DataLoader iterator with batches in flight joins its
-    # workers (up to 5 s each: the --quick run took 82 s instead of 39 s); left as garbage, a
-    # copy forked into the next loader's workers was collected there, whose __del__ printed
-    # "AssertionError: can only test a child process"
-    STARTED_ITERATORS.append(it)
-    return seen / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    batches.close()  # its workers stop now, not computing on the next path's cores (workers.end_workers)
+    it.close()
+    return seen / seconds
 
 
 AUG_ROWS = {"basic": 32, "advanced": 32, "rrc": 64}  # option: stored (= output) image size
@@ -94,7 +89,7 @@ def best_images_per_s(paths: dict, counts: dict, device: torch.device, rounds: i
     taking turns so that a slow spell of the shared machine hits them alike; the best, since
     noise on a shared machine only ever takes throughput away.
 
-    Every pass makes its loader afresh and drops it after: its workers then stop, where a live
+    Every pass makes its loader afresh and ends it after: its workers stop, where a live
     one's would go on computing the batches they had prefetched, on the next path's cores."""
     best = dict.fromkeys(paths, 0.0)
     for _ in range(rounds):

@@ -13,6 +13,7 @@ import inspect
 import logging
 import os
 import random
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -272,7 +273,7 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
                            resumed_after=resumed.epoch,
                            history=resumed.state.history if resumed.state else [],
                            wandb_id=resumed.saved.get("wandb_id"), provenance=provenance)
-    with clock.around("logging", tracker), CompileWatch(options.compile) as compiled:
+    with closing(loaders), clock.around("logging", tracker), CompileWatch(options.compile) as compiled:
 
         def after_epoch(state: FitState, metrics: dict[str, float]) -> None:
             if writes:  # logged first: a kill before the next checkpoint redoes these epochs

@@ -49,6 +49,12 @@ class Loaders(NamedTuple):
     val: Loader | None  # None without a validation split
     test: Loader
 
+    def close(self) -> None:
+        """The job is done with its batches: every loader ends what serves them."""
+        for loader in self:
+            if loader is not None:
+                loader.close()
+
 
 class Loader:
     """What both kinds of loader share: a split of `split_size` images served in batches of
@@ -69,6 +75,10 @@ class Loader:
     def set_batch_size(self, batch_size: int) -> None:
         self.batch_size = batch_size
         self.drop_last = self.want_drop_last and self.split_size >= batch_size
+
+    def close(self) -> None:
+        """End what serves the batches (a DataLoader's worker processes); the device loader
+        has nothing to end."""
 
     def __len__(self) -> int:
         n, b = self.split_size, self.batch_size

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from experiments.batches.augment import BatchAugment
-from experiments.batches.workers import TransformedSplit, WorkerLoader
+from experiments.batches.workers import TransformedSplit, WorkerLoader, end_workers
 from experiments.data import Split
 from experiments.ranks import cores_allotted
 
@@ -78,3 +78,6 @@ class PilLoader:
     def __iter__(self):
         for images, labels in self.loader:
             yield images.to(self.device, non_blocking=True), labels.to(self.device, non_blocking=True)
+
+    def close(self) -> None:
+        end_workers(self.loader)
