@@ -9,6 +9,14 @@ written), `command` (`python -m experiments.summarize`), `callbacks` (Hydra's ho
 `from experiments.report import load_sweep` gives a sweep as a DataFrame.
 """
 
-from experiments.report.sweep import load_sweep
-
 __all__ = ["load_sweep"]
+
+
+def __getattr__(name: str):
+    # on first use, not at import: a job imports this package for job_summary, and pandas (which
+    # `sweep` needs) added 0.3 s to every job's, rank's and Slurm task's start (2026-12-02)
+    if name == "load_sweep":
+        from experiments.report.sweep import load_sweep
+
+        return load_sweep
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
