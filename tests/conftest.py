@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import subprocess
 import sys
@@ -80,3 +81,13 @@ def pytest_collection_modifyitems(items):
         return HEAVIEST.index(name) if name in HEAVIEST else len(HEAVIEST)
 
     items.sort(key=rank)  # (stable: each module's tests keep their order)
+
+
+def pytest_collection_finish(session):
+    """Exempt what every test module imported (torch, timm, Hydra, ...: most of a worker's
+    objects) from the garbage collector's full passes, which otherwise walked all of them, again
+    and again: the five modules test_grid, test_catalogue, test_compose, test_reports and
+    test_jobs took 36.6 s with 7.2 s in collections, 30.4 s with 4.0 s this way; the suite,
+    209 s, 197 s (2026-12-02)."""
+    gc.collect()
+    gc.freeze()
