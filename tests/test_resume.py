@@ -1,10 +1,9 @@
 """Never lose work: kill -9 and resume (one job and a sweep), failures isolated, files checked."""
 
 import csv
+import functools
 import json
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -15,6 +14,7 @@ from conftest import run_train, start_train
 from experiments.data import load_splits
 from experiments.task import explain
 from support.archives import write_cifar_archive
+from support.forked import fork, wait
 from support.jobs import run_here
 
 SMOKE = ["experiment=smoke", "trainer.epochs=4", "logger=tensorboard"]
@@ -149,18 +149,21 @@ def test_truncated_cache_is_rebuilt(tmp_path, compose_cfg):
 
 
 def test_two_processes_building_one_cache(tmp_path):
+    # two forked processes (support/forked.py), started together, race to build the cache
     write_cifar_archive(tmp_path / "cifar-100-python.tar.gz", n_train=2000, n_test=500)
-    script = (
-        "import sys; from omegaconf import OmegaConf; from experiments.data import load_splits;"
-        "cfg = OmegaConf.create(dict(_target_='experiments.data.cifar.Cifar', name='cifar100',"
-        f"root='{tmp_path}', url='x/cifar-100-python.tar.gz',"
-        "md5=None, download=False, download_timeout_s=1, num_classes=100, channels=3, image_size=32,"
-        "val_size=0, split_seed=0, mean=[0.5] * 3, std=[0.25] * 3, hflip_ok=True));"
-        "s = load_splits(cfg); print(len(s.train), int(s.train.images.sum()))")
-    procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
-             for _ in range(2)]
-    outputs = [p.communicate(timeout=120)[0].strip() for p in procs]
-    assert all(p.returncode == 0 for p in procs)
+    cfg = OmegaConf.create(dict(
+        _target_="experiments.data.cifar.Cifar", name="cifar100", root=str(tmp_path),
+        url="x/cifar-100-python.tar.gz", md5=None, download=False, download_timeout_s=1,
+        num_classes=100, channels=3, image_size=32, val_size=0, split_seed=0, mean=[0.5] * 3,
+        std=[0.25] * 3, hflip_ok=True))
+
+    def build(k: int) -> None:
+        s = load_splits(cfg)
+        (tmp_path / f"{k}.out").write_text(f"{len(s.train)} {int(s.train.images.sum())}")
+
+    pids = [fork(functools.partial(build, k)) for k in range(2)]
+    assert [wait(pid) for pid in pids] == [0, 0]
+    outputs = [(tmp_path / f"{k}.out").read_text() for k in range(2)]
     assert outputs[0] == outputs[1] and outputs[0].startswith("2000 ")
     assert not list(tmp_path.glob("*.tmp"))
 
