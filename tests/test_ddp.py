@@ -2,6 +2,8 @@
 evaluation counts every image once, and each rank is served its share of every batch."""
 
 import functools
+import multiprocessing
+import os
 
 import pytest
 import torch
@@ -12,12 +14,13 @@ from experiments.batches.device import DeviceLoader, Normalize
 from experiments.batches.workers import WorkerLoader, torchvision_transform
 from experiments.data import Split
 from experiments.ranks import SINGLE, Ranks
+from experiments.spawn import RankJob, RankProcesses
 from experiments.training.muon import Muon
 from experiments.training.options import TrainerOptions
 from experiments.training.sam import SAM
 from experiments.training.schedules import constant
 from experiments.training.trainer import Trainer
-from support.ranks import on_ranks
+from support.ranks import on_ranks, write_start_method
 
 NORMALIZE = ([0.5] * 3, [0.25] * 3)
 
@@ -225,3 +228,37 @@ def test_cores_allotted_follow_slurm_then_the_affinity_mask_split_among_ranks_an
     assert cores_allotted(Ranks(0, 8, 0, 8), side_by_side=4) == 1  # never 0
     monkeypatch.setenv("SLURM_CPUS_PER_TASK", "3")
     assert cores_allotted(Ranks(0, 4, 0, 4)) == 3  # Slurm's allotment is already this task's
+
+
+def test_a_spawned_rank_starts_its_own_processes_as_rank_0_does(tmp_path):
+    # a spawned process inherits "spawn": its DataLoader workers were new interpreters
+    out = tmp_path / "start_method"
+    with RankProcesses(2, RankJob({}, {}, None, None, {"out": str(out)}), 60, write_start_method):
+        pass
+    assert out.read_text() == multiprocessing.get_start_method()
+
+
+class EndedRank:
+    """A rank that has ended (its sentinel fired) and was reaped by another thread: its exit
+    code reads None once, then 0."""
+
+    name = "rank 1"
+
+    def __init__(self):
+        self.sentinel, write_end = os.pipe()
+        os.close(write_end)  # the sentinel fires
+        self.codes = [None, 0]
+
+    @property
+    def exitcode(self):
+        return self.codes.pop(0) if len(self.codes) > 1 else self.codes[0]
+
+    def join(self, timeout=None):
+        pass
+
+
+def test_a_rank_reaped_by_rank_0s_join_is_not_taken_for_a_failed_one():
+    processes = RankProcesses.__new__(RankProcesses)
+    processes.processes, processes.failed = [EndedRank()], None
+    processes.watch()
+    assert processes.failed is None

@@ -106,7 +106,11 @@ class RankProcesses:
         while pending:
             for sentinel in wait(list(pending)):
                 process = pending.pop(sentinel)
-                process.join()  # ended: its sentinel fires before it is reaped (exitcode None)
+                # ended: its sentinel fires before it is reaped, here or by __exit__'s join, whose
+                # waitpid can beat this thread's (which then reads None: a join here could return
+                # with it, "TypeError" in describe_exit, seen under loader=dataloader)
+                while process.exitcode is None:
+                    time.sleep(0.01)
                 if process.exitcode != 0:
                     self.failed = self.failed or (int(process.name.split()[-1]),
                                                   describe_exit(process.exitcode))
@@ -156,6 +160,10 @@ def abort_group() -> None:
 def rank_main(target: Callable, rank_job: RankJob, ranks: Ranks, port: int, timeout_s: float,
               failures) -> None:
     """A spawned rank: it connects to rank 0's store, then runs `target`."""
+    # the platform's start method, as rank 0 has it: a spawned process inherits "spawn", and
+    # its DataLoader workers were new interpreters then: under trainer.devices=2 loader=dataloader
+    # rank 1's each took seconds to start and 0.9 s to end (a smoke job: 16.6 s, 2026-12-02)
+    mp.set_start_method(None, force=True)
     store = dist.TCPStore("127.0.0.1", port, ranks.world_size, is_master=False,
                           timeout=timedelta(seconds=timeout_s))
     store.set(started_key(ranks.rank), "1")

@@ -46,3 +46,11 @@ def on_ranks(fn: Callable[[Ranks], object], world_size: int = 2, timeout_s: floa
         missing = [r for r in range(world_size) if not (folder / f"{r}.pt").exists()]
         assert not missing, f"ranks {missing} failed or hung (their output is above)"
         return [torch.load(folder / f"{r}.pt", weights_only=False) for r in range(world_size)]
+
+
+def write_start_method(rank_job, ranks: Ranks, store, failures) -> None:
+    """A spawned rank's life (experiments.spawn.RankProcesses' target) for the start-method test:
+    it writes the start method its own processes (a DataLoader's workers) would get."""
+    import multiprocessing
+
+    Path(rank_job.extra["out"]).write_text(multiprocessing.get_start_method())
