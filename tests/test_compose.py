@@ -6,7 +6,7 @@ from hydra.errors import ConfigCompositionException
 from hydra.utils import instantiate
 from omegaconf import OmegaConf, open_dict
 
-from conftest import CONF
+from conftest import CONF, ROOT
 from experiments.batches.augment import BatchAugment
 from experiments.batches.device import Normalize
 
@@ -188,3 +188,89 @@ def test_size_smoke_shrinks_a_preset_and_keeps_its_recipe(compose_cfg):
     for key in ("optim", "sched", "mix", "aug"):
         assert OmegaConf.to_container(small[key]) == OmegaConf.to_container(best[key]), key
     assert (small.trainer.ema_decay, small.trainer.tta) == (best.trainer.ema_decay, "flip")
+
+
+# --- every trainer option by override ------------------------------------------------------
+
+# trainer.<key>: a value other than its default, as typed on the command line, and what the job
+# reads. Every leaf of the schema must be here (checked below): an option a user cannot set by
+# an override is a bug (trainer.lookahead, null by default, took no override until 2026-12-07).
+TRAINER_OVERRIDES = {
+    "epochs": ("7", 7), "batch_size": ("64", 64), "eval_batch_size": ("256", 256),
+    "grad_accum_steps": ("2", 2), "grad_clip": ("1.5", 1.5), "label_smoothing": ("0.1", 0.1),
+    "ema_decay": ("0.999", 0.999), "tta": ("flip", "flip"),
+    "lookahead.every": ("3", 3), "lookahead.decay": ("0.5", 0.5), "lookahead.warmup_power": ("2.0", 2.0),
+    "batch_schedule.epochs": ("[2]", [2]), "batch_schedule.sizes": ("[64]", [64]),
+    "batch_schedule.scale_lr": ("true", True),
+    "precision": ("bf16", "bf16"), "device": ("cuda:1", "cuda:1"), "devices": ("2", 2),
+    "sync_batchnorm": ("true", True), "collective_timeout_s": ("60", 60.0),
+    "channels_last": ("true", True), "cudnn_benchmark": ("false", False), "compile": ("true", True),
+    "fused_optimizer": ("false", False), "deterministic": ("true", True), "progress": ("false", False),
+    "resume": ("false", False), "keep_checkpoint": ("true", True), "checkpoint_every": ("2", 2),
+    "val_every": ("2", 2), "profile": ("3", 3), "checkpoint_every_min": ("0.5", 0.5),
+    "stop_signals": ("[SIGTERM]", ["SIGTERM"]), "nonfinite_tolerance": ("5", 5),
+    "monitor": ("val/loss", "val/loss"), "early_stopping.patience": ("3", 3),
+    "early_stopping.monitor": ("val/acc", "val/acc"), "early_stopping.min_delta": ("0.01", 0.01),
+}
+NODES = ("lookahead", "batch_schedule", "early_stopping")  # the trainer's nested options
+
+
+def trainer_leaves(node=None, prefix="") -> list[str]:
+    from experiments.training.options import TrainerOptions
+
+    node = OmegaConf.structured(TrainerOptions) if node is None else node
+    return [leaf for key in node for leaf in (
+        trainer_leaves(node[key], f"{prefix}{key}.") if OmegaConf.is_dict(node[key]) else [f"{prefix}{key}"])]
+
+
+@pytest.fixture(scope="module")
+def by_override():
+    """The trainer's options from one job given every override above as `trainer.KEY=VALUE`, and
+    from one given each nested option as a whole, `trainer.NODE={key: value, ...}`."""
+    from hydra import compose, initialize_config_dir
+
+    nested = {node: "{" + ",".join(f"{k.split('.')[1]}:{v}" for k, (v, _) in TRAINER_OVERRIDES.items()
+                                   if k.startswith(node + ".")) + "}" for node in NODES}
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        dotted = compose(config_name="train", overrides=[
+            "experiment=smoke", *(f"trainer.{k}={v}" for k, (v, _) in TRAINER_OVERRIDES.items())])
+        whole = compose(config_name="train", overrides=[
+            "experiment=smoke", *(f"trainer.{node}={value}" for node, value in nested.items())])
+    return OmegaConf.to_object(dotted.trainer), OmegaConf.to_object(whole.trainer)
+
+
+def test_the_override_table_holds_every_trainer_option_and_the_docs_name_each():
+    assert sorted(TRAINER_OVERRIDES) == sorted(trainer_leaves())
+    documented = (ROOT / "docs" / "config.md").read_text()
+    for key in TRAINER_OVERRIDES:  # (a nested option's row may name its node)
+        assert f"`trainer.{key}`" in documented or f"`trainer.{key.split('.')[0]}`" in documented, key
+
+
+@pytest.mark.parametrize("key", sorted(TRAINER_OVERRIDES))
+def test_every_trainer_option_takes_an_override(by_override, key):
+    from experiments.training.options import get
+
+    dotted, whole = by_override
+    expected = TRAINER_OVERRIDES[key][1]
+    assert get(dotted, key) == expected
+    if key.split(".")[0] in NODES:
+        assert get(whole, key) == expected
+
+
+def test_the_lookahead_is_switched_on_and_off_by_override(compose_cfg):
+    from experiments.config.checks import check_config
+    from experiments.errors import ConfigError
+
+    def lookahead(*overrides):
+        return check_config(compose_cfg(["experiment=smoke", *overrides])).lookahead
+
+    assert lookahead() is None and lookahead("trainer.lookahead={}") is None  # (a node, off)
+    on = lookahead("trainer.lookahead.every=5")  # airbench94's decay and power with it
+    assert (on.every, on.decay, on.warmup_power) == (5, pytest.approx(0.95 ** 5), 3.0)
+    assert lookahead("experiment=airbench", "trainer.lookahead.every=null") is None
+    assert lookahead("experiment=airbench", "trainer.lookahead=null") is None
+    with pytest.raises(ConfigError, match=r"trainer.lookahead.decay=0.5 changes nothing while the "
+                                          r"lookahead is off .* trainer.lookahead.every=N"):
+        lookahead("trainer.lookahead.decay=0.5")
+    with pytest.raises(ConfigError, match="trainer.lookahead.every must be a positive integer, got 0"):
+        lookahead("trainer.lookahead.every=0")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 import signal
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, List, Optional
 
 from experiments.errors import ConfigError
@@ -41,9 +41,10 @@ class LookaheadOptions:
     """airbench94's lookahead: at every `every`-th step the slow weights move towards the
     weights, `slow = d * slow + (1 - d) * weights`, with d = decay * (step / total) ** warmup_power
     (0 at the start: no averaging), and the weights are set to the slow ones; the last step
-    ends on the slow weights."""
+    ends on the slow weights. `every: null` is off; `trainer.lookahead.every=5` switches it on
+    with airbench94's decay and power."""
 
-    every: int = 5
+    every: Optional[int] = None  # null: off (airbench94: 5)
     decay: float = 0.7737809375  # 0.95 ** 5: airbench94's per-step 0.95 over its 5 steps
     warmup_power: float = 3.0
 
@@ -63,8 +64,11 @@ class TrainerOptions:
     # flip_translate, 1-px shifted: airbench's TTA) copies of each image, as test_tta_acc
     tta: str = "none"
     # a lookahead of the weights (airbench94): every `every` steps the weights become an average
-    # of themselves and their slow copy; null: off. See training/lookahead.py
-    lookahead: Optional[LookaheadOptions] = None
+    # of themselves and their slow copy; off while `every` is null (then None here, as the job
+    # reads it). See training/lookahead.py. Like batch_schedule, a node even when off: an override
+    # (trainer.lookahead.every=5, trainer.lookahead={every: 5, decay: 0.9}) merges into a node,
+    # where OmegaConf 2.3 fails to merge one into a null (AssertionError, AttributeError)
+    lookahead: Optional[LookaheadOptions] = field(default_factory=LookaheadOptions)
     # off by default; e.g. trainer.batch_schedule={epochs: [60, 120], sizes: [256, 512],
     # scale_lr: true}. A node even when off, so that such an override merges into it
     batch_schedule: Optional[BatchScheduleOptions] = field(default_factory=BatchScheduleOptions)
@@ -114,9 +118,7 @@ class TrainerOptions:
             self.early_stopping.monitor = self.monitor
         for key, rule in RULES.items():
             rule.check(f"trainer.{key}", get(self, key))
-        if self.lookahead is not None:
-            for key, rule in LOOKAHEAD_RULES.items():
-                rule.check(f"trainer.lookahead.{key}", getattr(self.lookahead, key))
+        self.lookahead = self.checked_lookahead()
         self.check_ranks_divide(self.devices)
         unknown = [name for name in self.stop_signals if name not in signal.Signals.__members__]
         if unknown:
@@ -128,6 +130,24 @@ class TrainerOptions:
             raise ConfigError("trainer.batch_schedule needs epochs: [e1, ...] and sizes: [b1, ...] "
                               "of positive integers and equal length (and optionally scale_lr: "
                               f"true|false), got epochs={schedule.epochs} sizes={schedule.sizes}")
+
+    def checked_lookahead(self) -> LookaheadOptions | None:
+        """The lookahead's options, or None when it is off (`every` null, or the node null). A
+        decay or power set while it is off would change nothing: refused, naming the switch."""
+        lookahead = self.lookahead
+        if lookahead is None:
+            return None
+        if lookahead.every is None:
+            changed = [f"trainer.lookahead.{f.name}={getattr(lookahead, f.name)}" for f in fields(lookahead)
+                       if getattr(lookahead, f.name) != getattr(LOOKAHEAD_OFF, f.name)]
+            if changed:
+                raise ConfigError(f"{' '.join(changed)} changes nothing while the lookahead is off "
+                                  "(trainer.lookahead.every=null): switch it on with "
+                                  "trainer.lookahead.every=N (airbench94: 5)")
+            return None
+        for key, rule in LOOKAHEAD_RULES.items():
+            rule.check(f"trainer.lookahead.{key}", getattr(lookahead, key))
+        return lookahead
 
     def check_ranks_divide(self, world_size: int) -> None:
         """Every training batch is the global batch, split evenly over the ranks."""
@@ -146,6 +166,7 @@ class TrainerOptions:
         return sizes
 
 
+LOOKAHEAD_OFF = LookaheadOptions()
 LOOKAHEAD_RULES = {"every": POSITIVE_INT,
                    "decay": number(0, 1, "a number in [0, 1)", open_high=True),
                    "warmup_power": number(0, INF, "a number >= 0")}
