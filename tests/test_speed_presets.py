@@ -227,7 +227,7 @@ def test_the_lookahead_follows_airbench94():
     """Every 5 steps: slow = d slow + (1 - d) w, w = slow, d = 0.95^5 (step / total)^3; the last
     step ends on the slow weights."""
     model = nn.Linear(1, 1, bias=False)
-    look = Lookahead(model, LookaheadOptions(), total_steps=20)
+    look = Lookahead(model, LookaheadOptions(every=5), total_steps=20)
     assert look.decay_at(5) == pytest.approx(0.95 ** 5 * (5 / 20) ** 3)
     assert look.decay_at(20) == 1.0
     with torch.no_grad():
