@@ -175,13 +175,7 @@ def check_combinations(cfg: DictConfig, options: TrainerOptions) -> None:
     if optim.get("nesterov") and not optim.get("momentum"):
         raise ConfigError(f"{key}.nesterov=true needs {key}.momentum > 0 (plain SGD: "
                           f"{key}.momentum=0 {key}.nesterov=false)")
-    if not cfg.data.get("hflip_ok", True):
-        if cfg.aug.get("flip"):
-            raise ConfigError(f"aug.flip=true mirrors images, which changes the class of "
-                              f"data={cfg.data.name} images: use aug=none or aug.flip=false")
-        if options.tta != "none":
-            raise ConfigError(f"trainer.tta={options.tta} mirrors data={cfg.data.name} images, which "
-                              "changes their class: use trainer.tta=none")
+    check_mirroring(cfg.data, bool(cfg.aug.get("flip")), options.tta)
     check_augmentation_fits_data(cfg)
     if cfg.mix.get("_target_"):
         # timm's Mixup pairs image i with image n-1-i: an odd batch fails mid-run, at the epoch
@@ -190,6 +184,20 @@ def check_combinations(cfg: DictConfig, options: TrainerOptions) -> None:
             if size % 2:
                 raise ConfigError(f"mixing (mix={cfg.mix.get('_target_', '').split('.')[-1]}) pairs "
                                   f"images within a batch: {key} must be even, got {size}")
+
+
+def check_mirroring(data: DictConfig, flip: bool, tta: str) -> None:
+    """A dataset whose mirrored images are another class (`data.hflip_ok: false`: digits) is
+    never mirrored: not by the augmentation, not by the TTA; in training (check_combinations)
+    and in `experiments.evaluate`."""
+    if data.get("hflip_ok", True):
+        return
+    if flip:
+        raise ConfigError(f"aug.flip=true mirrors images, which changes the class of "
+                          f"data={data.name} images: use aug=none or aug.flip=false")
+    if tta != "none":
+        raise ConfigError(f"trainer.tta={tta} mirrors data={data.name} images, which changes "
+                          "their class: use trainer.tta=none")
 
 
 def check_normalization(cfg: DictConfig) -> None:
