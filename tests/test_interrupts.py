@@ -84,6 +84,29 @@ def test_a_signal_inside_an_epoch_resumes_from_its_step_to_the_uninterrupted_num
     assert_same_numbers(out, clean)
 
 
+def test_a_resumed_jobs_train_time_is_its_checkpoints_and_this_processs(tmp_path):
+    """train_time_s counts the training passes of every epoch the job completed, by whichever
+    process; time_s.train this process's only. Resumed inside epoch 2, the difference is what
+    the checkpoint holds: epoch 1's passes and epoch 2's steps before the signal (a kill's lost
+    steps are in neither: redone, they count once)."""
+    import torch
+
+    out = tmp_path / "job"
+
+    def interrupted():
+        signal_at_step(signal.SIGTERM, 12 + 5)
+        run_here(TINY, out)
+
+    assert wait(fork(interrupted)) == 128 + signal.SIGTERM
+    fit = torch.load(out / "checkpoint.pt", weights_only=True)["fit"]
+    before = fit["train_time_s"] + fit["progress"]["seconds"]  # (epoch 1; epoch 2's 5 steps)
+    assert fit["train_time_s"] > 0 and fit["progress"]["seconds"] > 0
+    assert wait(fork(lambda: run_here(TINY, out))) == 0
+    done = summary(out)
+    assert done["resumed_from_step"] == 5 and done["time_s"]["train"] < done["train_time_s"]
+    assert done["train_time_s"] == pytest.approx(before + done["time_s"]["train"], abs=0.01)
+
+
 def test_a_second_signal_while_it_saves_changes_nothing(tmp_path):
     clean, out = tmp_path / "clean", tmp_path / "signalled"
     reference = fork(lambda: run_here(TINY, clean))

@@ -183,7 +183,7 @@ def build_trainer(cfg: DictConfig, options: TrainerOptions, model: torch.nn.Modu
     lookahead = Lookahead(model, options.lookahead, steps(options.epochs)) if options.lookahead else None
     mixup = instantiate(cfg.mix) if cfg.mix.get("_target_") else None
     schedule = instantiate(cfg.sched)(optimizer, epochs=options.epochs, steps=steps)
-    profiler = (StepProfiler(options.profile, trace_dir, device)
+    profiler = (StepProfiler(options.profile, trace_dir, device, clock, steps(options.epochs))
                 if options.profile and trace_dir is not None else None)
     if ranks.distributed:
         model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)

@@ -4,7 +4,8 @@ At 1-2 s per epoch (the speed presets) the framework's own costs decide the resu
 says how its wall time divides: start-up (imports for the first job of a process, the data, the
 model, resuming), warm-up (the job's first optimizer step: compile, cuDNN's autotuning, the
 allocator's first blocks), training passes, validation, checkpointing (model.pt included), test,
-logging (TensorBoard, W&B, metrics.csv, summary.json while running, the console), shutdown
+logging (TensorBoard, W&B, metrics.csv, summary.json while running, the console), profile
+(trainer.profile: collecting and writing its trace; training/profile.py), shutdown
 (under trainer.devices=N, rank 0 waiting for the ranks it started to exit) and the rest (what no
 section claims: Python between them). The sections add up to `wall` by construction;
 what the accounting is worth is how small `rest` stays (tests/test_speed_presets.py checks it).
@@ -19,7 +20,8 @@ from __future__ import annotations
 import time
 from contextlib import contextmanager, nullcontext
 
-SECTIONS = ("startup", "warmup", "train", "validation", "checkpoint", "test", "logging", "shutdown")
+SECTIONS = ("startup", "warmup", "train", "validation", "checkpoint", "test", "logging", "profile",
+            "shutdown")
 
 _process_start: float | None = None
 

@@ -53,8 +53,10 @@ class JobSummary:
     best_epoch: int | None = None  # the chosen epoch (null without a validation split)
     epochs_completed: int = 0
     early_stopped: bool = False
-    # training passes only (validation, test, checkpoints and the warm-up step excluded: how
-    # the speed runs publish theirs); where the rest of the wall time went: time_s
+    # the job's training passes: of every epoch it completed, by whichever process (a resumed
+    # job's include the checkpoint's), validation, test, checkpoints, the warm-up step and the
+    # profiler's trace excluded (how the speed runs publish theirs). Equals time_s.train on a
+    # job that ran in one process; resumed: the checkpoint's + time_s.train (docs/speed.md)
     train_time_s: float | None = None
     images_per_s: float | None = None  # training images per second over train_time_s
     error: str | None = None  # why the job failed, and what to change
@@ -77,8 +79,8 @@ class JobSummary:
     compile: str | None = only(COMPLETED)  # null (off), compiled, or "eager fallback: ..."
     pretrained: str | None = only(COMPLETED)  # the weights' file or cache entry; null: from scratch
     wandb_id: str | None = only(COMPLETED)
-    # seconds of the job's wall time by section, with `rest` and `wall` (experiments/timing.py:
-    # SECTIONS)
+    # seconds of this process's wall time by section, with `rest` and `wall` (experiments/
+    # timing.py: SECTIONS); on a resumed job, from its resume on (train_time_s: every epoch's)
     time_s: dict | None = only(COMPLETED)
     # running jobs only: whose process writes it, so a reader tells running from killed
     pid: int | None = only(RUNNING)

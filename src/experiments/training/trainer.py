@@ -96,7 +96,9 @@ class Trainer:
         self.nonfinite_streak = torch.zeros((), device=device, dtype=torch.long)
         self.steps_taken = 0  # optimizer steps, over the whole run
         self.warmed_up = False  # this process has taken its first step (timed apart)
-        self.warmup, self.saving_s = (0.0, 0), 0.0  # in this epoch: (seconds, images); saves
+        # in this epoch: the warm-up step (seconds, images); the seconds inside its training pass
+        # that were no training (checkpoints written inside it, the profiler's trace)
+        self.warmup, self.aside_s = (0.0, 0), 0.0
         self.bar: EpochBar | None = None  # the epoch's progress on the console (fit sets it)
 
     @property
@@ -187,7 +189,7 @@ class Trainer:
         if self.lookahead is not None:
             self.lookahead.after_step(self.steps_taken)
         if self.profiler is not None:
-            self.profiler.step()
+            self.aside_s += self.profiler.step()  # (the step that ends its recording writes it)
         return outputs
 
     def sam_second_pass(self, group: list[Batch]) -> None:
@@ -251,7 +253,7 @@ class Trainer:
                 progress.seconds += time.perf_counter() - started
                 started = time.perf_counter()
                 save_inside(progress)
-                self.saving_s += time.perf_counter() - started  # (no training time)
+                self.aside_s += time.perf_counter() - started  # (no training time)
                 started = time.perf_counter()
                 if answer != SAVE:
                     raise Interrupted(answer, f"in epoch {progress.epoch} after step {step + 1}")
@@ -275,13 +277,13 @@ class Trainer:
             progress.restore_generators(train)  # the epoch's order and augmentation, from its start
         lr = progress.lr if progress is not None else scheduled_lr(self.optimizer)
         before = progress.seconds if progress is not None else 0.0  # trained before a resume
-        self.warmup, self.saving_s = (0.0, 0), 0.0  # this epoch's warm-up step; its saves inside
+        self.warmup, self.aside_s = (0.0, 0), 0.0  # this epoch's warm-up step; what was no training
         start = time.perf_counter()
         with self.clock("train"):
             train_metrics = self.train_epoch(train, progress, save_inside)
             synchronize(self.device)
         self.clock.move(self.warmup[0], "train", "warmup")
-        seconds = time.perf_counter() - start + before - self.saving_s
+        seconds = time.perf_counter() - start + before - self.aside_s
         metrics = {m.TRAIN_LOSS: train_metrics["loss"], m.TRAIN_ACC: train_metrics["acc"],
                    m.LR: lr, m.BATCH_SIZE: train.batch_size, m.EPOCH_S: seconds,
                    m.IMAGES_PER_S: train.num_images / seconds}
