@@ -93,6 +93,30 @@ def test_a_ddp_step_is_the_step_on_the_whole_global_batch(optimizer, accum):
                                                strict=True))  # the steps moved the weights
 
 
+def test_a_nonfinite_loss_on_one_rank_stops_every_rank_after_that_step():
+    """Only rank 1's loss goes NaN, in step 2: both ranks stop after step 2, together (a rank that
+    stopped alone would leave the other waiting in the next step's all-reduce)."""
+    from experiments.training.divergence import DivergedError
+    from support.batches import PreMadeBatches
+
+    split = images(64)
+
+    def epoch(ranks: Ranks):
+        trainer = trainer_on(ranks, "sgd")
+        batches = PreMadeBatches(micro_batches(split, ranks.rank, ranks.world_size, 1, step)[0]
+                                 for step in range(4))
+        if ranks.rank == 1:
+            batches[1][0][0, 0, 0, 0] = float("nan")
+        try:
+            trainer.train_epoch(batches)
+        except DivergedError as err:
+            return trainer.steps_taken, str(err)
+        return trainer.steps_taken, None
+
+    (steps0, error0), (steps1, error1) = on_ranks(epoch)
+    assert steps0 == steps1 == 2 and error0 == error1 and "NaN/inf by step 2 in fp32" in error0
+
+
 def device_loader(split: Split, ranks: Ranks, batch: int, shuffle: bool = False) -> DeviceLoader:
     return DeviceLoader(split, batch, Normalize(*NORMALIZE, "cpu"), device="cpu", shuffle=shuffle,
                         drop_last=shuffle, seed=3, ranks=ranks)

@@ -150,14 +150,73 @@ def test_nan_loss_fails_fast_without_a_loss_scaler():
         trainer.fit(loader(separable(128), shuffle=True), None)
 
 
-def test_fp16_scaler_tolerates_a_few_skipped_steps():
-    trainer = make_trainer(nonfinite_tolerance=3)
-    trainer.scaler = torch.amp.GradScaler("cpu", enabled=True)  # as fp16 training would have
-    trainer.check_finite(longest_streak=3, any_nonfinite=True)  # within tolerance: fine
+def test_a_nonfinite_loss_stops_the_fit_at_its_step_not_at_the_epochs_end():
+    """fp32 (and bf16) stop after the first step whose loss is NaN/inf: its gradient has put NaN
+    into the weights, and the epoch's other 5 steps would be lost time."""
     from experiments.training.trainer import DivergedError
 
-    with pytest.raises(DivergedError):
-        trainer.check_finite(longest_streak=4, any_nonfinite=True)
+    split = separable(256)
+    x = (split.images.float() - 128) / 64
+    batches = Batches([(x[i:i + 32].clone(), split.labels[i:i + 32]) for i in range(0, 256, 32)])
+    batches[2][0][0, 0, 0, 0] = float("nan")  # one pixel of step 3's batch
+    trainer = make_trainer(epochs=2)
+    with pytest.raises(DivergedError) as failed:
+        trainer.fit(batches, None)
+    assert trainer.steps_taken == 3 and "NaN/inf by step 3 (epoch 1) in fp32" in str(failed.value)
+    assert "trainer.precision" not in str(failed.value)  # it is fp32 already: lr and clipping
+
+
+def test_the_advice_follows_the_precision_the_job_ran_in():
+    from experiments.training.divergence import advice
+
+    assert advice("fp32", TrainerOptions()) == "lower optim.lr or set trainer.grad_clip (e.g. 1.0)"
+    assert advice("fp32", TrainerOptions(grad_clip=1.0)) == "lower optim.lr or a lower trainer.grad_clip (now 1.0)"
+    assert advice("bf16", TrainerOptions()).endswith("or try trainer.precision=fp32 (bf16 keeps 8 bits of mantissa)")
+    assert advice("fp16", TrainerOptions()).endswith(
+        "or use trainer.precision=bf16 (on GPUs of compute capability 8.0 or more) or fp32")
+
+
+def test_fp16_scaler_tolerates_a_few_skipped_steps():
+    from experiments.training.divergence import DivergedError, NonfiniteWatch
+
+    watch = NonfiniteWatch(torch.device("cpu"), "fp16", TrainerOptions(nonfinite_tolerance=3))
+    watch.after_step(torch.tensor(3), step=7)  # within tolerance: fine
+    with pytest.raises(DivergedError, match=r"for 4 losses in a row, more than fp16's loss scaler skips "
+                                            r"\(trainer.nonfinite_tolerance=3\), by step 8 in fp16"):
+        watch.after_step(torch.tensor(4), step=8)
+    with pytest.raises(DivergedError):  # bf16: at the first
+        NonfiniteWatch(torch.device("cpu"), "bf16", TrainerOptions()).after_step(torch.tensor(1), step=1)
+
+
+class SlowCopy:
+    """A CUDA event as the lazy read sees it when the GPU runs behind: the copy queued with
+    `record` has landed at the third `query` after it."""
+
+    def __init__(self):
+        self.queries = 0
+
+    def record(self):
+        self.queries = 0
+
+    def query(self) -> bool:
+        self.queries += 1
+        return self.queries >= 3
+
+
+def test_on_cuda_the_count_is_read_once_its_copy_has_landed_and_for_certain_before_a_checkpoint():
+    from experiments.training.divergence import DivergedError, NonfiniteWatch
+
+    watch = NonfiniteWatch(torch.device("cpu"), "bf16", TrainerOptions(), lazy=True, event=SlowCopy)
+    counts = {1: 0, 2: 0, 3: 1, 4: 1, 5: 1, 6: 1}  # step 3's loss is NaN
+    for step, count in counts.items():  # step 1's copy lands at step 4, which queues step 4's
+        watch.after_step(torch.tensor(count), step)
+    with pytest.raises(DivergedError, match="by step 4 in bf16"):  # ... which lands at step 7
+        watch.after_step(torch.tensor(1), 7)
+    unlanded = NonfiniteWatch(torch.device("cpu"), "bf16", TrainerOptions(), lazy=True, event=SlowCopy)
+    for step, count in [(1, 0), (2, 1)]:
+        unlanded.after_step(torch.tensor(count), step)
+    with pytest.raises(DivergedError, match="by step 2"):  # a checkpoint inside the epoch, or its end
+        unlanded.settle(torch.tensor(1), 2)
 
 
 def test_a_partial_last_group_gets_its_own_mean_gradient():

@@ -21,9 +21,10 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from experiments.ranks import SINGLE, Ranks
 from experiments.timing import JobClock, NoClock
 from experiments.training import metrics as m
-from experiments.training.backends import resolve_precision, synchronize, unwrap
+from experiments.training.backends import precision_name, resolve_precision, synchronize, unwrap
 from experiments.training.batch_schedule import BatchSchedule
 from experiments.training.distributed import MAX, all_reduce
+from experiments.training.divergence import DivergedError, NonfiniteWatch  # noqa: F401  (task.py's)
 from experiments.training.interrupts import GO_ON, NEVER, SAVE, Interrupted, Interrupts
 from experiments.training.lookahead import Lookahead
 from experiments.training.options import TrainerOptions
@@ -35,10 +36,6 @@ from experiments.training.selection import Monitor
 Batch = tuple[torch.Tensor, torch.Tensor]  # images, targets (labels, or soft targets when mixed)
 
 log = logging.getLogger(__name__)
-
-
-class DivergedError(RuntimeError):
-    """The loss stayed NaN/inf for longer than the fp16 loss scaler would explain."""
 
 
 @dataclass
@@ -94,6 +91,9 @@ class Trainer:
         smoothing = 0.0 if mixup is not None else options.label_smoothing
         self.loss_fn = nn.CrossEntropyLoss(label_smoothing=smoothing)  # takes soft targets too
         self.nonfinite_streak = torch.zeros((), device=device, dtype=torch.long)
+        # stops at the first non-finite loss (fp16: past its tolerance) without waiting for the
+        # GPU: training/divergence.py
+        self.divergence = NonfiniteWatch(device, precision_name(self.amp_dtype), options)
         self.steps_taken = 0  # optimizer steps, over the whole run
         self.warmed_up = False  # this process has taken its first step (timed apart)
         # in this epoch: the warm-up step (seconds, images); the seconds inside its training pass
@@ -114,18 +114,6 @@ class Trainer:
         """`eval_model`'s state dict with plain names (no torch.compile `_orig_mod.` prefix), so
         that saved weights load into the model as the config builds it."""
         return unwrap(self.eval_model).state_dict()
-
-    def check_finite(self, longest_streak: int, any_nonfinite: bool) -> None:
-        """fp16's GradScaler skips steps with inf gradients and lowers its scale, so a few
-        non-finite losses in a row are normal there; anywhere else one means NaN weights. Under
-        DDP every rank decides on every rank's counts, so they stop together."""
-        counts = torch.tensor([longest_streak, int(any_nonfinite)], device=self.device)
-        longest_streak, any_nonfinite = (int(v) for v in all_reduce(counts, self.ranks, MAX))
-        tolerated = self.options.nonfinite_tolerance if self.scaler.is_enabled() else 0
-        if any_nonfinite and longest_streak > tolerated:
-            raise DivergedError(
-                f"training diverged: the loss was NaN/inf for {longest_streak} steps in a row. "
-                "Lower optim.lr, set trainer.grad_clip (e.g. 1.0), or use trainer.precision=bf16/fp32.")
 
     def autocast(self):
         return torch.autocast(self.device.type, dtype=self.amp_dtype or torch.float32,
@@ -210,12 +198,21 @@ class Trainer:
         # the usual unscale_ (in clipping or scaler.step) now checks THESE gradients for inf, so
         # an overflow in the second pass also skips the step and lowers the scale
 
-    def ask_interrupts(self) -> int:
+    def ask_interrupts(self, nonfinite: torch.Tensor | None = None) -> int:
         """GO_ON, SAVE or the signal to stop at (training/interrupts.py), the same on every rank:
-        under DDP the ranks' answers are reduced (one small all-reduce per step)."""
+        under DDP the ranks' answers are reduced (one small all-reduce per step). After a step,
+        `nonfinite` (its epoch's longest run of non-finite losses, on the device) is checked
+        (training/divergence.py): under DDP in the same all-reduce, so that every rank reads
+        the same maximum over the ranks after the same step and they stop together."""
         answer = self.interrupts.poll()
         if self.ranks.distributed:
-            answer = int(all_reduce(torch.tensor(answer, device=self.device), self.ranks, MAX))
+            count = nonfinite if nonfinite is not None else self.nonfinite_streak.new_zeros(())
+            flags = torch.stack([torch.tensor(answer, device=self.device, dtype=count.dtype), count])
+            answer, longest = (int(v) for v in all_reduce(flags, self.ranks, MAX).tolist())
+            if nonfinite is not None:
+                self.divergence.check(longest, self.steps_taken)
+        elif nonfinite is not None:
+            self.divergence.after_step(nonfinite, self.steps_taken)
         return answer
 
     def train_epoch(self, batches, progress: EpochProgress | None = None,
@@ -246,9 +243,10 @@ class Trainer:
                 synchronize(self.device)
                 self.warmed_up = True
                 self.warmup = (time.perf_counter() - step_started, sum(len(t) for _, t in group))
-            answer = self.ask_interrupts()
+            answer = self.ask_interrupts(totals.longest)
             if answer != GO_ON:
                 synchronize(self.device)
+                self.divergence.settle(totals.longest, self.steps_taken)  # (no NaN in a checkpoint)
                 progress.steps, progress.totals = step + 1, totals.state_dict()
                 progress.seconds += time.perf_counter() - started
                 started = time.perf_counter()
@@ -258,7 +256,7 @@ class Trainer:
                 if answer != SAVE:
                     raise Interrupted(answer, f"in epoch {progress.epoch} after step {step + 1}")
         self.nonfinite_streak = totals.streak
-        self.check_finite(totals.longest.item(), totals.any_nonfinite())
+        self.divergence.settle(totals.longest, self.steps_taken)  # (after the last step's read)
         return totals.means(self.ranks)
 
     def evaluate(self, batches, tta: str = "none") -> dict[str, float]:
@@ -278,6 +276,7 @@ class Trainer:
         lr = progress.lr if progress is not None else scheduled_lr(self.optimizer)
         before = progress.seconds if progress is not None else 0.0  # trained before a resume
         self.warmup, self.aside_s = (0.0, 0), 0.0  # this epoch's warm-up step; what was no training
+        self.divergence.epoch = epoch or None
         start = time.perf_counter()
         with self.clock("train"):
             train_metrics = self.train_epoch(train, progress, save_inside)
@@ -482,7 +481,8 @@ def accumulation_groups(batches, size: int):
 
 class EpochTotals:
     """An epoch's running training loss and accuracy, kept on the device (no .item(), so no GPU
-    sync, per step), and the non-finite losses in a row (carried across epochs)."""
+    sync, per step), and the non-finite losses in a row (carried across epochs; the epoch's
+    longest run is what training/divergence.py reads)."""
 
     def __init__(self, device: torch.device, streak: torch.Tensor):
         self.loss_sum = torch.zeros((), device=device)
@@ -502,9 +502,6 @@ class EpochTotals:
         hard = targets.argmax(dim=1) if targets.dim() == 2 else targets
         self.correct += (logits.argmax(dim=1) == hard).sum()
         self.seen += n
-
-    def any_nonfinite(self) -> bool:
-        return self.seen - self.finite_seen.item() > 0
 
     def state_dict(self) -> dict:
         """The running sums, for a checkpoint inside the epoch (on the CPU: it may resume elsewhere)."""
