@@ -267,3 +267,85 @@ def test_the_cache_dir_is_not_part_of_the_config_fingerprint(compose_cfg):
     a, b = (OmegaConf.to_container(compose_cfg(["data=cifar100", f"data.cache_dir={d}"]))
             for d in ("/a", "/b"))
     assert fingerprint(a) == fingerprint(b)
+
+
+# --- the non-finite count read on CUDA without waiting (training/divergence.py) ---------------
+
+class SlowCopy:
+    """A CUDA event as the lazy read sees it when the GPU runs behind: the copy queued with
+    `record` has landed at the third `query` after it."""
+
+    def __init__(self):
+        self.queries = 0
+
+    def record(self):
+        self.queries = 0
+
+    def query(self) -> bool:
+        self.queries += 1
+        return self.queries >= 3
+
+
+def lazy_watch(precision="bf16"):
+    from experiments.training.divergence import NonfiniteWatch
+
+    return NonfiniteWatch(torch.device("cpu"), precision, TrainerOptions(), lazy=True, event=SlowCopy)
+
+
+def test_on_cuda_the_count_is_read_once_its_copy_has_landed_and_for_certain_when_asked():
+    from experiments.training.divergence import DivergedError
+
+    watch = lazy_watch()
+    counts = {1: 0, 2: 0, 3: 1, 4: 1, 5: 1, 6: 1}  # step 3's loss is NaN
+    for step, count in counts.items():  # step 1's copy lands at step 4, which queues step 4's
+        watch.after_step(torch.tensor(count), step)
+    with pytest.raises(DivergedError, match="by step 4 in bf16"):  # ... which lands at step 7
+        watch.after_step(torch.tensor(1), 7)
+    unlanded = lazy_watch()
+    for step, count in [(1, 0), (2, 1)]:
+        unlanded.after_step(torch.tensor(count), step)
+    with pytest.raises(DivergedError, match="by step 2"):
+        unlanded.settle(torch.tensor(1), 2)
+
+
+class SaveAtStep:
+    """Interrupts that ask for a checkpoint inside the epoch after step `step` (as
+    trainer.checkpoint_every_min does)."""
+
+    def __init__(self, step: int):
+        self.step, self.polls = step, 0
+
+    def poll(self) -> int:
+        from experiments.training.interrupts import GO_ON, SAVE
+
+        self.polls += 1
+        return SAVE if self.polls == self.step else GO_ON
+
+    def saved(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("save_at", [None, 5])
+def test_a_lazily_read_divergence_stops_within_the_lag_and_is_never_checkpointed(save_at):
+    """NaN in step 3 of 8: the lazy read stops the fit at step 7 (the lag of SlowCopy), not at
+    the epoch's end; a checkpoint asked for after step 5 reads the count first and is not written."""
+    from experiments.models import PreActResNet18
+    from experiments.training.divergence import DivergedError
+    from experiments.training.interrupts import NEVER
+    from support.batches import PreMadeBatches
+
+    torch.manual_seed(0)
+    model = PreActResNet18(num_classes=4, width=4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    trainer = Trainer(model, opt, constant(opt, epochs=1, steps=lambda e: e),
+                      TrainerOptions(progress=False, epochs=1), device=torch.device("cpu"),
+                      interrupts=SaveAtStep(save_at) if save_at else NEVER)
+    trainer.divergence = lazy_watch("fp32")
+    gen = torch.Generator().manual_seed(0)
+    batches = PreMadeBatches((torch.randn(8, 3, 32, 32, generator=gen), torch.randint(0, 4, (8,), generator=gen))
+                             for _ in range(8))
+    batches[2][0][0, 0, 0, 0] = float("nan")
+    saved = []
+    with pytest.raises(DivergedError, match="by step 5 " if save_at else "by step 4 "):
+        trainer.fit(batches, None, save=saved.append)
+    assert trainer.steps_taken == (save_at or 7) and saved == []
