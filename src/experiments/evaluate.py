@@ -67,7 +67,8 @@ def hydra_runtime(job_dir: Path, overrides: list[str]):
 
 
 def job_config(job_dir: Path, overrides: list[str]):
-    """The job's resolved config with `overrides`, and the split to evaluate. A key, value or
+    """The job's config as it trained (the model and input it built), that config with
+    `overrides` (what is evaluated), and the split to evaluate; both resolved. A key, value or
     interpolation that cannot be had is one ConfigError naming it, as train.py's checks are."""
     if not (job_dir / CONFIG_FILE).exists() or not (job_dir / "model.pt").exists():
         raise UserError(f"{job_dir} holds no finished job (its {CONFIG_FILE} and model.pt)")
@@ -87,7 +88,11 @@ def job_config(job_dir: Path, overrides: list[str]):
         if data_option is not None else []
     try:
         with hydra_runtime(job_dir, composing) as composed:
-            cfg = OmegaConf.load(job_dir / CONFIG_FILE)
+            # (to_container resolves every interpolation while Hydra's runtime is set; its errors
+            # name the key, OmegaConf.resolve's do not)
+            trained = OmegaConf.create(OmegaConf.to_container(OmegaConf.load(job_dir / CONFIG_FILE),
+                                                              resolve=True))
+            cfg = trained.copy()
             with open_dict(cfg):
                 if data_option is not None:  # (resolved in its own config: its paths are here's)
                     cfg.data = OmegaConf.create(OmegaConf.to_container(composed.data, resolve=True))
@@ -95,14 +100,12 @@ def job_config(job_dir: Path, overrides: list[str]):
                 for item in rest:
                     key, _, value = item.partition("=")
                     OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None, merge=True)
-            # every interpolation resolved while Hydra's runtime is set (to_container: its errors
-            # name the key, OmegaConf.resolve's do not)
             cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
         cfg.trainer = OmegaConf.merge(OmegaConf.structured(TrainerOptions), cfg.trainer)  # typed again
     except (HydraException, OmegaConfBaseException) as err:
         found = user_error_in(err)
         raise found if isinstance(found, UserError) else ConfigError(config_message(err)) from None
-    return cfg, split
+    return trained, cfg, split
 
 
 def config_message(err: Exception) -> str:
@@ -126,8 +129,7 @@ def report_name(data, split: str, tta: str) -> str:
 
 
 def run(job_dir: Path, overrides: list[str]) -> dict:
-    trained = OmegaConf.load(job_dir / CONFIG_FILE) if (job_dir / CONFIG_FILE).exists() else None
-    cfg, split = job_config(job_dir, overrides)
+    trained, cfg, split = job_config(job_dir, overrides)
     if cfg.data.num_classes != trained.data.num_classes:
         raise ConfigError(f"data={cfg.data.name} has {cfg.data.num_classes} classes, the job's model "
                           f"{trained.data.num_classes} ({trained.data.name}): evaluate it on data with "
