@@ -1,17 +1,18 @@
 """`trainer.profile=N`: where an epoch's time goes, answered by the job itself.
 
-torch.profiler records N optimizer steps after two that it skips: the process's first step
+torch.profiler records N optimizer steps after two that it skips: the job's first step
 (compile, autotuning: it would dominate the table), then one warm-up step of the profiler's own.
 The trace (Chrome trace format) goes into the job's TensorBoard run directory (`tb/`, read by
 TensorBoard's profiler plugin, or by https://ui.perfetto.dev), the table of the top ops by their
 own time into the job's log. On rank 0 only under DDP. The profiled steps run slower: this is a
 diagnostic, not a timing.
 
-Collecting and writing the trace takes seconds (2.9 s of a 10.9 s `experiment=smoke` job with
-trainer.profile=100, on this loaded 2-core machine, 2026-12-07):
-it is charged to the job's `profile` section (experiments/timing.py), not to the training pass
-it ends in, nor to no section at all (`rest`), where a run shorter than N left it. N is clipped
-up front to the steps the run has, and the log says how many steps were recorded.
+Collecting and writing the trace takes seconds (3.5 s of a 16.9 s `experiment=smoke` job with
+trainer.profile=100 on this 2-core machine, loaded by other work, 2026-12-07: docs/speed.md): it
+is charged to the job's `profile` section (experiments/timing.py) and left out of the epoch's
+training time, not to the training pass it ends in, nor to no section at all (`rest`), where a
+run shorter than N had left it. N is clipped up front to the steps the run has (with a
+warning), and the log says how many steps were recorded.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from experiments.timing import JobClock, NoClock
 
 log = logging.getLogger(__name__)
 
-WAIT_STEPS = 1  # the process's first step: compile, autotuning, first allocations
+WAIT_STEPS = 1  # the job's first step: compile, autotuning, first allocations
 WARMUP_STEPS = 1  # recorded but not reported: the profiler's own start-up
 SKIPPED = WAIT_STEPS + WARMUP_STEPS
 TOP_OPS = 15
