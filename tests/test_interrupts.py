@@ -104,7 +104,7 @@ def test_a_resumed_jobs_train_time_is_its_checkpoints_and_this_processs(tmp_path
     assert wait(fork(lambda: run_here(TINY, out))) == 0
     done = summary(out)
     assert done["resumed_from_step"] == 5 and done["time_s"]["train"] < done["train_time_s"]
-    assert done["train_time_s"] == pytest.approx(before + done["time_s"]["train"], abs=0.01)
+    assert done["train_time_s"] == pytest.approx(before + done["time_s"]["train"], abs=0.02)
 
 
 def test_a_second_signal_while_it_saves_changes_nothing(tmp_path):

@@ -360,7 +360,7 @@ def test_profile_writes_a_trace_and_logs_the_top_ops(tmp_path, caplog):
     assert "trainer.profile: 2 training steps recorded (trace in" in logged
     # the trace's collection and writing, inside the epoch's training pass, is no training time
     t = summary["time_s"]
-    assert t["profile"] > 0 and t["train"] == pytest.approx(summary["train_time_s"], abs=0.01), t
+    assert t["profile"] > 0 and t["train"] == pytest.approx(summary["train_time_s"], abs=0.02), t
 
 
 def test_profile_beyond_the_runs_steps_records_what_there_is_and_says_so(tmp_path, caplog):
@@ -373,8 +373,8 @@ def test_profile_beyond_the_runs_steps_records_what_there_is_and_says_so(tmp_pat
            "recording 2" in logged
     assert "trainer.profile: 2 training steps recorded of the 50 asked" in logged
     t = summary["time_s"]
-    assert t["profile"] > 0 and t["rest"] < 0.03 * t["wall"], t
-    assert t["train"] == pytest.approx(summary["train_time_s"], abs=0.01), t
+    assert t["profile"] > 0 and t["rest"] < 0.1 * t["wall"], t  # (3-7 ms of 0.5-2 s here)
+    assert t["train"] == pytest.approx(summary["train_time_s"], abs=0.02), t
 
 
 def test_a_profile_cut_short_reports_the_steps_it_recorded(tmp_path, caplog):
