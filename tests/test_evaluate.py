@@ -95,6 +95,7 @@ def test_a_dataset_under_the_default_data_dir_of_the_directory_it_runs_from(job,
     ("trainer.nope=1", "Key 'nope' not in 'TrainerOptions'"),
     ("data=folder", "data.root is required"),
     ("trainer.tta=both", "trainer.tta must be one of"),
+    ("trainer.eval_batch_size=[1", "trainer.eval_batch_size=[1: its value is not YAML"),
 ])
 def test_what_cannot_be_composed_or_resolved_is_one_message(job, capsys, override, message):
     out, _ = job

@@ -99,13 +99,21 @@ def job_config(job_dir: Path, overrides: list[str]):
                     rest = [o for o in rest if not o.startswith("data.")]
                 for item in rest:
                     key, _, value = item.partition("=")
-                    OmegaConf.update(cfg, key, yaml.safe_load(value) if value else None, merge=True)
+                    OmegaConf.update(cfg, key, yaml_value(item, value), merge=True)
             cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
         cfg.trainer = OmegaConf.merge(OmegaConf.structured(TrainerOptions), cfg.trainer)  # typed again
     except (HydraException, OmegaConfBaseException) as err:
         found = user_error_in(err)
         raise found if isinstance(found, UserError) else ConfigError(config_message(err)) from None
     return trained, cfg, split
+
+
+def yaml_value(item: str, value: str):
+    """KEY=VALUE's value as YAML reads it, as Hydra's overrides read theirs (null when empty)."""
+    try:
+        return yaml.safe_load(value) if value else None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{item}: its value is not YAML ({getattr(err, 'problem', None) or err})") from None
 
 
 def config_message(err: Exception) -> str:
