@@ -119,13 +119,21 @@ def test_the_best_so_far_steps_over_pruned_and_failed_trials(tmp_path, drawn):
     assert study.best_trial.user_attrs["trial"] == 5 and study.best_value == 0.70
 
 
-def test_a_minimized_metric_keeps_the_lowest_so_far(tmp_path):
+def test_a_minimized_metric_keeps_the_lowest_so_far_and_two_searches_report_apart(tmp_path):
     sweep = tmp_path / "s"
     for n, loss in enumerate([0.9, 0.7, 0.8]):
         write_trial(sweep, n, params(n), value=loss, metric="best_val_loss", direction="minimize")
     (search,) = searches(load_sweeps([sweep]))
     assert (search.metric, search.direction, search.best.number) == ("best_val_loss", "minimize", 1)
     assert history(search)["best"].tolist() == [0.9, 0.7, 0.7]
+
+    other = tmp_path / "t"  # combined into one report: a section each, and a picture each
+    write_trial(other, 0, params(0), value=0.6)
+    result = report.write_tables([sweep, other], tmp_path / "both")
+    md = (tmp_path / "both" / "summary.md").read_text()
+    assert [s.sweep for s in result.searches] == ["s", "t"]
+    assert "## Search (Optuna): s" in md and "## Search (Optuna): t" in md
+    assert [plots.search_plot_name(i) for i in range(2)] == ["search.png", "search-2.png"]
 
 
 def test_a_best_value_on_the_edge_of_its_range_is_pointed_out(tmp_path):
@@ -221,6 +229,9 @@ def test_the_search_space_is_what_the_sweeper_searched():
                      "trainer.batch_size": CategoricalDistribution([64, 128]),
                      "optim.momentum": UniformDistribution(0.8, 0.95)}
     assert search_space(sweeper, None).keys() == {"optim.lr", "trainer.batch_size", "optim.weight_decay"}
+    older = {"search_space": {"optim.lr": {"type": "float", "low": 0.01, "high": 0.5, "log": True}}}
+    assert search_space(older, "python train.py 'optim.momentum=interval(0.8, 0.95)'") == {
+        "optim.lr": LogUniformDistribution(0.01, 0.5), "optim.momentum": UniformDistribution(0.8, 0.95)}
 
 
 def test_a_grid_sweeps_report_has_no_search_and_never_imports_optuna(tmp_path, monkeypatch):

@@ -18,6 +18,7 @@ trials as an in-memory optuna.Study, for Optuna's own plots (optuna.visualizatio
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import shlex
 import warnings
@@ -31,6 +32,8 @@ import yaml
 from experiments.report.job_summary import COMPLETED, CONFIG_FILE, FAILED, PRUNED
 from experiments.report.sweep import SAFE_LOADER, Job, load_sweeps
 from experiments.report.tables import fmt
+
+log = logging.getLogger(__name__)
 
 SWEEPERS = ("optuna", "experiments_sweeper")  # in hydra.sweeper._target_: an Optuna search
 DEFAULT_METRIC = "best_val_acc"  # optimized_metric where a job's config does not say (conf/train.yaml)
@@ -141,8 +144,17 @@ def search_space(sweeper: dict, command: str | None) -> dict[str, Any]:
     secret) is left out."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+    from hydra_plugins.hydra_optuna_sweeper._impl import (
+        create_optuna_distribution_from_config,
+        create_params_from_overrides,
+    )
 
+    base = {}  # hydra.sweeper.search_space, the plugin's older form, used when there are no params
+    if not sweeper.get("params") and isinstance(sweeper.get("search_space"), dict):
+        try:
+            base = {str(k): create_optuna_distribution_from_config(v) for k, v in sweeper["search_space"].items()}
+        except Exception:  # noqa: BLE001  (one the plugin refuses too)
+            base = {}
     parser, arguments = OverridesParser.create(), []
     for argument in [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()] + command_overrides(command):
         try:
@@ -154,7 +166,7 @@ def search_space(sweeper: dict, command: str | None) -> dict[str, Any]:
         distributions, fixed = create_params_from_overrides(arguments)
     except Exception:  # noqa: BLE001  (a sweep the sweeper itself refuses: no space to read)
         return {}
-    return {name: d for name, d in distributions.items() if name not in fixed}
+    return {name: d for name, d in {**base, **distributions}.items() if name not in fixed}
 
 
 MISSING = object()
@@ -244,11 +256,17 @@ def read_search(jobs: list[Job]) -> Search | None:
 
 
 def searches(jobs: list[Job]) -> list[Search]:
-    """The Optuna searches among the jobs' sweep directories, in their order."""
+    """The Optuna searches among the jobs' sweep directories, in their order. One that cannot be
+    read is left out with a warning: the rest of the report stands without it."""
     by_sweep: dict[Path, list[Job]] = {}
     for job in jobs:
         by_sweep.setdefault(job.path.parent, []).append(job)
-    found = (read_search(group) for group in by_sweep.values())
+    found = []
+    for sweep, group in by_sweep.items():
+        try:
+            found.append(read_search(group))
+        except Exception as err:  # noqa: BLE001  (e.g. an Optuna the report does not know)
+            log.warning("%s: its Optuna search could not be read back (%s: %s)", sweep, type(err).__name__, err)
     return [s for s in found if s is not None]
 
 
