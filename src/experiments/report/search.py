@@ -45,7 +45,7 @@ MIN_IMPORTANCE_TRIALS = 10
 IMPORTANCE_SEED = 0  # the forest's: the same trials give the same importances in every rebuild
 # Optuna's default depth (64) lets each of its 64 trees grow with the trials, and its fANOVA
 # (pure Python) with them: 0.9 s of CPU for 100 trials, 3.0 s for 200, 11.1 s for 500. At depth 8
-# (up to 256 leaves: the same importances to 3 decimals at 100, 200 and 500 trials) 0.8, 1.8 and
+# (up to 256 leaves: the same importances within 0.002 at 100, 200 and 500 trials) 0.8, 1.8 and
 # 3.5 s, 5.2 s for 1,000 (python bench/search_importance.py --trials 100 200 500 1000, 2026-12-07)
 IMPORTANCE_MAX_DEPTH = 8
 
