@@ -149,6 +149,13 @@ def test_an_optuna_search_in_sqlite_continues_into_the_same_sweep_directory(tmp_
     assert len({name.split("-", 1)[1] for name in names}) == 4
     summaries = [json.loads(p.read_text()) for p in sweep.glob("*/summary.json")]
     assert [s["status"] for s in summaries] == ["completed"] * 4
+    # the report reads the search back (tests/test_search_report.py): the study's best trial, by
+    # its number, and the picture of the best so far
+    md = (sweep / "summary.md").read_text()
+    best = study.best_trial
+    assert "## Search (Optuna)\n\n4 trials (4 completed) of TPESampler, maximizing best_val_acc" in md
+    assert f"**Best trial {best.number} ({best.number}-lr=" in md
+    assert f"best_val_acc {100 * best.value:.2f}%" in md and (sweep / "plots" / "search.png").exists()
 
 
 def test_jobs_take_gpus_round_robin(monkeypatch):

@@ -3,8 +3,9 @@
 Each job: `tracking` (TensorBoard, W&B, metrics.csv; the `logger` group's target), `job_summary`
 (summary.json, its keys defined once), `provenance` (what produced the numbers).
 A sweep: `sweep` (read back from disk, one row per job), `analysis` (analysed once), `effects`
-(the statistics), `tables`, `markdown` (summary.md), `plots`, `sweep_report` (every file
-written), `command` (`python -m experiments.summarize`), `callbacks` (Hydra's hooks).
+(the statistics), `search` (an Optuna search's trials: importances, pruning), `tables`,
+`markdown` (summary.md), `plots`, `sweep_report` (every file written), `command`
+(`python -m experiments.summarize`), `callbacks` (Hydra's hooks).
 
 `from experiments.report import load_sweep` gives a sweep as a DataFrame.
 """

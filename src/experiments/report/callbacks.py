@@ -108,6 +108,8 @@ class SweepProgress(Callback):
         status = summary.get("status", "failed")
         test = summary.get("test_acc")
         outcome = f"test {100 * test:.1f}%" if status == "completed" and test is not None else status
+        if status == "pruned":  # by the search's pruner: no failure, and no test
+            outcome = f"pruned after {summary.get('epochs_completed') or 0} epochs"
         took = duration(time.time() - getattr(self, "started", time.time()))
         eta = self.sweep_eta(Path(config.hydra.sweep.dir))
         log.info("%s done: %s (%s%s)", self.job_line(config), outcome, took,
@@ -127,13 +129,13 @@ class SweepProgress(Callback):
     def sweep_eta(self, sweep: Path) -> float | None:
         """Seconds left: the sweep's time so far per ended job (completed or failed; jobs side
         by side count as they end), times the jobs not ended yet."""
-        from experiments.report.job_summary import COMPLETED, FAILED, read_summary
+        from experiments.report.job_summary import COMPLETED, FAILED, PRUNED, read_summary
 
         state = self.state(sweep)
         if not state.get("jobs"):
             return None
         ended = sum(1 for d in sweep.iterdir() if d.is_dir()
-                    and (read_summary(d) or {}).get("status") in (COMPLETED, FAILED))
+                    and (read_summary(d) or {}).get("status") in (COMPLETED, FAILED, PRUNED))
         left = state["jobs"] - ended
         return (time.time() - state["started"]) / ended * left if ended and left > 0 else None
 

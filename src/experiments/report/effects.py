@@ -230,9 +230,10 @@ def is_balanced(df: pd.DataFrame, factors: list[str]) -> bool:
     return len(counts) == math.prod(len(levels(df, f)) for f in factors) and counts.nunique() <= 1
 
 
-def estimate(df: pd.DataFrame, columns: list[str]) -> Effects:
+def estimate(df: pd.DataFrame, columns: list[str], searched: list[str] = ()) -> Effects:
+    """`searched`: columns a search sampled (Optuna's parameters), never factors."""
     all_swept = swept(df, columns)
-    factors = [f for f in all_swept if len(levels(df, f)) <= MAX_LEVELS]
+    factors = [f for f in all_swept if len(levels(df, f)) <= MAX_LEVELS and f not in searched]
     result = Effects(factors, [f for f in all_swept if f not in factors])
     if not factors or completed(df).empty:
         return result

@@ -25,6 +25,7 @@ SUMMARY_FILE = "summary.json"
 CONFIG_FILE = "config.yaml"  # the job's resolved config (secrets masked): every value it ran with
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
 INTERRUPTED = "interrupted"  # stopped at a signal after a checkpoint: its rerun continues it
+PRUNED = "pruned"  # an Optuna trial its pruner stopped early: neither failed nor a candidate
 
 
 def now() -> str:
@@ -40,7 +41,7 @@ def only(status: str):
 class JobSummary:
     """summary.json. Accuracies are fractions (0-1); null: not available (yet)."""
 
-    status: str  # running (written at the start), completed or failed
+    status: str  # running (written at the start), completed, failed, interrupted or pruned
     name: str  # the job directory's name in a sweep, <date>_<time> for one run; its W&B run's name
     choices: dict[str, str | None]  # every config group's option (experiments.config.groups)
     overrides: list[str]  # the job's command-line overrides
@@ -82,6 +83,8 @@ class JobSummary:
     # seconds of this process's wall time by section, with `rest` and `wall` (experiments/
     # timing.py: SECTIONS); on a resumed job, from its resume on (train_time_s: every epoch's)
     time_s: dict | None = only(COMPLETED)
+    # pruned trials only: the monitored metric's value at the report that pruned it
+    pruned_value: float | None = only(PRUNED)
     # running jobs only: whose process writes it, so a reader tells running from killed
     pid: int | None = only(RUNNING)
     host: str | None = only(RUNNING)

@@ -1,5 +1,6 @@
-"""summary.md: a sweep's report, in the order a reader asks: what to pick, the grid, what each
-factor did, the plots, what failed, what produced the numbers, and every job."""
+"""summary.md: a sweep's report, in the order a reader asks: what to pick, an Optuna search's
+trials, the grid, what each factor did, the plots, what failed, what produced the numbers, and
+every job."""
 
 from __future__ import annotations
 
@@ -11,9 +12,21 @@ from experiments.report import effects
 from experiments.report.analysis import SweepAnalysis
 from experiments.report.effects import Comparison, completed
 from experiments.report.grid import frame, sweep_grid
-from experiments.report.plots import EFFECTS_PLOT, GRID_PLOT, PLOTS
+from experiments.report.job_summary import COMPLETED, FAILED, PRUNED
+from experiments.report.plots import EFFECTS_PLOT, GRID_PLOT, PLOTS, search_plot_name
+from experiments.report.search import (
+    Search,
+    best_text,
+    describe,
+    edge_sentence,
+    headline,
+    pruning,
+    pruning_sentence,
+    value_text,
+)
 from experiments.report.tables import (
     by_config_shown,
+    fmt,
     markdown_table,
     mean_pm_std,
     missing,
@@ -28,8 +41,8 @@ PROVENANCE = "provenance."
 def report_markdown(roots: list[Path], result: SweepAnalysis, out_dir: Path) -> str:
     same, shown = shared_and_shown(result.table)
     text = ["# Sweep report", "", f"Sweeps: {', '.join(str(r) for r in roots)}", "",
-            *pick_section(result), *grid_section(result, out_dir),
-            *effects_section(result.analysis, out_dir),
+            *pick_section(result), *search_sections(result.searches, out_dir),
+            *grid_section(result, out_dir), *effects_section(result.analysis, out_dir, result.searches),
             *plots_section(out_dir), *problems_section(result.df), *provenance_section(result.df),
             "## All jobs", "",
             "Sorted by test accuracy (%). `*` marks the jobs of the picked configuration (best "
@@ -50,7 +63,7 @@ def pick_section(result: SweepAnalysis) -> list[str]:
     jobs = f"{len(result.df)} jobs: " + ", ".join(f"{n} {status}" for status, n in counts.items()) + "."
     if result.pick is None:
         return ["## Pick", "", "No completed job has a validation accuracy: nothing to pick on "
-                "(test accuracy is not for choosing).", "", jobs, ""]
+                "(test accuracy is not for choosing).", "", jobs + pruned_apart(counts.get(PRUNED, 0)), ""]
     row, n = result.pick["row"], int(result.pick["row"]["n"])
     over = f"mean +- std over {n} seeds" if n > 1 else "one seed"
     varying = result.analysis.factors + result.analysis.searched
@@ -59,7 +72,15 @@ def pick_section(result: SweepAnalysis) -> list[str]:
             f"{mean_pm_std('best_val_acc', row['best_val_acc_mean'], row['best_val_acc_std'])} ({over}); "
             f"its test accuracy {mean_pm_std('test_acc', row['test_acc_mean'], row['test_acc_std'])}."
             + compared(result.pick["seeds"], result.pick["left_out"])
-            + tied(result.pick.get("ties", 0)), "", jobs, ""]
+            + tied(result.pick.get("ties", 0)), "", jobs + pruned_apart(counts.get(PRUNED, 0)), ""]
+
+
+def pruned_apart(pruned: int) -> str:
+    """Pruned trials stopped early by the search: their numbers are partial, never a candidate's."""
+    if not pruned:
+        return ""
+    return (f" The {pruned} pruned trial{'s are not candidates' if pruned > 1 else ' is not a candidate'}: "
+            "stopped early by the search, with partial numbers and no test accuracy (see Search).")
 
 
 def compared(seeds: list[str], left_out: int) -> str:
@@ -103,6 +124,62 @@ def grid_section(result: SweepAnalysis, out_dir: Path) -> list[str]:
             markdown_table(frame(grid, cell)), *picture(out_dir, GRID_PLOT)]
 
 
+def search_sections(searches: list[Search], out_dir: Path) -> list[str]:
+    """Each Optuna search: its trials, the best one, the best value so far against the trial
+    number (plots/search.png), the parameters' importances and what pruning saved."""
+    several = len(searches) > 1
+    return [line for i, s in enumerate(searches)
+            for line in search_section(s, out_dir, search_plot_name(i), several)]
+
+
+def search_section(search: Search, out_dir: Path, plot: str, several: bool) -> list[str]:
+    metric = search.metric
+    text = [f"## Search (Optuna){f': {search.sweep}' if several else ''}", "",
+            f"{headline(search)}, over:", "", *[f"- `{k}`: {describe(d)}" for k, d in search.space.items()], "",
+            f"**{sentence_case(best_text(search))}.**" if search.best else f"{sentence_case(best_text(search))}.", ""]
+    text += [edge_sentence(search), ""] if edge_sentence(search) else []
+    if (out_dir / "plots" / plot).exists():
+        pruned, failed = search.with_status(PRUNED), search.with_status(FAILED)
+        unvalued = [t for t in pruned if t.pruned_value is None]
+        marks = ["dots: completed trials"]
+        marks += ["crosses: pruned trials, at the value they were pruned at"] if len(unvalued) < len(pruned) else []
+        bottom = [w for w, n in (("failed trials", failed), ("pruned trials without a value", unvalued)) if n]
+        marks += [f"triangles on the bottom edge: {' and '.join(bottom)}"] if bottom else []
+        text += [f"The best `{metric}` so far against the trial number (the line steps where a trial "
+                 f"beats every one before it); {'; '.join(marks)}.", "", *picture(out_dir, plot)]
+    text += importance_lines(search)
+    p = pruning(search)
+    if p.pruned:
+        rows = pd.DataFrame([{"trial": t.number, "job": t.job, "epochs trained": t.epochs_completed,
+                              "of": "" if t.epochs is None else t.epochs,
+                              "value when pruned": "" if t.pruned_value is None else value_text(metric, t.pruned_value)}
+                             for t in search.with_status(PRUNED)])
+        text += ["### Pruned trials", "", pruning_sentence(p, len(search.trials)) + " They are not "
+                 "candidates for the pick, nor in the grid or the effects.", "", markdown_table(rows)]
+    return text
+
+
+def sentence_case(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
+def importance_lines(search: Search) -> list[str]:
+    n = len(search.valued)
+    if not search.importances:
+        return ["### Parameter importances", "", f"Not shown: {search.importance_note}.", ""]
+    best = search.best.params if search.best else {}
+    rows = pd.DataFrame([{"parameter": k, "importance": f"{v:.2f}", "searched over": describe(search.space[k]),
+                          "best trial's": fmt(k, best[k]) if isinstance(best.get(k), float) else best.get(k, "")}
+                         for k, v in search.importances.items()])
+    return [f"### Parameter importances (fANOVA over {n} completed trials)", "",
+            f"How much of the variation of `{search.metric}` between the completed trials each parameter "
+            "explains on its own (Optuna's `get_param_importances`: fANOVA on a random forest fit to the "
+            "trials, normalized to sum to 1). It describes these trials, which the "
+            "sampler chose (TPE samples more where it found good values), not an effect measured like "
+            "for like; a parameter with a small importance may still matter outside the ranges searched.",
+            "", markdown_table(rows)]
+
+
 def picture(out_dir: Path, name: str) -> list[str]:
     """The Markdown image of plots/NAME, when it was drawn."""
     return [f"![{name.removesuffix('.png')}](plots/{name})", ""] if (out_dir / "plots" / name).exists() else []
@@ -123,10 +200,14 @@ def agreeing(c: Comparison) -> int:
     return c.n_better if c.mean >= 0 else c.n_worse
 
 
-def effects_section(analysis: effects.Effects, out_dir: Path) -> list[str]:
+def effects_section(analysis: effects.Effects, out_dir: Path, searches: list[Search] = ()) -> list[str]:
+    sampled = [k for k in analysis.searched if any(k in s.space for s in searches)]
     if not analysis.factors:
         searched = (f" ({', '.join(analysis.searched)} take more than {effects.MAX_LEVELS} values:"
                     " a search, not a grid)") if analysis.searched else ""
+        if sampled:
+            searched = (f" ({', '.join(sampled)}: sampled by Optuna, so no two trials differ in one "
+                        "of them alone; their importances are under Search)")
         return ["## Effects", "", f"No factor to analyse{searched}.", ""] if searched else []
     if analysis.levels.empty:
         return ["## Effects", "", "No completed job yet: nothing to compare.", ""]
@@ -183,8 +264,8 @@ def plots_section(out_dir: Path) -> list[str]:
 
 
 def problems_section(df: pd.DataFrame) -> list[str]:
-    """Jobs that did not complete, and why."""
-    bad = df[df["status"] != "completed"]
+    """Jobs that did not complete, and why (pruned trials are no failure: under Search)."""
+    bad = df[~df["status"].isin([COMPLETED, PRUNED])]
     if bad.empty:
         return []
     # (an interrupted job that stopped at a signal says which, and where, in its error)

@@ -1,6 +1,7 @@
 """PNG pictures of a sweep for its report: curves per epoch, bars per job and per configuration,
-the grid as a heatmap (grid.png) and the effects as a forest plot (effects.png). PLOTS names the
-files of summary.md's Plots section, in its order; grid.png and effects.png are shown next to
+the grid as a heatmap (grid.png), the effects as a forest plot (effects.png), and an Optuna
+search's best value so far against the trial number (search.png). PLOTS names the files of
+summary.md's Plots section, in its order; grid.png, effects.png and search.png are shown next to
 the tables they draw.
 
 Every picture stays readable at any sweep size, and in black and white:
@@ -29,6 +30,8 @@ import pandas as pd
 
 from experiments.report.analysis import SweepAnalysis
 from experiments.report.grid import JOINER, Grid, sweep_grid
+from experiments.report.job_summary import COMPLETED, FAILED, PRUNED
+from experiments.report.search import Search, history
 from experiments.report.sweep import SEED, Job, label
 from experiments.training.metrics import ACCURACIES, EPOCH, LR, TRAIN_ACC, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 
@@ -47,6 +50,7 @@ BARS = {
 PLOTS = {**{name: title for name, (_, _, title) in CURVES.items()}, **BARS}
 GRID_PLOT = "grid.png"  # next to summary.md's grid table
 EFFECTS_PLOT = "effects.png"  # next to summary.md's effects tables
+SEARCH_PLOT = "search.png"  # next to summary.md's Search section (a second search's: search-2.png)
 ALL_PLOTS = (*PLOTS, GRID_PLOT, EFFECTS_PLOT)
 
 DPI = 120
@@ -62,6 +66,7 @@ MARKERS = ("o", "s", "^", "D", "v", "P")
 STATUS = {  # epochs.png's bars: colour, hatch, meaning
     "completed": ("tab:blue", "", "completed"),
     "early": ("tab:orange", "//", "early-stopped"),
+    "pruned": ("tab:red", "..", "pruned"),
     "other": ("tab:gray", "xx", "not completed"),
 }
 
@@ -409,8 +414,12 @@ def best_val_bars(df: pd.DataFrame, path: Path) -> bool:
     shown = df.dropna(subset=["best_val_acc"]).sort_values("best_val_acc", ascending=False, kind="stable")
     if shown.empty:
         return False
+    statuses = list(shown["status"]) if "status" in shown else []
+    # a pruned trial's is its best so far when it was pruned: told apart from the others'
+    groups = [PRUNED if status == PRUNED else "completed" if status == COMPLETED else "other"
+              for status in statuses] if PRUNED in statuses else None
     ranked_bars(job_labels(list(shown["job"]), list(shown["sweep"])), list(100 * shown["best_val_acc"]),
-                "best validation accuracy (%)", BARS[path.name], path, "jobs", "the best")
+                "best validation accuracy (%)", BARS[path.name], path, "jobs", "the best", groups=groups)
     return True
 
 
@@ -422,8 +431,9 @@ def epoch_bars(df: pd.DataFrame, path: Path) -> bool:
         return False
     if len(shown) > TOP_K:
         shown = shown.sort_values("epochs_completed", kind="stable")
-    groups = ["other" if status != "completed" else "early" if pd.notna(stopped) and bool(stopped)
-              else "completed" for stopped, status in zip(shown["early_stopped"], shown["status"])]
+    groups = [status if status == PRUNED else "other" if status != COMPLETED else "early"
+              if pd.notna(stopped) and bool(stopped) else "completed"
+              for stopped, status in zip(shown["early_stopped"], shown["status"])]
     ranked_bars(job_labels(list(shown["job"]), list(shown["sweep"])),
                 [float(e) for e in shown["epochs_completed"]], "epochs trained", BARS[path.name], path,
                 "jobs", "the fewest epochs", groups=groups, fmt="{:.0f}", whole=True)
@@ -561,6 +571,53 @@ def effects_plot(table: pd.DataFrame, path: Path) -> bool:
     return True
 
 
+# --- an Optuna search ------------------------------------------------------------------------
+
+def search_plot_name(index: int) -> str:
+    """The picture of the report's index-th Optuna search."""
+    return SEARCH_PLOT if index == 0 else f"search-{index + 1}.png"
+
+
+def search_plot(search: Search, path: Path) -> bool:
+    """The best value so far against the trial number (experiments.report.search.history): a
+    step line over the completed trials' values (dots); pruned trials as crosses at the value
+    they were pruned at; failed ones, and pruned ones without a value, as triangles on the
+    bottom edge."""
+    table = history(search)
+    if table.empty:
+        return False
+    scale = 100.0 if "acc" in search.metric.split("_") else 1.0
+    fig, ax = figure(9, 4.5)
+    done = table[(table["status"] == COMPLETED) & table["value"].notna()]
+    ax.plot(done["trial"], done["value"] * scale, "o", color="tab:blue", markersize=4, alpha=0.7,
+            label=f"completed ({len(done)})")
+    best = table.dropna(subset=["best"])
+    if not best.empty:  # to the last trial, so that the line shows how long the best has held
+        ax.step(best["trial"], best["best"] * scale, where="post", color="black", linewidth=1.5,
+                label="best so far")
+    pruned = table[table["status"] == PRUNED]
+    valued = pruned.dropna(subset=["pruned_value"])
+    if not valued.empty:
+        ax.plot(valued["trial"], valued["pruned_value"] * scale, "x", color="tab:red", markersize=6,
+                label=f"pruned ({len(pruned)}), at its value then")
+    bottom = pd.concat([table[table["status"] == FAILED], pruned[pruned["pruned_value"].isna()]])
+    if not bottom.empty:  # no value to place them at: along the bottom edge (x in data, y in axes)
+        ax.plot(bottom["trial"], [0.03] * len(bottom), "v", color="0.3", markerfacecolor="white", markersize=6,
+                clip_on=False, transform=ax.get_xaxis_transform(),
+                label=f"failed ({(table['status'] == FAILED).sum()})" + (", pruned without a value" if
+                                                                         pruned["pruned_value"].isna().any() else ""))
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="trial", ylabel=search.metric + (" (%)" if scale == 100.0 else ""))
+    ax.set_title(f"{search.sampler or 'Optuna'}, {search.direction}: the best {search.metric} so far, "
+                 f"{len(table)} trials", fontsize=10)
+    legend(ax, outside=True)
+    ax.grid(alpha=0.3)
+    save(fig, path)
+    return True
+
+
 # --- all of them -----------------------------------------------------------------------------
 
 def write_plots(jobs: list[Job], result: SweepAnalysis, out_dir: Path) -> list[Path]:
@@ -579,10 +636,13 @@ def write_plots(jobs: list[Job], result: SweepAnalysis, out_dir: Path) -> list[P
                   "test_acc.png": lambda p: accuracy_bars(configs, p, differ),
                   GRID_PLOT: lambda p: grid_plot(sweep_grid(result), p),
                   EFFECTS_PLOT: lambda p: effects_plot(result.analysis.csv, p)})
+    draws.update({search_plot_name(i): (lambda p, s=search: search_plot(s, p))
+                  for i, search in enumerate(result.searches)})
+    stale = sorted(p.name for p in out_dir.glob("search*.png") if p.name not in draws)  # a search gone
     written = []
-    for name in ALL_PLOTS:
+    for name in [*draws, *stale]:
         path = out_dir / name
-        if draws[name](path):
+        if name in draws and draws[name](path):
             written.append(path)
         else:
             path.unlink(missing_ok=True)

@@ -131,7 +131,7 @@ def selected_epoch(metrics: list[dict[str, float]], monitor: str) -> dict[str, A
             "best_epoch": int(best[EPOCH]) if EPOCH in best else None}
 
 
-ENDED = ("completed", "failed")  # a job that will not change (until it is rerun: a new summary)
+ENDED = ("completed", "failed", "pruned")  # a job that will not change (until it is rerun: a new summary)
 
 
 def load_sweeps(roots: list[Path], cache: dict | None = None) -> list[Job]:

@@ -16,6 +16,7 @@ from experiments.report import effects
 from experiments.report.analysis import SweepAnalysis, analyse_sweep
 from experiments.report.markdown import report_markdown
 from experiments.report.plots import write_plots
+from experiments.report.search import Search, best_text, edge_sentence, headline, pruning, pruning_sentence
 from experiments.report.sweep import Job, load_sweeps
 from experiments.report.tables import by_config_shown, markdown_table, shared_and_shown, shared_line
 
@@ -68,4 +69,19 @@ def terminal_table(result: SweepAnalysis | None) -> str:
     if result.analysis.sentences:
         text += "\neffects (test accuracy, paired over jobs that differ only in that factor):\n"
         text += "\n".join(f"  {s}" for s in result.analysis.sentences) + "\n"
+    for search in result.searches:
+        text += search_lines(search, several=len(result.searches) > 1)
     return text
+
+
+def search_lines(search: Search, several: bool) -> str:
+    """An Optuna search in a few lines: its trials, the best, the importances, what pruning saved."""
+    lines = [f"\nsearch{f' {search.sweep}' if several else ''} (Optuna): {headline(search)}",
+             f"  {best_text(search)}"] + ([f"  {edge_sentence(search)}"] if edge_sentence(search) else [])
+    if search.importances:
+        lines.append(f"  importances (fANOVA over {len(search.valued)} completed trials): "
+                     + ", ".join(f"{k} {v:.2f}" for k, v in search.importances.items()))
+    else:
+        lines.append(f"  importances: {search.importance_note}")
+    saved = pruning_sentence(pruning(search), len(search.trials))
+    return "\n".join(lines + ([f"  {saved}"] if saved else [])) + "\n"
