@@ -274,3 +274,19 @@ def test_the_lookahead_is_switched_on_and_off_by_override(compose_cfg):
         lookahead("trainer.lookahead.decay=0.5")
     with pytest.raises(ConfigError, match="trainer.lookahead.every must be a positive integer, got 0"):
         lookahead("trainer.lookahead.every=0")
+
+
+def test_a_lookahead_that_is_off_fingerprints_as_before_it_became_a_node(compose_cfg):
+    """Jobs run before 2026-12-07 recorded `trainer.lookahead: null`: their checkpoints and
+    completed results must still match their rerun's config, now `{every: null, ...}`."""
+    from experiments.training.checkpoint import fingerprint
+
+    def record(*overrides):  # (the trainer group: the rest needs Hydra's runtime to resolve)
+        trainer = compose_cfg(["experiment=smoke", *overrides]).trainer
+        return {"trainer": OmegaConf.to_container(trainer, resolve=True)}
+
+    now = record()
+    assert now["trainer"]["lookahead"]["every"] is None
+    before = {**now, "trainer": {**now["trainer"], "lookahead": None}}
+    assert fingerprint(now) == fingerprint(before)
+    assert fingerprint(record("trainer.lookahead.every=5")) != fingerprint(now)

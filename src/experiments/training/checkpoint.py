@@ -43,7 +43,8 @@ class CheckpointError(Refusal):
 
 
 def semantic_config(config: dict) -> dict:
-    """The resolved config without the keys in NOT_IN_FINGERPRINT."""
+    """The resolved config without the keys in NOT_IN_FINGERPRINT, each value written the one
+    way its meaning has (`canonical`)."""
     config = json.loads(json.dumps(config, default=str))
     for key in NOT_IN_FINGERPRINT:
         *parents, leaf = key.split(".")
@@ -51,6 +52,18 @@ def semantic_config(config: dict) -> dict:
         for p in parents:
             node = node.get(p, {})
         node.pop(leaf, None)
+    return canonical(config)
+
+
+def canonical(config: dict) -> dict:
+    """A lookahead that is off is null, however the config wrote it: since 2026-12-07 it is a
+    node with `every: null` (so that `trainer.lookahead.every=5` merges into it), and before it
+    was null. The checkpoints and completed results of jobs run before then still match their
+    rerun, and resume."""
+    trainer = config.get("trainer")
+    if isinstance(trainer, dict) and isinstance(trainer.get("lookahead"), dict):
+        if trainer["lookahead"].get("every") is None:
+            trainer["lookahead"] = None
     return config
 
 
