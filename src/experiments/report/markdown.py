@@ -48,6 +48,7 @@ def configuration(config: dict, columns: list[str]) -> str:
 def pick_section(result: SweepAnalysis) -> list[str]:
     counts = result.df["status"].value_counts()
     jobs = f"{len(result.df)} jobs: " + ", ".join(f"{n} {status}" for status, n in counts.items()) + "."
+    jobs += copies(result.df)
     if result.pick is None:
         return ["## Pick", "", "No completed job has a validation accuracy: nothing to pick on "
                 "(test accuracy is not for choosing).", "", jobs, ""]
@@ -60,6 +61,18 @@ def pick_section(result: SweepAnalysis) -> list[str]:
             f"its test accuracy {mean_pm_std('test_acc', row['test_acc_mean'], row['test_acc_std'])}."
             + compared(result.pick["seeds"], result.pick["left_out"])
             + tied(result.pick.get("ties", 0)), "", jobs, ""]
+
+
+def copies(df: pd.DataFrame) -> str:
+    """The directories left out because they hold a job another one holds (the same config and
+    seed: a sweep of an older version, rerun, trained its jobs again at their new places)."""
+    pairs = [(copy, job) for job, names in zip(df["job"], df["copies"]) for copy in names.split()]
+    if not pairs:
+        return ""
+    shown = ", ".join(f"`{copy}` (as `{job}`)" for copy, job in pairs[:6])
+    more = f" and {len(pairs) - 6} more" if len(pairs) > 6 else ""
+    return (f" Left out, so that each configuration and seed counts once: {len(pairs)} "
+            f"director{'ies' if len(pairs) > 1 else 'y'} holding the same job as another: {shown}{more}.")
 
 
 def compared(seeds: list[str], left_out: int) -> str:
