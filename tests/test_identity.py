@@ -98,10 +98,12 @@ def summaries(sweep):
 
 
 def test_a_rerun_reordered_extended_or_with_other_overrides_reuses_every_job(tmp_path):
-    """Two seeds, then the same sweep rerun with the seeds reordered and a third added (joblib:
-    each job in another process), then the first job again with no seed override and the
-    default learning rate given as an override: no job trains twice, the interrupted one
-    continues from its checkpoint in its own directory, and the report counts each seed once."""
+    """Two seeds, then the same sweep rerun with the seeds reordered and a third added, then the
+    first job again with no seed override and the default learning rate given as an override:
+    no job trains twice, the interrupted one continues from its checkpoint in its own
+    directory, and the report counts each seed once. (Jobs that claim their directories in
+    other processes, at once: test_two_processes_adding_jobs_at_once_never_share_a_number, and
+    tests/test_cluster.py's submitit sweep, whose two tasks of a job find one directory.)"""
     sweep = tmp_path / "sweep"
     first = run_train("-m", *SMOKE, "seed=0,1", "trainer.keep_checkpoint=true",
                       f"hydra.sweep.dir={sweep}", cwd=tmp_path)
@@ -111,8 +113,7 @@ def test_a_rerun_reordered_extended_or_with_other_overrides_reuses_every_job(tmp
     # seed 1 as if killed after its last checkpoint (kept: trainer.keep_checkpoint=true)
     interrupted = sweep / "1-lenet-sgd-basic-seed=1"
     write_json(interrupted / "summary.json", {**before[interrupted.name], "status": "interrupted"})
-    second = run_train("-m", *SMOKE, "seed=1,0,2", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-                       f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    second = run_train("-m", *SMOKE, "seed=1,0,2", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
     after = summaries(sweep)
     assert sorted(after) == [*sorted(before), "2-lenet-sgd-basic-seed=2"]

@@ -71,8 +71,10 @@ def copies(df: pd.DataFrame) -> str:
         return ""
     shown = ", ".join(f"`{copy}` (as `{job}`)" for copy, job in pairs[:6])
     more = f" and {len(pairs) - 6} more" if len(pairs) > 6 else ""
-    return (f" Left out, so that each configuration and seed counts once: {len(pairs)} "
-            f"director{'ies' if len(pairs) > 1 else 'y'} holding the same job as another: {shown}{more}.")
+    one = len(pairs) == 1
+    return (f" {len(pairs)} director{'y holds' if one else 'ies hold'} a job that another holds too "
+            f"(the same config and seed) and {'is' if one else 'are'} left out, so that each counts "
+            f"once: {shown}{more}.")
 
 
 def compared(seeds: list[str], left_out: int) -> str:
