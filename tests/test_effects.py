@@ -15,6 +15,7 @@ from experiments.report import sweep_report as report
 from experiments.report.grid import sweep_grid
 from experiments.report.job_summary import write_json
 from experiments.report.provenance import resumed_code_change
+from experiments.report.sweep import load_job, ran_with
 
 T_975 = {2: 4.302653, 3: 3.182446}  # t quantiles (0.975; 2 and 3 degrees of freedom), from tables
 CODE = {"commit": "c0ffee", "dirty": False, "diff_sha256": None}
@@ -233,6 +234,22 @@ def test_a_value_every_job_ran_with_is_no_factor_however_it_was_given(tmp_path):
     md = (sweep / "summary.md").read_text()
     assert "**optim=sgd**: best validation accuracy" in md
     assert "optim.lr=1e-3 trainer.epochs=3" in md.split("## All jobs")[1]  # on the `all jobs:` line
+
+
+def test_each_job_shows_what_its_config_says_and_only_then_its_override(tmp_path):
+    """config.yaml first; Hydra's record of the composed config for a job that failed before
+    writing its own (an interpolation there is not a value); `(unset)` for a key the config
+    lacks; the override where no config says."""
+    sweep = tmp_path / "s"
+    written = job_dir(sweep, 0, {"trainer.epochs": "2"}, 0, 50, config={"trainer": {"epochs": 2}})
+    lacking = job_dir(sweep, 1, {}, 0, 50, config={"trainer": {}})
+    early = job_dir(sweep, 2, {}, 0, 50, status="failed")
+    (early / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"trainer": {"epochs": 4}}))
+    interpolated = job_dir(sweep, 3, {}, 0, 50, status="failed")
+    (interpolated / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"trainer": {"epochs": "${x}"}}))
+    unread = job_dir(sweep, 4, {"trainer.epochs": "5"}, 0, 50)
+    jobs = [load_job(path, "s") for path in (written, lacking, early, interpolated, unread)]
+    assert ran_with(jobs, "trainer.epochs") == ["2", "(unset)", "4", "", "5"]
 
 
 def test_load_sweep_gives_one_row_per_job(tmp_path):
