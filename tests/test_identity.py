@@ -98,11 +98,11 @@ def summaries(sweep):
 
 
 def test_a_rerun_reordered_extended_or_with_other_overrides_reuses_every_job(tmp_path):
-    """Two seeds, then the same sweep rerun with the seeds reordered and a third added, then the
-    first job again with no seed override and the default learning rate given as an override:
-    no job trains twice, the interrupted one continues from its checkpoint in its own
-    directory, and the report counts each seed once. (Jobs that claim their directories in
-    other processes, at once: test_two_processes_adding_jobs_at_once_never_share_a_number, and
+    """Two seeds, then the same sweep rerun with the seeds reordered and a third added, then with
+    no seed override and the learning rate swept (its default and another): no job trains
+    twice, the interrupted one continues from its checkpoint in its own directory, and the
+    report counts each (config, seed) once. (Jobs that claim their directories in other
+    processes, at once: test_two_processes_adding_jobs_at_once_never_share_a_number, and
     tests/test_cluster.py's submitit sweep, whose two tasks of a job find one directory.)"""
     sweep = tmp_path / "sweep"
     first = run_train("-m", *SMOKE, "seed=0,1", "trainer.keep_checkpoint=true",
@@ -120,15 +120,19 @@ def test_a_rerun_reordered_extended_or_with_other_overrides_reuses_every_job(tmp
     assert after["0-lenet-sgd-basic-seed=0"] == before["0-lenet-sgd-basic-seed=0"]  # returned, unchanged
     resumed = after[interrupted.name]
     assert resumed["status"] == "completed" and resumed["resumed_from_epoch"] == 1
-    third = run_train("-m", *SMOKE, "optim.lr=0.1", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
+    # a swept key added (0.1: sgd's default), no seed override (0 by default)
+    third = run_train("-m", *SMOKE, "optim.lr=0.1,0.05", f"hydra.sweep.dir={sweep}", cwd=tmp_path)
     assert third.returncode == 0, third.stderr[-3000:]
     assert "already completed in" in third.stdout + third.stderr
-    assert summaries(sweep) == after
+    last = summaries(sweep)
+    assert {k: v for k, v in last.items() if k in after} == after
+    assert sorted(set(last) - set(after)) == ["3-lenet-sgd-basic-optim.lr=0.05"]  # 1 is taken
     df = load_sweep(sweep)
-    assert sorted(df["seed"]) == ["0", "1", "2"] and set(df["status"]) == {"completed"}
+    assert sorted(df["seed"]) == ["0", "0", "1", "2"] and set(df["status"]) == {"completed"}
+    assert sorted(df["optim.lr"]) == ["0.05", "0.1", "0.1", "0.1"]  # (the others' default)
     # this run's lines: the reused job is no evidence of how long a job takes
     progress = json.loads((sweep / ".sweep_progress.json").read_text())
-    assert progress["jobs"] == 1 and progress["ended"] == {"0": False}
+    assert progress["jobs"] == 2 and progress["ended"] == {"0": False, "1": True}
     assert not re.search(r"sweep ETA", third.stdout + third.stderr)
 
 
