@@ -40,8 +40,8 @@ SUMMARY_FILE = "summary.json"  # the job's status and results (experiments.repor
 CONFIG_FILE = "config.yaml"  # the job's resolved config (secrets masked): every value it ran with
 FINGERPRINT_FILE = ".fingerprint"  # written when a sweep's job claims its directory
 LOCK_FILE = ".jobs.lock"  # in the sweep directory, held while a job finds or claims its directory
-# a claim holds the lock for milliseconds; past this (a filesystem whose locks hang), the job
-# claims without it, and says so
+# a claim holds the lock for a fraction of a second; past this (a filesystem whose locks hang),
+# the job claims without it, and says so
 LOCK_TIMEOUT_S = 60
 
 # keys that do not change what a job computes: they may differ between a run and its resume
