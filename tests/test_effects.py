@@ -3,6 +3,7 @@ paired differences, sign counts, 95% t-intervals (only with two or more seeds), 
 an unbalanced grid with a failed job, a confounded sweep, and the provenance section."""
 
 import itertools
+import json
 import math
 
 import pandas as pd
@@ -11,18 +12,23 @@ import yaml
 
 from experiments.report import effects, load_sweep
 from experiments.report import sweep_report as report
+from experiments.report.grid import sweep_grid
 from experiments.report.job_summary import write_json
 from experiments.report.provenance import resumed_code_change
+from experiments.report.sweep import load_job, ran_with
 
 T_975 = {2: 4.302653, 3: 3.182446}  # t quantiles (0.975; 2 and 3 degrees of freedom), from tables
 CODE = {"commit": "c0ffee", "dirty": False, "diff_sha256": None}
 
 
-def job_dir(sweep, num, choices, seed, test, status="completed", **extra):
-    """A job directory as train.py leaves it: overrides, summary.json, metrics.csv."""
+def job_dir(sweep, num, choices, seed, test, status="completed", config=None, **extra):
+    """A job directory as train.py leaves it: overrides, summary.json, metrics.csv (and with
+    `config`, its config.yaml)."""
     name = f"{num}-" + "-".join(choices.values()) + f"-seed={seed}"
     job = sweep / name
     (job / ".hydra").mkdir(parents=True)
+    if config is not None:
+        (job / "config.yaml").write_text(yaml.safe_dump(config))
     overrides = [f"{k}={v}" for k, v in choices.items()] + [f"seed={seed}"]
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     done = status == "completed"
@@ -185,6 +191,65 @@ def test_three_levels_compare_every_pair(tmp_path):
     assert result.analysis.interactions == []  # only for two-level factors
     rows = pd.read_csv(sweep / "effects.csv")
     assert rows[["level", "vs"]].fillna("").values.tolist() == [["sgd", ""], ["adamw", "sgd"], ["rmsprop", "sgd"]]
+
+
+def test_a_key_only_some_jobs_override_shows_what_the_others_ran_with(tmp_path):
+    """Two sweeps combined, one with trainer.epochs=2, the other at the default 3: each job
+    shows the epochs it ran (its config.yaml), never a blank, in the pick, the sentences,
+    summary.csv and the grid."""
+    a, b, out = tmp_path / "a", tmp_path / "b", tmp_path / "out"
+    for (num, optim), seed in itertools.product(enumerate(("sgd", "adamw")), (0, 1)):
+        for sweep, epochs, more in ((a, 2, {"trainer.epochs": "2"}), (b, 3, {})):
+            job_dir(sweep, 2 * num + seed, {"optim": optim, **more}, seed, 50 - 4 * num + seed + 5 * (epochs == 3),
+                    config={"seed": seed, "optim": {"name": optim}, "trainer": {"epochs": epochs}})
+    result = report.write_tables([a, b], out)
+    assert list(result.df["trainer.epochs"]) == ["2"] * 4 + ["3"] * 4
+    assert result.analysis.factors == ["optim", "trainer.epochs"]
+    assert result.analysis.sentences[1] == (
+        "trainer.epochs: 3 beats 2 by 5.0 points on average, 4 of 4 pairs, 95% interval [5.0, 5.0].")
+    assert "**optim=sgd trainer.epochs=3**: best validation accuracy" in (out / "summary.md").read_text()
+    assert sorted(pd.read_csv(out / "summary.csv")["trainer.epochs"]) == [2] * 4 + [3] * 4  # no NaN
+    grid = sweep_grid(result)
+    assert (grid.rows, grid.columns, grid.column_labels) == (["optim"], ["trainer.epochs"], ["2", "3"])
+
+
+def test_a_value_every_job_ran_with_is_no_factor_however_it_was_given(tmp_path):
+    """A rerun added trainer.epochs=3 (the default) and optim.lr=1e-3 (the default, 0.001) to
+    the jobs of seed 1: one value each, so the only factor is optim; a running job that did not
+    override the seed shows the one it runs with."""
+    sweep = tmp_path / "s"
+    for (num, optim), seed in itertools.product(enumerate(("sgd", "adamw")), (0, 1)):
+        more = {"trainer.epochs": "3", "optim.lr": "1e-3"} if seed else {}
+        job_dir(sweep, 2 * num + seed, {"optim": optim, **more}, seed, 50 - 4 * num + seed,
+                config={"seed": seed, "optim": {"name": optim, "lr": 0.001}, "trainer": {"epochs": 3}})
+    running = job_dir(sweep, 4, {"optim": "sgd"}, 2, 0, status="running",
+                      config={"seed": 2, "optim": {"name": "sgd", "lr": 0.001}, "trainer": {"epochs": 3}})
+    (running / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["optim=sgd"]))
+    summary = json.loads((running / "summary.json").read_text())  # (a running one has no seed)
+    write_json(running / "summary.json", {k: v for k, v in summary.items() if k not in ("seed", "overrides")})
+    result = report.write_tables([sweep], sweep)
+    assert result.analysis.factors == ["optim"]
+    assert set(result.df["trainer.epochs"]) == {"3"} and set(result.df["optim.lr"]) == {"1e-3"}
+    assert result.df.set_index("job").loc[running.name, "seed"] == "2"
+    md = (sweep / "summary.md").read_text()
+    assert "**optim=sgd**: best validation accuracy" in md
+    assert "optim.lr=1e-3 trainer.epochs=3" in md.split("## All jobs")[1]  # on the `all jobs:` line
+
+
+def test_each_job_shows_what_its_config_says_and_only_then_its_override(tmp_path):
+    """config.yaml first; Hydra's record of the composed config for a job that failed before
+    writing its own (an interpolation there is not a value); `(unset)` for a key the config
+    lacks; the override where no config says."""
+    sweep = tmp_path / "s"
+    written = job_dir(sweep, 0, {"trainer.epochs": "2"}, 0, 50, config={"trainer": {"epochs": 2}})
+    lacking = job_dir(sweep, 1, {}, 0, 50, config={"trainer": {}})
+    early = job_dir(sweep, 2, {}, 0, 50, status="failed")
+    (early / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"trainer": {"epochs": 4}}))
+    interpolated = job_dir(sweep, 3, {}, 0, 50, status="failed")
+    (interpolated / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"trainer": {"epochs": "${x}"}}))
+    unread = job_dir(sweep, 4, {"trainer.epochs": "5"}, 0, 50)
+    jobs = [load_job(path, "s") for path in (written, lacking, early, interpolated, unread)]
+    assert ran_with(jobs, "trainer.epochs") == ["2", "(unset)", "4", "", "5"]
 
 
 def test_load_sweep_gives_one_row_per_job(tmp_path):

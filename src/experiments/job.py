@@ -35,6 +35,7 @@ from experiments.config.groups import CONFIG_GROUPS
 from experiments.config.secrets import redact_overrides
 from experiments.data import Splits, load_splits
 from experiments.errors import ConfigError, UserError, user_error_in
+from experiments.identity import fingerprint
 from experiments.models.pretrained import ModelInput, input_for
 from experiments.ranks import SINGLE, Ranks, cores_allotted
 from experiments.report.job_summary import CONFIG_FILE, SummaryFile, completed_summary
@@ -53,7 +54,7 @@ from experiments.training.backends import (
     use_channels_last,
 )
 from experiments.training.batch_schedule import BatchSchedule
-from experiments.training.checkpoint import Checkpoint, fingerprint
+from experiments.training.checkpoint import Checkpoint
 from experiments.training.distributed import join
 from experiments.training.interrupts import NEVER, Interrupted, Interrupts
 from experiments.training.lookahead import Lookahead

@@ -24,8 +24,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.config.checks import check_config
-from experiments.config.secrets import redact_secrets
+from experiments.config.secrets import recorded
 from experiments.errors import ConfigError, JobFailed, Refusal, UserError, user_error_in
+from experiments.identity import fingerprint
 from experiments.job import JobInfo, train
 from experiments.job_dir import JobDir
 from experiments.ranks import Ranks, launched_ranks
@@ -33,7 +34,7 @@ from experiments.report.job_summary import COMPLETED, SummaryFile
 from experiments.spawn import RankJob, RankProcesses, abort_group
 from experiments.timing import JobClock, take_process_start
 from experiments.training.backends import resolve_device
-from experiments.training.checkpoint import Checkpoint, fingerprint
+from experiments.training.checkpoint import Checkpoint
 from experiments.training.distributed import broadcast, join, leave
 from experiments.training.interrupts import Interrupted, Interrupts
 from experiments.training.trainer import DivergedError
@@ -103,7 +104,7 @@ def start(cfg: DictConfig, job: JobInfo, job_dir: JobDir):
     stored = job_dir.summary()
     try:
         options = check_config(cfg)  # the trainer group as one typed object
-        record = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
+        record = recorded(cfg)
         result = stored_result(stored, job, record) if options.resume else None
         checkpoint = Checkpoint(job.output_dir, record, options.resume) if result is None else None
     except Refusal:
@@ -207,7 +208,7 @@ def follow_rank_0(cfg: DictConfig, job: JobInfo, ranks: Ranks) -> float:
         leave()
         return float("nan")
     options = check_config(cfg)
-    record = redact_secrets(OmegaConf.to_container(cfg, resolve=True))
+    record = recorded(cfg)
     checkpoint = Checkpoint(job.output_dir, record, options.resume)
     with Interrupts(options.stop_signals, options.checkpoint_every_min) as interrupts:
         try:  # (a launcher signals every rank; they stop at the step the ranks agree on)

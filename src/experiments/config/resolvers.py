@@ -1,19 +1,50 @@
-"""The OmegaConf resolvers the config tree uses (job directory names, data=folder's class count)."""
+"""The OmegaConf resolvers the config tree uses (job directories and their names, data=folder's
+class count)."""
 
 from __future__ import annotations
 
+import copy
 import functools
 import logging
 import os
 import sys
 from datetime import datetime
+from pathlib import Path
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from experiments.config.groups import NAMED_GROUPS
 from experiments.config.optuna import swept_keys, trial_subdir
+from experiments.config.secrets import recorded
+from experiments.identity import claim_job_dir, fingerprint
 
 log = logging.getLogger(__name__)
+
+
+def job_dir(number, label: str, *, _root_: DictConfig) -> str:
+    """conf/hydra/default.yaml's hydra.sweep.subdir: the directory of the sweep that holds this
+    job's config already (a finished job returns its result there, an interrupted one continues),
+    else a new one, `<number>-<label>`, numbered by the job's place in this run's grid where no
+    directory has that number yet (experiments/identity.py). Evaluated by Hydra in the job's own
+    process (a joblib worker, a Slurm task), before the job's directory is made."""
+    try:
+        fp = fingerprint(recorded(task_config(_root_)))
+    except Exception as err:  # noqa: BLE001  (a config that does not resolve: the job fails on it)
+        log.warning("this job's config does not resolve (%s; the job says why), so it is not "
+                    "looked for among the sweep's jobs: named by its place in the grid", type(err).__name__)
+        return f"{number}-{label}"
+    return claim_job_dir(Path(str(_root_.hydra.sweep.dir)), fp, int(number), label)
+
+
+def task_config(root: DictConfig) -> DictConfig:
+    """The job's config as the task function gets it (experiments/task.py): without `hydra`;
+    `paths.output_dir`, being decided now, stands in (not part of the fingerprint)."""
+    task = copy.deepcopy(root)
+    with read_write(task), open_dict(task):
+        del task["hydra"]
+        if "output_dir" in (task.get("paths") or {}):
+            task.paths.output_dir = "<the job's directory>"
+    return task
 
 
 def job_suffix(task_overrides) -> str:
@@ -97,7 +128,7 @@ def batch_scaled(value: float, at_batch: int, batch: int) -> float:
 
 
 def register_resolvers() -> None:
-    for name, fn in (("job_suffix", job_suffix), ("folder_classes", folder_classes),
+    for name, fn in (("job_dir", job_dir), ("job_suffix", job_suffix), ("folder_classes", folder_classes),
                      ("named_choices", named_choices), ("smoke_width", smoke_width),
                      ("imagenet_stats", imagenet_stats), ("run_time", run_time),
                      ("trial_name", trial_name), ("batch_scaled", batch_scaled)):

@@ -20,6 +20,8 @@ import re
 import shlex
 from typing import Any
 
+from omegaconf import OmegaConf
+
 SECRET_NAME = re.compile(r"api[_-]?key|token|secret|passw(or)?d|credential", re.IGNORECASE)
 # well-known token shapes, whatever the key: Hugging Face, OpenAI-style, GitHub, Slack, AWS
 SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[opsur]_[A-Za-z0-9]{20,}"
@@ -53,6 +55,12 @@ def redact_secrets(config: Any) -> Any:
         return MASK if looks_secret(key, node, known) else node
 
     return clean(config)
+
+
+def recorded(cfg) -> dict:
+    """A job's config as it is recorded (config.yaml, the checkpoint, W&B) and fingerprinted
+    (experiments/identity.py): resolved, with secret-looking values masked."""
+    return redact_secrets(OmegaConf.to_container(cfg, resolve=True))
 
 
 def split_override(text: str) -> tuple[str, str] | None:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from experiments.atomic import atomic_write
+from experiments.identity import SUMMARY_FILE, sweep_lock
 from experiments.ranks import launched_ranks
 
 log = logging.getLogger(__name__)
@@ -78,8 +80,11 @@ class SweepProgress(Callback):
         job 3/8 2-resnet18-adamw-basic done: test 61.2% (4m12s; sweep ETA 21m)
 
     The count comes from the sweep's overrides (the basic sweeper's grid, or Optuna's n_trials),
-    written to the sweep directory when it starts (joblib's jobs run in other processes); the
-    ETA is the sweep's time so far per finished job, times the jobs left."""
+    written to the sweep directory when it starts (joblib's jobs run in other processes), with
+    each job of this run as it ends: trained, or not (a finished job of an earlier run of the
+    sweep, returning its result at once; a refused one). The ETA is this run's time so far per
+    trained job, times this run's jobs not ended yet: jobs of an earlier run into the same
+    directory, reused or not, are no evidence of how long a job takes."""
 
     FILE = ".sweep_progress.json"
 
@@ -88,13 +93,13 @@ class SweepProgress(Callback):
             return
         sweep = Path(config.hydra.sweep.dir)
         try:
-            sweep.mkdir(parents=True, exist_ok=True)
-            (sweep / self.FILE).write_text(json.dumps({"jobs": count_jobs(config), "started": time.time()}))
+            write_state(sweep / self.FILE, {"jobs": count_jobs(config), "started": time.time(), "ended": {}})
         except OSError as err:  # (progress lines must never fail a sweep)
             log.warning("could not record the sweep's progress: %s", err)
 
     def on_job_start(self, config, **kwargs) -> None:
         self.started = time.time()
+        self.summary_before = summary_stamp(Path(config.hydra.runtime.output_dir))
         if multirun(config) and rank_0():
             log.info("%s", self.job_line(config))
 
@@ -104,14 +109,17 @@ class SweepProgress(Callback):
         from experiments.report.job_summary import read_summary
         from experiments.training.progress import duration
 
-        summary = read_summary(Path(config.hydra.runtime.output_dir)) or {}
+        output_dir = Path(config.hydra.runtime.output_dir)
+        summary = read_summary(output_dir) or {}
         status = summary.get("status", "failed")
         test = summary.get("test_acc")
         outcome = f"test {100 * test:.1f}%" if status == "completed" and test is not None else status
         if status == "pruned":  # by the search's pruner: no failure, and no test
             outcome = f"pruned after {summary.get('epochs_completed') or 0} epochs"
         took = duration(time.time() - getattr(self, "started", time.time()))
-        eta = self.sweep_eta(Path(config.hydra.sweep.dir))
+        # a job that wrote its summary ran in this run; one that did not returned a stored result
+        trained = summary_stamp(output_dir) != getattr(self, "summary_before", None)
+        eta = self.sweep_eta(self.ended(Path(config.hydra.sweep.dir), int(config.hydra.job.num), trained))
         log.info("%s done: %s (%s%s)", self.job_line(config), outcome, took,
                  f"; sweep ETA {duration(eta)}" if eta is not None else "")
 
@@ -126,18 +134,42 @@ class SweepProgress(Callback):
         except (OSError, ValueError):
             return {}
 
-    def sweep_eta(self, sweep: Path) -> float | None:
-        """Seconds left: the sweep's time so far per ended job (completed or failed; jobs side
-        by side count as they end), times the jobs not ended yet."""
-        from experiments.report.job_summary import COMPLETED, FAILED, PRUNED, read_summary
+    def ended(self, sweep: Path, num: int, trained: bool) -> dict:
+        """The state, with job `num` of this run counted as ended (by its number: a job that
+        ends twice, requeued by Slurm, counts once)."""
+        try:
+            with sweep_lock(sweep):
+                state = self.state(sweep)
+                if state:
+                    state.setdefault("ended", {})[str(num)] = trained
+                    write_state(sweep / self.FILE, state)
+        except OSError as err:
+            log.warning("could not record the sweep's progress: %s", err)
+            return {}
+        return state
 
-        state = self.state(sweep)
-        if not state.get("jobs"):
-            return None
-        ended = sum(1 for d in sweep.iterdir() if d.is_dir()
-                    and (read_summary(d) or {}).get("status") in (COMPLETED, FAILED, PRUNED))
-        left = state["jobs"] - ended
-        return (time.time() - state["started"]) / ended * left if ended and left > 0 else None
+    @staticmethod
+    def sweep_eta(state: dict) -> float | None:
+        """Seconds left: this run's time so far per job it trained (completed or failed; jobs
+        side by side count as they end), times its jobs not ended yet; None before a job of
+        this run has trained."""
+        ended = state.get("ended") or {}
+        trained, left = sum(ended.values()), (state.get("jobs") or 0) - len(ended)
+        return (time.time() - state["started"]) / trained * left if trained and left > 0 else None
+
+
+def write_state(path: Path, state: dict) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text(json.dumps(state))
+
+
+def summary_stamp(job_dir: Path) -> tuple | None:
+    """What tells a summary.json rewritten from the one before (None: there is none)."""
+    try:
+        stat = (job_dir / SUMMARY_FILE).stat()
+    except OSError:
+        return None
+    return stat.st_ino, stat.st_mtime_ns
 
 
 def count_jobs(config) -> int | None:

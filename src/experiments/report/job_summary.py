@@ -18,11 +18,10 @@ from pathlib import Path
 from typing import Any
 
 from experiments.atomic import atomic_write
+from experiments.identity import CONFIG_FILE, SUMMARY_FILE  # noqa: F401  (the job's files, named once)
 
 log = logging.getLogger(__name__)
 
-SUMMARY_FILE = "summary.json"
-CONFIG_FILE = "config.yaml"  # the job's resolved config (secrets masked): every value it ran with
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
 INTERRUPTED = "interrupted"  # stopped at a signal after a checkpoint: its rerun continues it
 PRUNED = "pruned"  # an Optuna trial its pruner stopped early: neither failed nor a candidate

@@ -61,6 +61,7 @@ def configuration(config: dict, columns: list[str]) -> str:
 def pick_section(result: SweepAnalysis) -> list[str]:
     counts = result.df["status"].value_counts()
     jobs = f"{len(result.df)} jobs: " + ", ".join(f"{n} {status}" for status, n in counts.items()) + "."
+    jobs += copies(result.df)
     if result.pick is None:
         return ["## Pick", "", "No completed job has a validation accuracy: nothing to pick on "
                 "(test accuracy is not for choosing).", "", jobs + pruned_apart(counts.get(PRUNED, 0)), ""]
@@ -81,6 +82,20 @@ def pruned_apart(pruned: int) -> str:
         return ""
     return (f" The {pruned} pruned trial{'s are not candidates' if pruned > 1 else ' is not a candidate'}: "
             "stopped early by the search, with partial numbers and no test accuracy (see Search).")
+
+
+def copies(df: pd.DataFrame) -> str:
+    """The directories left out because they hold a job another one holds (the same config and
+    seed: a sweep of an older version, rerun, trained its jobs again at their new places)."""
+    pairs = [(copy, job) for job, names in zip(df["job"], df["copies"]) for copy in names.split()]
+    if not pairs:
+        return ""
+    shown = ", ".join(f"`{copy}` (as `{job}`)" for copy, job in pairs[:6])
+    more = f" and {len(pairs) - 6} more" if len(pairs) > 6 else ""
+    one = len(pairs) == 1
+    return (f" {len(pairs)} director{'y holds' if one else 'ies hold'} a job that another holds too "
+            f"(the same config and seed) and {'is' if one else 'are'} left out, so that each counts "
+            f"once: {shown}{more}.")
 
 
 def compared(seeds: list[str], left_out: int) -> str:

@@ -8,8 +8,6 @@ holds only tensors and plain containers (RNG states included), never pickled cod
 
 from __future__ import annotations
 
-import hashlib
-import json
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +18,7 @@ import torch
 
 from experiments.atomic import atomic_write
 from experiments.errors import Refusal, UserError
+from experiments.identity import fingerprint, semantic_config
 from experiments.training.backends import precision_name
 from experiments.training.distributed import all_gather
 from experiments.training.trainer import FitState, Trainer
@@ -27,49 +26,12 @@ from experiments.training.trainer import FitState, Trainer
 CHECKPOINT_FILE = "checkpoint.pt"
 FORMAT = 2  # 2: one RNG state per rank (DDP), the loader's order and augmentation generators
 READS = (1, 2)  # 1 (before DDP): resumed, with a note (one generator drew order and augmentation)
-
-# keys that do not change what a job computes: they may differ between a run and its resume
-# (trainer.devices: the batch is global whatever the number of ranks; resuming with another is
-# allowed, with a note: not bit-identical)
-NOT_IN_FINGERPRINT = ("logger", "paths", "data.root", "data.cache_dir", "data.download",
-                      "data.download_timeout_s", "trainer.progress", "trainer.resume",
-                      "trainer.keep_checkpoint", "trainer.devices", "trainer.checkpoint_every_min",
-                      "trainer.checkpoint_every", "trainer.profile", "trainer.stop_signals")
+# (the keys a checkpoint resumes across, and the fingerprint it is matched on: experiments/identity.py)
 
 
 class CheckpointError(Refusal):
     """The checkpoint cannot be resumed (unreadable, another format, another config): raised
     before the job writes anything, so the directory stays as it was."""
-
-
-def semantic_config(config: dict) -> dict:
-    """The resolved config without the keys in NOT_IN_FINGERPRINT, each value written the one
-    way its meaning has (`canonical`)."""
-    config = json.loads(json.dumps(config, default=str))
-    for key in NOT_IN_FINGERPRINT:
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node.get(p, {})
-        node.pop(leaf, None)
-    return canonical(config)
-
-
-def canonical(config: dict) -> dict:
-    """A lookahead that is off is null, however the config wrote it: since 2026-12-07 it is a
-    node with `every: null` (so that `trainer.lookahead.every=5` merges into it), and before it
-    was null. The checkpoints and completed results of jobs run before then still match their
-    rerun, and resume."""
-    trainer = config.get("trainer")
-    if isinstance(trainer, dict) and isinstance(trainer.get("lookahead"), dict):
-        if trainer["lookahead"].get("every") is None:
-            trainer["lookahead"] = None
-    return config
-
-
-def fingerprint(config: dict) -> str:
-    text = json.dumps(semantic_config(config), sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
