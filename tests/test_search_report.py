@@ -253,7 +253,7 @@ def test_a_grid_sweeps_report_has_no_search_and_never_imports_optuna(tmp_path, m
 
 def test_a_sweeps_job_line_says_pruned_and_its_eta_counts_pruned_trials(tmp_path, caplog):
     """`job 2/4 1-... done: pruned after 3 epochs`, not `pruned` as if it were an error; the ETA
-    counts a pruned trial as ended (10 s for 2 ended jobs, 2 left: 10 s more)."""
+    counts a pruned trial as a job this run trained (10 s for it, 3 left: 30 s more)."""
     sweep = tmp_path / "s"
     write_trial(sweep, 0, params(0), value=0.6)
     pruned = write_trial(sweep, 1, params(1), PRUNED, value=0.3, trained=3, pruned_value=0.3)
@@ -264,4 +264,6 @@ def test_a_sweeps_job_line_says_pruned_and_its_eta_counts_pruned_trials(tmp_path
     SweepProgress().on_job_end(config, None)
     (line,) = [r.getMessage() for r in caplog.records if " done: " in r.getMessage()]
     assert line.startswith(f"job 2/4 {pruned.name} done: pruned after 3 epochs (")
-    assert SweepProgress().sweep_eta(sweep) == pytest.approx(10, abs=1)
+    state = SweepProgress().state(sweep)
+    assert state["ended"] == {"1": True}
+    assert SweepProgress.sweep_eta(state) == pytest.approx(30, abs=1)

@@ -42,6 +42,12 @@ def write_trial(sweep: Path, number: int, params: dict, status: str = COMPLETED,
     (job / ".hydra" / "hydra.yaml").write_text(yaml.safe_dump(hydra))
     (job / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
     config = {"optimized_metric": metric, "seed": 0, "trainer": {"epochs": epochs, "monitor": VAL_ACC}}
+    for key, sampled in params.items():  # the sampled values, as the job's resolved config has them
+        *parents, leaf = key.split(".")
+        node = config
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = sampled
     (job / "config.yaml").write_text(yaml.safe_dump(config))
     trained = (epochs if status == COMPLETED else epochs // 2) if trained is None else trained
     best = 0.1 if value is None else value
