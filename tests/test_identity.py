@@ -17,6 +17,7 @@ from experiments.identity import (
     find_job,
     fingerprint,
     held_fingerprint,
+    job_identity,
 )
 from experiments.report.job_summary import write_json
 from experiments.report.sweep import load_sweep
@@ -64,6 +65,27 @@ def test_older_directories_are_found_by_their_summary_or_config_and_the_best_cop
     assert find_job(sweep, fingerprint(config)).name == "1-a"
     old_job(sweep, "3-a", status="completed", fp=fingerprint(config), epochs=3)
     assert find_job(sweep, fingerprint(config)).name == "3-a"
+
+
+def test_a_sweep_over_the_device_count_runs_a_job_per_count_and_the_report_keeps_both(tmp_path):
+    """trainer.devices is outside the fingerprint (a checkpoint resumes on another count), but a
+    sweep over it compares speeds: each count is a job of its own, in the report too."""
+    one = {"seed": 0, "trainer": {"devices": 1, "epochs": 1}}
+    two = {"seed": 0, "trainer": {"devices": 2, "epochs": 1}}
+    assert fingerprint(one) == fingerprint(two) and job_identity(one) != job_identity(two)
+    assert job_identity(one) == fingerprint(one)  # (one device: as before)
+    sweep = tmp_path / "s"
+    names = [claim_job_dir(sweep, job_identity(c), n, f"lenet-sgd-basic-trainer.devices={d}")
+             for n, (c, d) in enumerate([(one, 1), (two, 2)])]
+    assert names == ["0-lenet-sgd-basic-trainer.devices=1", "1-lenet-sgd-basic-trainer.devices=2"]
+    for name, config in zip(names, [one, two]):  # each completed, as the job leaves it
+        (sweep / name / ".hydra").mkdir()
+        (sweep / name / "config.yaml").write_text(yaml.safe_dump(config))
+        write_json(sweep / name / "summary.json", {"status": "completed", "epochs_completed": 1,
+                                                   "fingerprint": fingerprint(config), "seed": 0})
+    assert len(load_sweep(sweep)) == 2
+    (sweep / names[1] / FINGERPRINT_FILE).unlink()  # an older version's: found by its config.yaml
+    assert held_fingerprint(sweep / names[1]) == job_identity(two)
 
 
 def claim_at_once(sweep, fp, number, label, barrier, names):

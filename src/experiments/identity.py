@@ -12,13 +12,15 @@ highest (conf/hydra/default.yaml's hydra.sweep.subdir, through `claim_job_dir`).
 The claim is made under a lock on the sweep (two processes adding jobs to one sweep at once
 never take one number twice), and writes the fingerprint into the new directory
 (FINGERPRINT_FILE), so the job is found again before it has written anything else. Directories
-of older versions, which have no such file, are identified by their completed summary's
-fingerprint, else by their config.yaml; where such a sweep holds one job twice (it put a job at
+of older versions, which have no such file, are identified by their config.yaml, else by their
+completed summary's fingerprint; where such a sweep holds one job twice (it put a job at
 each of its places in the grid), `preference` decides which copy a rerun continues and which
 one the report reads.
 
 The fingerprint leaves out the keys that do not change what a job computes (NOT_IN_FINGERPRINT):
-a checkpoint resumes across them, and a sweep that varies only them runs one job.
+a checkpoint resumes across them, and a sweep that varies only them runs one job, but for
+trainer.devices, which a job's identity keeps (`job_identity`): a speed comparison over it runs a
+job per device count.
 """
 
 from __future__ import annotations
@@ -86,6 +88,15 @@ def fingerprint(config: dict) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def job_identity(config: dict) -> str:
+    """What a sweep's job is (the directory that holds it is found by this): its fingerprint,
+    and the number of devices it trains on when that is not 1. The fingerprint leaves
+    trainer.devices out so that a checkpoint resumes on another device count; a sweep over
+    `trainer.devices=1,2` (a speed comparison) still runs two jobs."""
+    devices = (config.get("trainer") or {}).get("devices", 1)
+    return fingerprint(config) + (f"-devices{devices}" if devices not in (1, None) else "")
+
+
 # --- what a directory holds ------------------------------------------------------------------
 
 def job_number(name: str) -> int | None:
@@ -112,9 +123,10 @@ def read_config(job_dir: Path) -> dict | None:
 
 
 def held_fingerprint(job_dir: Path, summary: dict | None = None) -> str | None:
-    """The fingerprint of the job a directory holds: the one its claim wrote, else its completed
-    summary's (`summary`, when the caller has read it), else its config.yaml's (a directory of an
-    older version); None when nothing says (a job that stopped before writing its config)."""
+    """The identity (`job_identity`) of the job a directory holds: the one its claim wrote, else
+    its config.yaml's (a directory of an older version), else its completed summary's
+    fingerprint (`summary`, when the caller has read it); None when nothing says (a job that
+    stopped before writing its config)."""
     job_dir = Path(job_dir)
     try:
         claimed = (job_dir / FINGERPRINT_FILE).read_text().strip()
@@ -122,11 +134,11 @@ def held_fingerprint(job_dir: Path, summary: dict | None = None) -> str | None:
         claimed = ""
     if claimed:
         return claimed
-    summary = read_json(job_dir / SUMMARY_FILE) if summary is None else summary
-    if summary and summary.get("fingerprint"):
-        return str(summary["fingerprint"])
     config = read_config(job_dir)
-    return fingerprint(config) if config is not None else None
+    if config is not None:
+        return job_identity(config)
+    summary = read_json(job_dir / SUMMARY_FILE) if summary is None else summary
+    return str(summary["fingerprint"]) if summary and summary.get("fingerprint") else None
 
 
 def preference(summary: dict | None) -> tuple:

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 from experiments.config.groups import NAMED_GROUPS
 from experiments.config.optuna import swept_keys, trial_subdir
 from experiments.config.secrets import recorded
-from experiments.identity import claim_job_dir, fingerprint
+from experiments.identity import claim_job_dir, job_identity
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def job_dir(number, label: str, *, _root_: DictConfig) -> str:
     directory has that number yet (experiments/identity.py). Evaluated by Hydra in the job's own
     process (a joblib worker, a Slurm task), before the job's directory is made."""
     try:
-        fp = fingerprint(recorded(task_config(_root_)))
+        fp = job_identity(recorded(task_config(_root_)))
     except Exception as err:  # noqa: BLE001  (a config that does not resolve: the job fails on it)
         log.warning("this job's config does not resolve (%s; the job says why), so it is not "
                     "looked for among the sweep's jobs: named by its place in the grid", type(err).__name__)
