@@ -48,6 +48,15 @@ OPTIMIZERS = {
 }
 
 
+def trainer_of(ranks: Ranks) -> Trainer:
+    """A trainer as rank `ranks.rank` has it, unwrapped: no process group is needed to save a
+    checkpoint of one rank, or to restore one."""
+    model = no_batchnorm_net()
+    opt = OPTIMIZERS["sgd"](model.parameters())
+    return Trainer(model, opt, constant(opt, epochs=1, steps=lambda e: e),
+                   TrainerOptions(progress=False), device=torch.device("cpu"), ranks=ranks)
+
+
 def trainer_on(ranks: Ranks, optimizer: str, **options) -> Trainer:
     model = no_batchnorm_net()
     opt = OPTIMIZERS[optimizer](model.parameters())
@@ -178,12 +187,6 @@ def test_resuming_with_more_ranks_continues_the_shared_order_and_says_it_is_not_
     from experiments.training.checkpoint import restore, save_checkpoint
     from experiments.training.trainer import FitState
 
-    def trainer_of(ranks: Ranks) -> Trainer:  # (no process group is needed to save or load)
-        model = no_batchnorm_net()
-        opt = OPTIMIZERS["sgd"](model.parameters())
-        return Trainer(model, opt, constant(opt, epochs=1, steps=lambda e: e),
-                       TrainerOptions(progress=False), device=torch.device("cpu"), ranks=ranks)
-
     split = images(32)
     alone = device_loader(split, SINGLE, 16, shuffle=True)
     list(alone)  # one pass: the generators moved on
@@ -199,6 +202,100 @@ def test_resuming_with_more_ranks_continues_the_shared_order_and_says_it_is_not_
 
     _, same = restore(payload, trainer_of(SINGLE), device_loader(split, SINGLE, 16, True).generators)
     assert same is None  # the same setup: nothing to say
+
+
+def mid_epoch_checkpoint(path, split: Split) -> None:
+    """A checkpoint written inside epoch 2 by 2 ranks (each with its own augmentation generator
+    and running sums: rank r has seen 16 images, 10 + r of them right, loss sum 5 + r)."""
+    from experiments.training.checkpoint import save_checkpoint
+    from experiments.training.trainer import EpochProgress, EpochTotals, FitState
+
+    def save(ranks: Ranks):
+        loader = device_loader(split, ranks, 16, shuffle=True)
+        list(loader)  # epoch 1
+        place = EpochProgress.start(2, loader, lr=0.1)
+        next(iter(loader))  # epoch 2's first step
+        totals = EpochTotals(torch.device("cpu"), torch.zeros((), dtype=torch.long))
+        totals.loss_sum += 5.0 + ranks.rank
+        totals.correct += 10 + ranks.rank
+        totals.finite_seen += 16
+        totals.seen = 16
+        place.steps, place.totals = 1, totals.state_dict()
+        save_checkpoint(path, trainer_on(ranks, "sgd"), FitState(epoch=1, progress=place.state_dict()),
+                        loader.generators, {}, {})
+        return place.state_dict()
+
+    return on_ranks(save)
+
+
+def resumed_place(payload, ranks: Ranks, split: Split):
+    """(this rank's place in the epoch, the note) as `restore` gives them, and its loader."""
+    from experiments.training.checkpoint import restore
+
+    loader = device_loader(split, ranks, 16, shuffle=True)
+    state, note = restore(payload, trainer_of(ranks), loader.generators)
+    return state.progress, note, loader
+
+
+def test_each_rank_resumes_its_own_place_inside_an_epoch_and_another_number_counts_each_image_once(tmp_path):
+    from experiments.training.checkpoint import FORMAT
+
+    split = images(64)
+    places = mid_epoch_checkpoint(tmp_path / "c.pt", split)
+    payload = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert payload["format"] == FORMAT == 3
+    for rank in range(2):  # the same ranks: each its own, exactly
+        place, note, _ = resumed_place(payload, Ranks(rank, 2, rank, 2), split)
+        assert note is None
+        assert all(torch.equal(a, b) for a, b in zip(place["generators"], places[rank]["generators"]))
+        assert place["totals"]["correct"] == 10 + rank and place["totals"]["seen"] == 16
+
+    alone, note, _ = resumed_place(payload, SINGLE, split)  # one rank: the two ranks' sums, once
+    assert (alone["totals"]["correct"], alone["totals"]["seen"], float(alone["totals"]["loss_sum"])) == (21, 32, 11.0)
+    assert "2 ranks" in note and "not bit-identical" in note
+
+    third, note, loader = resumed_place(payload, Ranks(2, 3, 2, 3), split)  # a rank it lacks
+    assert torch.equal(third["generators"][0], places[0]["generators"][0])  # the shared order
+    own = device_loader(split, Ranks(2, 3, 2, 3), 16, shuffle=True).augment_generator.get_state()
+    assert torch.equal(third["generators"][1], own)  # its augmentation from its seed, not rank 0's
+    assert third["totals"] is None and third["steps"] == 1
+    assert "rank 2's augmentation inside epoch 2" in note
+
+
+def test_a_format_2_checkpoint_inside_an_epoch_under_ddp_resumes_with_a_note(tmp_path):
+    # format 2 saved rank 0's place alone, which every rank took as its own: rank 1 augmented as
+    # rank 0, and rank 0's sums were counted twice
+    split = images(64)
+    places = mid_epoch_checkpoint(tmp_path / "c.pt", split)
+    payload = torch.load(tmp_path / "c.pt", weights_only=True)
+    payload["format"], payload["fit"]["progress"] = 2, payload["fit"]["progress"][0]
+    first, note0, _ = resumed_place(payload, Ranks(0, 2, 0, 2), split)
+    second, note1, _ = resumed_place(payload, Ranks(1, 2, 1, 2), split)
+    assert first["totals"]["correct"] == 10 and second["totals"] is None  # rank 0's counted once
+    own = device_loader(split, Ranks(1, 2, 1, 2), 16, shuffle=True).augment_generator.get_state()
+    assert torch.equal(second["generators"][1], own)
+    assert torch.equal(second["generators"][0], places[0]["generators"][0])
+    assert note0 == note1
+    assert "rank 1's augmentation inside epoch 2 (the checkpoint holds the place there of 1 rank" in note0
+
+
+def test_a_gpu_checkpoint_inside_an_epoch_resumes_on_the_cpu(tmp_path):
+    # a CUDA generator's 16-byte state does not fit a CPU generator: the epoch is redrawn from
+    # this run's seed (before, restoring the epoch's generators raised)
+    from experiments.training.trainer import EpochProgress
+
+    split = images(64)
+    mid_epoch_checkpoint(tmp_path / "c.pt", split)
+    payload = torch.load(tmp_path / "c.pt", weights_only=True)
+    for rng, place in zip(payload["rng"], payload["fit"]["progress"], strict=True):
+        rng["generators"] = place["generators"] = [torch.zeros(16, dtype=torch.uint8)] * 2
+        rng["generator_devices"] = ["cuda", "cuda"]
+    place, note, loader = resumed_place(payload, Ranks(1, 2, 1, 2), split)
+    EpochProgress(**place).restore_generators(loader)
+    seeded = device_loader(split, Ranks(1, 2, 1, 2), 16, shuffle=True)
+    for restored, fresh in zip(loader.generators, seeded.generators, strict=True):
+        assert torch.equal(restored.get_state(), fresh.get_state())
+    assert "the loader's cuda generator (now on cpu)" in note
 
 
 def test_sync_batchnorm_on_a_cpu_says_it_runs_on_gpus_only(compose_cfg):
