@@ -20,7 +20,7 @@ from experiments.training.options import TrainerOptions
 from experiments.training.sam import SAM
 from experiments.training.schedules import constant
 from experiments.training.trainer import Trainer
-from support.ranks import on_ranks, write_start_method
+from support.ranks import on_ranks, train_on_ranks, write_start_method
 
 NORMALIZE = ([0.5] * 3, [0.25] * 3)
 
@@ -296,6 +296,16 @@ def test_a_gpu_checkpoint_inside_an_epoch_resumes_on_the_cpu(tmp_path):
     for restored, fresh in zip(loader.generators, seeded.generators, strict=True):
         assert torch.equal(restored.get_state(), fresh.get_state())
     assert "the loader's cuda generator (now on cpu)" in note
+
+
+def test_mixing_on_a_launchers_ranks_refuses_an_odd_batch_per_rank_before_it_trains(tmp_path):
+    # torchrun or Slurm tasks: trainer.devices stays 1, and the job learns its 2 ranks as it starts
+    # (timm's Mixup asserted at step 1, before)
+    out = tmp_path / "job"
+    result = train_on_ranks(["experiment=smoke", "logger=none", "trainer.progress=false", "mix=mixup",
+                             "trainer.batch_size=34"], out)
+    assert result.startswith("refused: mixing") and "trainer.batch_size=34 is 17 images per rank" in result
+    assert list(out.iterdir()) == []  # nothing trained, nothing written
 
 
 def test_sync_batchnorm_on_a_cpu_says_it_runs_on_gpus_only(compose_cfg):

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 import experiments.config  # noqa: F401  (registers the schemas and resolvers with Hydra)
 from experiments.batches import Batching, Loaders
 from experiments.batches.device import Normalize
-from experiments.config.checks import optimizer_key
+from experiments.config.checks import check_mixed_batches, optimizer_key
 from experiments.config.groups import CONFIG_GROUPS
 from experiments.config.secrets import redact_overrides
 from experiments.data import Splits, load_splits
@@ -231,8 +231,9 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
     device = resolve_device(options.device, ranks.gpu_slot(job.num))
     configure_backends(options, device)
     share_cpu(ranks, job.side_by_side)
-    if ranks.distributed:
+    if ranks.distributed:  # (under torchrun or Slurm tasks the launcher's count is known here)
         options.check_ranks_divide(ranks.world_size)
+        check_mixed_batches(cfg, options, ranks.world_size)
         join(ranks, device, options.collective_timeout_s, store)
     seed_everything(cfg.seed)
     channels_last = use_channels_last(options, device)

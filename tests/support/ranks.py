@@ -86,11 +86,12 @@ def train_on_ranks(overrides, out: Path, answers: dict[int, int] | None = None,
     running `experiments.job.train` as the task function's ranks do (rank 0 writes; a checkpoint
     in `out` is resumed). Rank 0's interrupts answer `answers` (a signal reaches rank 0, which
     decides for every rank); every rank crashes at poll `killed`. Returns rank 0's result, or
-    "interrupted" or "killed"."""
+    "interrupted", "killed" or "refused: <the ConfigError's message>"."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
     from experiments.config.checks import check_config
+    from experiments.errors import ConfigError
     from experiments.job import JobInfo, train
     from experiments.report.job_summary import SummaryFile
     from experiments.training.checkpoint import Checkpoint
@@ -113,5 +114,7 @@ def train_on_ranks(overrides, out: Path, answers: dict[int, int] | None = None,
             return "interrupted"
         except Killed:
             return "killed"
+        except ConfigError as refused:
+            return f"refused: {refused}"
 
     return on_ranks(rank_job, world_size)[0]
