@@ -102,6 +102,30 @@ def test_a_ddp_step_is_the_step_on_the_whole_global_batch(optimizer, accum):
                                                strict=True))  # the steps moved the weights
 
 
+def test_ddp_steps_with_the_lookahead_are_one_process_steps():
+    # the lookahead averages each rank's own copy; the ranks' weights stay one process's
+    from experiments.training.lookahead import Lookahead
+    from experiments.training.options import LookaheadOptions
+
+    split = images(16 * 6)
+
+    def steps(ranks: Ranks):
+        model = no_batchnorm_net()
+        opt = OPTIMIZERS["sgd"](model.parameters())
+        lookahead = Lookahead(model, LookaheadOptions(every=2, decay=0.7, warmup_power=1.0), total_steps=6)
+        trainer = Trainer(DistributedDataParallel(model) if ranks.distributed else model, opt,
+                          constant(opt, epochs=1, steps=lambda e: e), TrainerOptions(progress=False),
+                          device=torch.device("cpu"), ranks=ranks, lookahead=lookahead)
+        for step in range(6):  # the weights set to the average at steps 2, 4 and 6 (the last)
+            trainer.optimizer_step(micro_batches(split, ranks.rank, ranks.world_size, 1, step))
+        return [p.detach().clone() for p in trainer.eval_model.parameters()]
+
+    alone = on_ranks(steps, world_size=1)[0]
+    for rank_params in on_ranks(steps):
+        for p, q in zip(rank_params, alone, strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
 def device_loader(split: Split, ranks: Ranks, batch: int, shuffle: bool = False) -> DeviceLoader:
     return DeviceLoader(split, batch, Normalize(*NORMALIZE, "cpu"), device="cpu", shuffle=shuffle,
                         drop_last=shuffle, seed=3, ranks=ranks)
@@ -139,6 +163,35 @@ def test_eval_shards_cover_every_image_once(loader):
               for _, labels in LOADERS[loader](split, Ranks(r, 2, r, 2), batch=8)]
     assert sorted(len(b) for b in served) == [5, 8, 8, 8, 8]  # the batches one process serves
     assert torch.equal(torch.cat(served).sort().values, torch.arange(37))  # none twice, none left
+
+
+def batchnorm_net(running_mean: float) -> nn.Module:
+    """A net with BatchNorm whose running mean is `running_mean`: DDP leaves each rank its own."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 4))
+    net[1].running_mean.fill_(running_mean)
+    return net
+
+
+@pytest.mark.parametrize("tta", ["flip", "flip_translate"])
+@pytest.mark.parametrize("loader", LOADERS)
+def test_tta_under_ddp_equals_one_process_tta_of_rank_0s_weights(loader, tta):
+    from experiments.training.trainer import evaluate
+
+    split = images(37, seed=1)  # 5 batches of 8 or fewer: 3 on rank 0, 2 on rank 1
+
+    def both(ranks: Ranks):
+        model = batchnorm_net(running_mean=ranks.rank)  # rank 0's statistics rule (broadcast)
+        sharded = {mode: evaluate(model, LOADERS[loader](split, ranks, batch=8), device=torch.device("cpu"),
+                                  tta=mode, ranks=ranks) for mode in ("none", tta)}
+        alone = {mode: evaluate(batchnorm_net(running_mean=0), LOADERS[loader](split, SINGLE, batch=8),
+                                device=torch.device("cpu"), tta=mode) for mode in ("none", tta)}
+        return sharded, alone
+
+    (rank0, alone), (rank1, _) = on_ranks(both)
+    assert rank0 == rank1 == alone  # exactly, TTA and plain
+    assert alone[tta] != alone["none"]  # (TTA changed the predictions)
 
 
 def test_each_rank_trains_on_its_part_of_every_global_batch():
@@ -306,6 +359,37 @@ def test_mixing_on_a_launchers_ranks_refuses_an_odd_batch_per_rank_before_it_tra
                              "trainer.batch_size=34"], out)
     assert result.startswith("refused: mixing") and "trainer.batch_size=34 is 17 images per rank" in result
     assert list(out.iterdir()) == []  # nothing trained, nothing written
+
+
+def test_the_lookahead_copies_the_weights_ddp_gives_every_rank(compose_cfg):
+    # DDP broadcasts rank 0's weights when it wraps the model; a rank whose own start differed
+    # (forced here) kept it in the lookahead's copy when that was taken before, and the lookahead
+    # wrote it back into that rank's weights: the frozen whitening filters too, which no gradient
+    # all-reduce brings back, so the ranks trained apart for the rest of the run
+    from experiments.config.checks import check_config
+    from experiments.job import build_model, build_trainer
+    from experiments.training.batch_schedule import BatchSchedule
+
+    cfg = compose_cfg(["experiment=airbench", "size=smoke"])
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32 * 6, 3, 32, 32, generator=gen), torch.randint(0, 10, (32 * 6,), generator=gen)
+
+    def train(ranks: Ranks):
+        options = check_config(cfg)
+        model, _ = build_model(cfg, torch.device("cpu"), False, ranks)
+        if ranks.rank == 1:
+            with torch.no_grad():
+                for tensor in model.state_dict().values():
+                    tensor.add_(0.5) if tensor.is_floating_point() else None
+        trainer = build_trainer(cfg, options, model, torch.device("cpu"), 64, BatchSchedule(options), ranks)
+        for step in range(6):  # 64 images: 2 steps an epoch, 6 in the run; the lookahead at step 5
+            part = slice(32 * step + 16 * ranks.rank, 32 * step + 16 * (ranks.rank + 1))
+            trainer.optimizer_step([(x[part], y[part])])
+        return dict(trainer.eval_model.named_parameters())
+
+    first, second = on_ranks(train)
+    for name, weights in first.items():
+        assert torch.equal(weights, second[name]), name
 
 
 def test_sync_batchnorm_on_a_cpu_says_it_runs_on_gpus_only(compose_cfg):

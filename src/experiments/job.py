@@ -50,6 +50,7 @@ from experiments.training.backends import (
     precision_name,
     resolve_device,
     share_cpu,
+    unwrap,
     use_channels_last,
 )
 from experiments.training.batch_schedule import BatchSchedule
@@ -178,15 +179,20 @@ def build_trainer(cfg: DictConfig, options: TrainerOptions, model: torch.nn.Modu
     trainer.profile asks and this rank writes) and the model (under DDP wrapped, then compiled
     if asked) in one Trainer."""
     optimizer = build_optimizer(cfg, options, model, device)
-    ema = ModelEmaV3(model, decay=options.ema_decay) if options.ema_decay else None  # before wrapping
+    if ranks.distributed:  # wrapping broadcasts rank 0's weights and buffers into every rank's
+        model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    # the lookahead's copy is taken after that broadcast: a copy of a rank's own start, where it
+    # differed from rank 0's, was written back into that rank's weights (frozen ones too, which
+    # no gradient all-reduce brings back), and the ranks trained apart. (The EMA copies the
+    # weights at its first update; taken here too, it starts from the same weights.)
+    module = unwrap(model)
+    ema = ModelEmaV3(module, decay=options.ema_decay) if options.ema_decay else None
     steps = functools.partial(plan.steps_until, n_train)
-    lookahead = Lookahead(model, options.lookahead, steps(options.epochs)) if options.lookahead else None
+    lookahead = Lookahead(module, options.lookahead, steps(options.epochs)) if options.lookahead else None
     mixup = instantiate(cfg.mix) if cfg.mix.get("_target_") else None
     schedule = instantiate(cfg.sched)(optimizer, epochs=options.epochs, steps=steps)
     profiler = (StepProfiler(options.profile, trace_dir, device)
                 if options.profile and trace_dir is not None else None)
-    if ranks.distributed:
-        model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     return Trainer(maybe_compile(model, options.compile), optimizer, schedule, options,
                    device=device, batch_schedule=plan, mixup=mixup, ema=ema, lookahead=lookahead,
                    ranks=ranks, interrupts=interrupts, clock=clock, profiler=profiler)
