@@ -157,7 +157,7 @@ def test_a_ddp_job_stopped_inside_an_epoch_resumes_to_the_uninterrupted_numbers(
                                                                                uninterrupted_ddp):
     # every rank draws its own augmentation and sums its own images: each must continue its own
     overrides, answers, killed, resumed_at = DDP_CASES[case]
-    args = [*TINY, *overrides]
+    args = [*TINY, "trainer.epochs=2", *overrides]  # (epoch 2 is where it stops and resumes)
     out = tmp_path / "stopped"
     uninterrupted, clean = uninterrupted_ddp(args)
     assert train_on_ranks(args, out, answers, killed) == ("killed" if killed else "interrupted")
