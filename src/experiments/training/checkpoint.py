@@ -195,8 +195,9 @@ def describe(setup: dict) -> str:
 
 def restore(payload: dict, trainer: Trainer,
             generators: list[torch.Generator]) -> tuple[FitState, str | None]:
-    """The fit state to continue from, and a note when the checkpoint was written on another
-    device setup: then the RNGs that do not fit this machine start from this run's seed (the
+    """The fit state to continue from (inside an epoch, with this rank's place there:
+    `place_in_epoch`), and a note when the checkpoint was written on another device setup or
+    number of ranks: then the RNGs that do not fit this machine start from this run's seed (the
     run goes on, but is no longer bit-identical to an uninterrupted one)."""
     try:
         trainer.load_state_dict(for_this_device(payload["trainer"], trainer))
