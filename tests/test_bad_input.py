@@ -162,7 +162,7 @@ def test_hydra_refuses_a_wrong_type_or_an_unknown_key_while_composing(compose_cf
 def test_a_checkpoint_of_another_format_is_refused(tmp_path):
     path = tmp_path / "checkpoint.pt"
     torch.save({"format": 99}, path)
-    with pytest.raises(CheckpointError, match=r"has format 99, this code reads formats \(1, 2\)"):
+    with pytest.raises(CheckpointError, match=r"has format 99, this code reads formats \(1, 2, 3\)"):
         load_checkpoint(path, {})
 
 

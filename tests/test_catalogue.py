@@ -244,6 +244,17 @@ def test_truncated_idx_file_is_reported(tmp_path, compose_cfg):
     (["mix=cutmix", "trainer.batch_size=33"], "trainer.batch_size must be even"),
     (["mix=mixup", "trainer.batch_schedule={epochs:[2,3],sizes:[64,65]}"],
      "trainer.batch_schedule.sizes[1] must be even, got 65"),
+    # under DDP each rank mixes its own part of every batch: timm's assertion at step 1, before
+    (["mix=mixup", "trainer.devices=2", "trainer.batch_size=34"],
+     "trainer.batch_size=34 is 17 images per rank, which must be even. Use a multiple of 4, e.g. "
+     "trainer.batch_size=32 or 36"),
+    (["mix=cutmix", "trainer.devices=2", "trainer.batch_size=2"],
+     "trainer.batch_size=2 is 1 image per rank, which must be even. Use a multiple of 4, e.g. "
+     "trainer.batch_size=4"),
+    (["mix=cutmix_mixup", "trainer.devices=4", "trainer.batch_size=128",
+      "trainer.batch_schedule={epochs:[2],sizes:[132]}"],
+     "trainer.batch_schedule.sizes[0]=132 is 33 images per rank, which must be even. Use a multiple "
+     "of 8, e.g. trainer.batch_schedule.sizes[0]=128 or 136"),
     (["trainer.batch_schedule={epochs:[2,3],sizes:[64]}"], "equal length"),
 ])
 def test_bad_combinations_are_refused(compose_cfg, overrides, message):

@@ -20,7 +20,7 @@ from experiments.training.options import TrainerOptions
 from experiments.training.sam import SAM
 from experiments.training.schedules import constant
 from experiments.training.trainer import Trainer
-from support.ranks import on_ranks, write_start_method
+from support.ranks import on_ranks, train_on_ranks, write_start_method
 
 NORMALIZE = ([0.5] * 3, [0.25] * 3)
 
@@ -46,6 +46,15 @@ OPTIMIZERS = {
                                 adamw_weight_decay=0.0, aux="adamw", edge_matrices="aux", sgd_lr=0.02,
                                 sgd_momentum=0.9, sgd_nesterov=True, sgd_weight_decay=0.0),
 }
+
+
+def trainer_of(ranks: Ranks) -> Trainer:
+    """A trainer as rank `ranks.rank` has it, unwrapped: no process group is needed to save a
+    checkpoint of one rank, or to restore one."""
+    model = no_batchnorm_net()
+    opt = OPTIMIZERS["sgd"](model.parameters())
+    return Trainer(model, opt, constant(opt, epochs=1, steps=lambda e: e),
+                   TrainerOptions(progress=False), device=torch.device("cpu"), ranks=ranks)
 
 
 def trainer_on(ranks: Ranks, optimizer: str, **options) -> Trainer:
@@ -117,6 +126,30 @@ def test_a_nonfinite_loss_on_one_rank_stops_every_rank_after_that_step():
     assert steps0 == steps1 == 2 and error0 == error1 and "NaN/inf by step 2 in fp32" in error0
 
 
+def test_ddp_steps_with_the_lookahead_are_one_process_steps():
+    # the lookahead averages each rank's own copy; the ranks' weights stay one process's
+    from experiments.training.lookahead import Lookahead
+    from experiments.training.options import LookaheadOptions
+
+    split = images(16 * 6)
+
+    def steps(ranks: Ranks):
+        model = no_batchnorm_net()
+        opt = OPTIMIZERS["sgd"](model.parameters())
+        lookahead = Lookahead(model, LookaheadOptions(every=2, decay=0.7, warmup_power=1.0), total_steps=6)
+        trainer = Trainer(DistributedDataParallel(model) if ranks.distributed else model, opt,
+                          constant(opt, epochs=1, steps=lambda e: e), TrainerOptions(progress=False),
+                          device=torch.device("cpu"), ranks=ranks, lookahead=lookahead)
+        for step in range(6):  # the weights set to the average at steps 2, 4 and 6 (the last)
+            trainer.optimizer_step(micro_batches(split, ranks.rank, ranks.world_size, 1, step))
+        return [p.detach().clone() for p in trainer.eval_model.parameters()]
+
+    alone = on_ranks(steps, world_size=1)[0]
+    for rank_params in on_ranks(steps):
+        for p, q in zip(rank_params, alone, strict=True):
+            torch.testing.assert_close(p, q, rtol=1e-5, atol=1e-6)
+
+
 def device_loader(split: Split, ranks: Ranks, batch: int, shuffle: bool = False) -> DeviceLoader:
     return DeviceLoader(split, batch, Normalize(*NORMALIZE, "cpu"), device="cpu", shuffle=shuffle,
                         drop_last=shuffle, seed=3, ranks=ranks)
@@ -154,6 +187,35 @@ def test_eval_shards_cover_every_image_once(loader):
               for _, labels in LOADERS[loader](split, Ranks(r, 2, r, 2), batch=8)]
     assert sorted(len(b) for b in served) == [5, 8, 8, 8, 8]  # the batches one process serves
     assert torch.equal(torch.cat(served).sort().values, torch.arange(37))  # none twice, none left
+
+
+def batchnorm_net(running_mean: float) -> nn.Module:
+    """A net with BatchNorm whose running mean is `running_mean`: DDP leaves each rank its own."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                        nn.Flatten(), nn.Linear(8, 4))
+    net[1].running_mean.fill_(running_mean)
+    return net
+
+
+@pytest.mark.parametrize("tta", ["flip", "flip_translate"])
+@pytest.mark.parametrize("loader", LOADERS)
+def test_tta_under_ddp_equals_one_process_tta_of_rank_0s_weights(loader, tta):
+    from experiments.training.trainer import evaluate
+
+    split = images(37, seed=1)  # 5 batches of 8 or fewer: 3 on rank 0, 2 on rank 1
+
+    def both(ranks: Ranks):
+        model = batchnorm_net(running_mean=ranks.rank)  # rank 0's statistics rule (broadcast)
+        sharded = {mode: evaluate(model, LOADERS[loader](split, ranks, batch=8), device=torch.device("cpu"),
+                                  tta=mode, ranks=ranks) for mode in ("none", tta)}
+        alone = {mode: evaluate(batchnorm_net(running_mean=0), LOADERS[loader](split, SINGLE, batch=8),
+                                device=torch.device("cpu"), tta=mode) for mode in ("none", tta)}
+        return sharded, alone
+
+    (rank0, alone), (rank1, _) = on_ranks(both)
+    assert rank0 == rank1 == alone  # exactly, TTA and plain
+    assert alone[tta] != alone["none"]  # (TTA changed the predictions)
 
 
 def test_each_rank_trains_on_its_part_of_every_global_batch():
@@ -202,12 +264,6 @@ def test_resuming_with_more_ranks_continues_the_shared_order_and_says_it_is_not_
     from experiments.training.checkpoint import restore, save_checkpoint
     from experiments.training.trainer import FitState
 
-    def trainer_of(ranks: Ranks) -> Trainer:  # (no process group is needed to save or load)
-        model = no_batchnorm_net()
-        opt = OPTIMIZERS["sgd"](model.parameters())
-        return Trainer(model, opt, constant(opt, epochs=1, steps=lambda e: e),
-                       TrainerOptions(progress=False), device=torch.device("cpu"), ranks=ranks)
-
     split = images(32)
     alone = device_loader(split, SINGLE, 16, shuffle=True)
     list(alone)  # one pass: the generators moved on
@@ -223,6 +279,141 @@ def test_resuming_with_more_ranks_continues_the_shared_order_and_says_it_is_not_
 
     _, same = restore(payload, trainer_of(SINGLE), device_loader(split, SINGLE, 16, True).generators)
     assert same is None  # the same setup: nothing to say
+
+
+def mid_epoch_checkpoint(path, split: Split) -> None:
+    """A checkpoint written inside epoch 2 by 2 ranks (each with its own augmentation generator
+    and running sums: rank r has seen 16 images, 10 + r of them right, loss sum 5 + r)."""
+    from experiments.training.checkpoint import save_checkpoint
+    from experiments.training.trainer import EpochProgress, EpochTotals, FitState
+
+    def save(ranks: Ranks):
+        loader = device_loader(split, ranks, 16, shuffle=True)
+        list(loader)  # epoch 1
+        place = EpochProgress.start(2, loader, lr=0.1)
+        next(iter(loader))  # epoch 2's first step
+        totals = EpochTotals(torch.device("cpu"), torch.zeros((), dtype=torch.long))
+        totals.loss_sum += 5.0 + ranks.rank
+        totals.correct += 10 + ranks.rank
+        totals.finite_seen += 16
+        totals.seen = 16
+        place.steps, place.totals = 1, totals.state_dict()
+        save_checkpoint(path, trainer_on(ranks, "sgd"), FitState(epoch=1, progress=place.state_dict()),
+                        loader.generators, {}, {})
+        return place.state_dict()
+
+    return on_ranks(save)
+
+
+def resumed_place(payload, ranks: Ranks, split: Split):
+    """(this rank's place in the epoch, the note) as `restore` gives them, and its loader."""
+    from experiments.training.checkpoint import restore
+
+    loader = device_loader(split, ranks, 16, shuffle=True)
+    state, note = restore(payload, trainer_of(ranks), loader.generators)
+    return state.progress, note, loader
+
+
+def test_each_rank_resumes_its_own_place_inside_an_epoch_and_another_number_counts_each_image_once(tmp_path):
+    from experiments.training.checkpoint import FORMAT
+
+    split = images(64)
+    places = mid_epoch_checkpoint(tmp_path / "c.pt", split)
+    payload = torch.load(tmp_path / "c.pt", weights_only=True)
+    assert payload["format"] == FORMAT == 3
+    for rank in range(2):  # the same ranks: each its own, exactly
+        place, note, _ = resumed_place(payload, Ranks(rank, 2, rank, 2), split)
+        assert note is None
+        assert all(torch.equal(a, b) for a, b in zip(place["generators"], places[rank]["generators"]))
+        assert place["totals"]["correct"] == 10 + rank and place["totals"]["seen"] == 16
+
+    alone, note, _ = resumed_place(payload, SINGLE, split)  # one rank: the two ranks' sums, once
+    assert (alone["totals"]["correct"], alone["totals"]["seen"], float(alone["totals"]["loss_sum"])) == (21, 32, 11.0)
+    assert "2 ranks" in note and "not bit-identical" in note
+
+    third, note, loader = resumed_place(payload, Ranks(2, 3, 2, 3), split)  # a rank it lacks
+    assert torch.equal(third["generators"][0], places[0]["generators"][0])  # the shared order
+    own = device_loader(split, Ranks(2, 3, 2, 3), 16, shuffle=True).augment_generator.get_state()
+    assert torch.equal(third["generators"][1], own)  # its augmentation from its seed, not rank 0's
+    assert third["totals"] is None and third["steps"] == 1
+    assert "rank 2's augmentation inside epoch 2" in note
+
+
+def test_a_format_2_checkpoint_inside_an_epoch_under_ddp_resumes_with_a_note(tmp_path):
+    # format 2 saved rank 0's place alone, which every rank took as its own: rank 1 augmented as
+    # rank 0, and rank 0's sums were counted twice
+    split = images(64)
+    places = mid_epoch_checkpoint(tmp_path / "c.pt", split)
+    payload = torch.load(tmp_path / "c.pt", weights_only=True)
+    payload["format"], payload["fit"]["progress"] = 2, payload["fit"]["progress"][0]
+    first, note0, _ = resumed_place(payload, Ranks(0, 2, 0, 2), split)
+    second, note1, _ = resumed_place(payload, Ranks(1, 2, 1, 2), split)
+    assert first["totals"]["correct"] == 10 and second["totals"] is None  # rank 0's counted once
+    own = device_loader(split, Ranks(1, 2, 1, 2), 16, shuffle=True).augment_generator.get_state()
+    assert torch.equal(second["generators"][1], own)
+    assert torch.equal(second["generators"][0], places[0]["generators"][0])
+    assert note0 == note1
+    assert "rank 1's augmentation inside epoch 2 (the checkpoint holds the place there of 1 rank" in note0
+
+
+def test_a_gpu_checkpoint_inside_an_epoch_resumes_on_the_cpu(tmp_path):
+    # a CUDA generator's 16-byte state does not fit a CPU generator: the epoch is redrawn from
+    # this run's seed (before, restoring the epoch's generators raised)
+    from experiments.training.trainer import EpochProgress
+
+    split = images(64)
+    mid_epoch_checkpoint(tmp_path / "c.pt", split)
+    payload = torch.load(tmp_path / "c.pt", weights_only=True)
+    for rng, place in zip(payload["rng"], payload["fit"]["progress"], strict=True):
+        rng["generators"] = place["generators"] = [torch.zeros(16, dtype=torch.uint8)] * 2
+        rng["generator_devices"] = ["cuda", "cuda"]
+    place, note, loader = resumed_place(payload, Ranks(1, 2, 1, 2), split)
+    EpochProgress(**place).restore_generators(loader)
+    seeded = device_loader(split, Ranks(1, 2, 1, 2), 16, shuffle=True)
+    for restored, fresh in zip(loader.generators, seeded.generators, strict=True):
+        assert torch.equal(restored.get_state(), fresh.get_state())
+    assert "the loader's cuda generator (now on cpu)" in note
+
+
+def test_mixing_on_a_launchers_ranks_refuses_an_odd_batch_per_rank_before_it_trains(tmp_path):
+    # torchrun or Slurm tasks: trainer.devices stays 1, and the job learns its 2 ranks as it starts
+    # (timm's Mixup asserted at step 1, before)
+    out = tmp_path / "job"
+    result = train_on_ranks(["experiment=smoke", "logger=none", "trainer.progress=false", "mix=mixup",
+                             "trainer.batch_size=34"], out)
+    assert result.startswith("refused: mixing") and "trainer.batch_size=34 is 17 images per rank" in result
+    assert list(out.iterdir()) == []  # nothing trained, nothing written
+
+
+def test_the_lookahead_copies_the_weights_ddp_gives_every_rank(compose_cfg):
+    # DDP broadcasts rank 0's weights when it wraps the model; a rank whose own start differed
+    # (forced here) kept it in the lookahead's copy when that was taken before, and the lookahead
+    # wrote it back into that rank's weights: the frozen whitening filters too, which no gradient
+    # all-reduce brings back, so the ranks trained apart for the rest of the run
+    from experiments.config.checks import check_config
+    from experiments.job import build_model, build_trainer
+    from experiments.training.batch_schedule import BatchSchedule
+
+    cfg = compose_cfg(["experiment=airbench", "size=smoke"])
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(32 * 6, 3, 32, 32, generator=gen), torch.randint(0, 10, (32 * 6,), generator=gen)
+
+    def train(ranks: Ranks):
+        options = check_config(cfg)
+        model, _ = build_model(cfg, torch.device("cpu"), False, ranks)
+        if ranks.rank == 1:
+            with torch.no_grad():
+                for tensor in model.state_dict().values():
+                    tensor.add_(0.5) if tensor.is_floating_point() else None
+        trainer = build_trainer(cfg, options, model, torch.device("cpu"), 64, BatchSchedule(options), ranks)
+        for step in range(6):  # 64 images: 2 steps an epoch, 6 in the run; the lookahead at step 5
+            part = slice(32 * step + 16 * ranks.rank, 32 * step + 16 * (ranks.rank + 1))
+            trainer.optimizer_step([(x[part], y[part])])
+        return dict(trainer.eval_model.named_parameters())
+
+    first, second = on_ranks(train)
+    for name, weights in first.items():
+        assert torch.equal(weights, second[name]), name
 
 
 def test_sync_batchnorm_on_a_cpu_says_it_runs_on_gpus_only(compose_cfg):

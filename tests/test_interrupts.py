@@ -13,8 +13,10 @@ import time
 import pytest
 
 from conftest import run_train, start_train
+from experiments.training.interrupts import SAVE
 from support.forked import fork, kill_after_checkpoint, signal_at_step, signal_during_validation, wait
 from support.jobs import run_here
+from support.ranks import train_on_ranks
 
 # 12 optimizer steps per epoch (384 training images in batches of 32), about 1 s a job
 TINY = ["experiment=smoke", "logger=none", "trainer.progress=false", "model=preact",
@@ -145,6 +147,49 @@ def test_checkpoints_on_the_clock_lose_at_most_their_interval_to_a_kill(tmp_path
     resumed = summary(out)
     assert resumed["resumed_from_epoch"] == 0 and resumed["resumed_from_step"] >= 2
     assert_same_numbers(out, clean)
+
+
+# DDP on 2 ranks, each 16 images of every global batch of 32: the trainer polls after each of an
+# epoch's 12 steps and at its end, so poll 13 ends epoch 1 and poll 13 + s is step s of epoch 2.
+# case: (overrides, rank 0's answers by poll, the poll every rank crashes at, where it resumes)
+DDP_CASES = {
+    "device loader, mixup, SIGTERM": (["mix=mixup"], {13 + 5: signal.SIGTERM}, None, (1, 5)),
+    "dataloader, CutMix/MixUp, on the clock, then kill -9": (
+        ["loader=dataloader", "loader.workers=1", "aug=advanced", "mix=cutmix_mixup"],
+        {13 + 5: SAVE}, 13 + 7, (1, 5)),
+    "device loader, mixup, SIGTERM at an epoch's end": (["mix=mixup"], {13: signal.SIGTERM}, None, (1, 0)),
+}
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_ddp(tmp_path_factory):
+    """uninterrupted_ddp(args) -> (rank 0's result, the job's directory): run once per args."""
+    runs = {}
+
+    def run(args):
+        if tuple(args) not in runs:
+            out = tmp_path_factory.mktemp("uninterrupted") / "job"
+            runs[tuple(args)] = train_on_ranks(args, out), out
+        return runs[tuple(args)]
+
+    return run
+
+
+@pytest.mark.parametrize("case", DDP_CASES)
+def test_a_ddp_job_stopped_inside_an_epoch_resumes_to_the_uninterrupted_numbers(tmp_path, case,
+                                                                               uninterrupted_ddp):
+    # every rank draws its own augmentation and sums its own images: each must continue its own
+    overrides, answers, killed, resumed_at = DDP_CASES[case]
+    args = [*TINY, "trainer.epochs=2", *overrides]  # (epoch 2 is where it stops and resumes)
+    out = tmp_path / "stopped"
+    uninterrupted, clean = uninterrupted_ddp(args)
+    assert train_on_ranks(args, out, answers, killed) == ("killed" if killed else "interrupted")
+    resumed = train_on_ranks(args, out)
+    assert (resumed["resumed_from_epoch"], resumed["resumed_from_step"]) == resumed_at
+    assert resumed["resume_note"] is None and resumed["world_size"] == 2
+    for key in RESULTS:
+        assert resumed[key] == uninterrupted[key], key
+    assert metrics(out) == metrics(clean)
 
 
 def test_sigterm_stops_every_rank_of_a_ddp_job_at_one_step_and_its_rerun_completes(tmp_path):

@@ -30,7 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 import experiments.config  # noqa: F401  (registers the schemas and resolvers with Hydra)
 from experiments.batches import Batching, Loaders
 from experiments.batches.device import Normalize
-from experiments.config.checks import optimizer_key
+from experiments.config.checks import check_mixed_batches, optimizer_key
 from experiments.config.groups import CONFIG_GROUPS
 from experiments.config.secrets import redact_overrides
 from experiments.data import Splits, load_splits
@@ -51,6 +51,7 @@ from experiments.training.backends import (
     precision_name,
     resolve_device,
     share_cpu,
+    unwrap,
     use_channels_last,
 )
 from experiments.training.batch_schedule import BatchSchedule
@@ -179,15 +180,20 @@ def build_trainer(cfg: DictConfig, options: TrainerOptions, model: torch.nn.Modu
     trainer.profile asks and this rank writes) and the model (under DDP wrapped, then compiled
     if asked) in one Trainer."""
     optimizer = build_optimizer(cfg, options, model, device)
-    ema = ModelEmaV3(model, decay=options.ema_decay) if options.ema_decay else None  # before wrapping
+    if ranks.distributed:  # wrapping broadcasts rank 0's weights and buffers into every rank's
+        model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    # the lookahead's copy is taken after that broadcast: a copy of a rank's own start, where it
+    # differed from rank 0's, was written back into that rank's weights (frozen ones too, which
+    # no gradient all-reduce brings back), and the ranks trained apart. (The EMA copies the
+    # weights at its first update; taken here too, it starts from the same weights.)
+    module = unwrap(model)
+    ema = ModelEmaV3(module, decay=options.ema_decay) if options.ema_decay else None
     steps = functools.partial(plan.steps_until, n_train)
-    lookahead = Lookahead(model, options.lookahead, steps(options.epochs)) if options.lookahead else None
+    lookahead = Lookahead(module, options.lookahead, steps(options.epochs)) if options.lookahead else None
     mixup = instantiate(cfg.mix) if cfg.mix.get("_target_") else None
     schedule = instantiate(cfg.sched)(optimizer, epochs=options.epochs, steps=steps)
     profiler = (StepProfiler(options.profile, trace_dir, device, clock, steps(options.epochs))
                 if options.profile and trace_dir is not None else None)
-    if ranks.distributed:
-        model = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     return Trainer(maybe_compile(model, options.compile), optimizer, schedule, options,
                    device=device, batch_schedule=plan, mixup=mixup, ema=ema, lookahead=lookahead,
                    ranks=ranks, interrupts=interrupts, clock=clock, profiler=profiler)
@@ -232,8 +238,9 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
     device = resolve_device(options.device, ranks.gpu_slot(job.num))
     configure_backends(options, device)
     share_cpu(ranks, job.side_by_side)
-    if ranks.distributed:
+    if ranks.distributed:  # (under torchrun or Slurm tasks the launcher's count is known here)
         options.check_ranks_divide(ranks.world_size)
+        check_mixed_batches(cfg, options, ranks.world_size)
         join(ranks, device, options.collective_timeout_s, store)
     seed_everything(cfg.seed)
     channels_last = use_channels_last(options, device)

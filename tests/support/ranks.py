@@ -1,6 +1,6 @@
 """A function run on several gloo ranks, in forked copies of the test process (no interpreter
 start-up: support/forked.py), each on one thread: the direct DDP tests (a step, an evaluation)
-without a job around them."""
+without a job around them, and whole DDP jobs whose every rank is such a fork (`train_on_ranks`)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ import torch
 import torch.distributed as dist
 
 from experiments.ranks import Ranks
+from experiments.training.interrupts import GO_ON, Interrupts
 from support.forked import fork, wait
+
+CONF = Path(__file__).resolve().parents[2] / "conf"
 
 
 def on_ranks(fn: Callable[[Ranks], object], world_size: int = 2, timeout_s: float = 120) -> list:
@@ -54,3 +57,64 @@ def write_start_method(rank_job, ranks: Ranks, store, failures) -> None:
     import multiprocessing
 
     Path(rank_job.extra["out"]).write_text(multiprocessing.get_start_method())
+
+
+class Killed(BaseException):
+    """A rank's crash in the middle of a step (see `Scripted`)."""
+
+
+class Scripted(Interrupts):
+    """A rank's interrupts, answering as scripted: `answers` maps a poll's number (the trainer
+    polls after every optimizer step and at every epoch's end) to GO_ON, SAVE or a signal's
+    number; from poll `killed` on, the rank crashes (Killed), as every rank of a job killed
+    with kill -9 does: nothing after its last checkpoint is saved."""
+
+    def __init__(self, answers: dict[int, int] | None = None, killed: int | None = None):
+        super().__init__(names=())
+        self.answers, self.killed, self.polls = answers or {}, killed, 0
+
+    def poll(self) -> int:
+        self.polls += 1
+        if self.polls == self.killed:
+            raise Killed
+        return self.answers.get(self.polls, GO_ON)
+
+
+def train_on_ranks(overrides, out: Path, answers: dict[int, int] | None = None,
+                   killed: int | None = None, world_size: int = 2):
+    """The job of `python train.py OVERRIDES hydra.run.dir=OUT`, on `world_size` forked gloo ranks, each
+    running `experiments.job.train` as the task function's ranks do (rank 0 writes; a checkpoint
+    in `out` is resumed). Rank 0's interrupts answer `answers` (a signal reaches rank 0, which
+    decides for every rank); every rank crashes at poll `killed`. Returns rank 0's result, or
+    "interrupted", "killed" or "refused: <the ConfigError's message>"."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from experiments.config.checks import check_config
+    from experiments.errors import ConfigError
+    from experiments.job import JobInfo, train
+    from experiments.report.job_summary import SummaryFile
+    from experiments.training.checkpoint import Checkpoint
+    from experiments.training.interrupts import Interrupted
+
+    out.mkdir(parents=True, exist_ok=True)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[*overrides, f"paths.root_dir={out.parent}",
+                                                      f"paths.output_dir={out}"])
+
+    def rank_job(ranks: Ranks):
+        options = check_config(cfg)
+        record = OmegaConf.to_container(cfg, resolve=True)
+        job = JobInfo(out, "job", None, {}, [], False, 0)
+        interrupts = Scripted(answers if ranks.main else None, killed)
+        try:
+            return train(cfg, options, job, record, Checkpoint(out, record, options.resume),
+                         SummaryFile(job) if ranks.main else None, ranks, interrupts=interrupts)
+        except Interrupted:
+            return "interrupted"
+        except Killed:
+            return "killed"
+        except ConfigError as refused:
+            return f"refused: {refused}"
+
+    return on_ranks(rank_job, world_size)[0]

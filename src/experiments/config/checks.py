@@ -177,13 +177,34 @@ def check_combinations(cfg: DictConfig, options: TrainerOptions) -> None:
                           f"{key}.momentum=0 {key}.nesterov=false)")
     check_mirroring(cfg.data, bool(cfg.aug.get("flip")), options.tta)
     check_augmentation_fits_data(cfg)
-    if cfg.mix.get("_target_"):
-        # timm's Mixup pairs image i with image n-1-i: an odd batch fails mid-run, at the epoch
-        # where the schedule reaches that size
-        for key, size in options.batch_sizes.items():
-            if size % 2:
-                raise ConfigError(f"mixing (mix={cfg.mix.get('_target_', '').split('.')[-1]}) pairs "
-                                  f"images within a batch: {key} must be even, got {size}")
+    check_mixed_batches(cfg, options, options.devices)
+
+
+def check_mixed_batches(cfg: DictConfig, options: TrainerOptions, world_size: int) -> None:
+    """timm's Mixup pairs image i with image n-1-i of the batch it is given and asserts that n
+    is even: an odd batch failed mid-run, at the epoch where the batch schedule reaches that
+    size. It is given each micro-batch of a rank: `batch_size / world_size` images of every
+    training batch size the job uses (trainer.batch_size, each of the batch schedule's sizes),
+    whole (accumulation groups micro-batches, it never splits one; the loader drops a ragged
+    last batch, and BatchSchedule.check_fits refuses a batch larger than the training set);
+    evaluation does not mix. Checked with trainer.devices here, and again with the launcher's
+    ranks (torchrun, Slurm tasks) when the job starts (job.train)."""
+    if not cfg.mix.get("_target_"):
+        return
+    mixing = f"mixing (mix={cfg.mix.get('_target_', '').split('.')[-1]}) pairs images within a batch"
+    for key, size in options.batch_sizes.items():
+        per_rank = size // world_size
+        if per_rank % 2 == 0:
+            continue
+        if world_size == 1:
+            raise ConfigError(f"{mixing}: {key} must be even, got {size}")
+        multiple = 2 * world_size
+        lower = size - size % multiple
+        raise ConfigError(
+            f"{mixing}, and each of the {world_size} ranks mixes its own part of it: {key}={size} "
+            f"is {per_rank} image{'s' if per_rank > 1 else ''} per rank, which must be even. Use a "
+            f"multiple of {multiple}, e.g. "
+            f"{key}={lower or multiple}" + (f" or {lower + multiple}" if lower else ""))
 
 
 def check_mirroring(data: DictConfig, flip: bool, tta: str) -> None:

@@ -19,13 +19,18 @@ import torch
 from experiments.atomic import atomic_write
 from experiments.errors import Refusal, UserError
 from experiments.identity import fingerprint, semantic_config
+from experiments.ranks import Ranks
 from experiments.training.backends import precision_name
 from experiments.training.distributed import all_gather
-from experiments.training.trainer import FitState, Trainer
+from experiments.training.trainer import EpochTotals, FitState, Trainer
 
 CHECKPOINT_FILE = "checkpoint.pt"
-FORMAT = 2  # 2: one RNG state per rank (DDP), the loader's order and augmentation generators
-READS = (1, 2)  # 1 (before DDP): resumed, with a note (one generator drew order and augmentation)
+# 2: one RNG state per rank (DDP), the loader's order and augmentation generators; 3: inside an
+# epoch, every rank's place in it (format 2 held rank 0's, which every rank then took as its own)
+FORMAT = 3
+# 1 (before DDP): resumed, with a note (one generator drew order and augmentation); 2: exact at
+# an epoch's end and on one process, inside an epoch under DDP resumed with a note
+READS = (1, 2, 3)
 # (the keys a checkpoint resumes across, and the fingerprint it is matched on: experiments/identity.py)
 
 
@@ -102,13 +107,18 @@ def _tuples(value):
 
 def save_checkpoint(path: Path, trainer: Trainer, state: FitState, generators: list[torch.Generator],
                     config: dict, extra: dict[str, Any]) -> None:
-    """Called on every rank (each hands rank 0 its RNG states); rank 0 writes, atomically: to a
-    temporary file, then renamed over the previous checkpoint."""
-    rngs = all_gather(rng_state(generators), trainer.ranks)  # one per rank, in rank order
+    """Called on every rank; rank 0 writes, atomically: to a temporary file, then renamed over
+    the previous checkpoint. Each rank hands rank 0 what is its own: its RNG states and, inside
+    an epoch, its place there (`state.progress`: its loader's generators at the epoch's start, its
+    augmentation's among them, and the running sums of its share of the images); the rest (the
+    weights, the optimizer, the fit so far) is the same on every rank and saved once."""
+    own = all_gather({"rng": rng_state(generators), "progress": state.progress}, trainer.ranks)
     if not trainer.ranks.main:
         return
+    places = [rank["progress"] for rank in own] if state.progress is not None else None
     payload = {"format": FORMAT, "fingerprint": fingerprint(config), "config": semantic_config(config),
-               "trainer": trainer.state_dict(), "fit": dict(vars(state)), "rng": rngs,
+               "trainer": trainer.state_dict(), "fit": {**vars(state), "progress": places},
+               "rng": [rank["rng"] for rank in own],  # one per rank, in rank order
                "device": device_setup(trainer), **extra}
     with atomic_write(path) as tmp:
         torch.save(payload, tmp)
@@ -160,8 +170,9 @@ def describe(setup: dict) -> str:
 
 def restore(payload: dict, trainer: Trainer,
             generators: list[torch.Generator]) -> tuple[FitState, str | None]:
-    """The fit state to continue from, and a note when the checkpoint was written on another
-    device setup: then the RNGs that do not fit this machine start from this run's seed (the
+    """The fit state to continue from (inside an epoch, with this rank's place there:
+    `place_in_epoch`), and a note when the checkpoint was written on another device setup or
+    number of ranks: then the RNGs that do not fit this machine start from this run's seed (the
     run goes on, but is no longer bit-identical to an uninterrupted one)."""
     try:
         trainer.load_state_dict(for_this_device(payload["trainer"], trainer))
@@ -171,7 +182,8 @@ def restore(payload: dict, trainer: Trainer,
     if payload["format"] == 1:  # one process's states, and one generator for the loader
         rngs = [rngs]
     own_seeds = [g.initial_seed() for g in generators]
-    fresh = set_rng_state(rngs[rank] if rank < len(rngs) else rngs[0], generators)
+    saved_rng = rngs[rank] if rank < len(rngs) else rngs[0]
+    fresh = set_rng_state(saved_rng, generators)
     if rank >= len(rngs):  # more ranks now: a new rank continues rank 0's shared generators
         fresh.append(f"rank {rank}'s data generators (the checkpoint has {len(rngs)} ranks)")
         for gen, seed in zip(generators, own_seeds, strict=True):
@@ -180,6 +192,11 @@ def restore(payload: dict, trainer: Trainer,
     if payload["format"] == 1 and len(generators) > 1:
         fresh.append("the loader's augmentation generator (a format-1 checkpoint has one "
                      "generator for the order and the augmentation)")
+    fit = dict(payload["fit"])
+    if fit["progress"] is not None:  # written inside an epoch
+        places = fit["progress"] if payload["format"] >= 3 else [fit["progress"]]  # (rank 0's)
+        fit["progress"] = place_in_epoch(places, trainer.ranks, generators, own_seeds,
+                                         saved_rng.get("generator_devices"), fresh)
     saved, here = payload.get("device"), device_setup(trainer)
     if saved is not None:
         saved = {"ranks": 1, **saved}  # (format 1: one process)
@@ -190,7 +207,43 @@ def restore(payload: dict, trainer: Trainer,
                 "schedule and the CPU RNGs were restored"
                 + (f"; {' and '.join(fresh)} start again from the seed" if fresh else "")
                 + ". The run continues, but is not bit-identical to an uninterrupted one.")
-    return FitState(**payload["fit"]), note
+    return FitState(**fit), note
+
+
+def place_in_epoch(places: list[dict], ranks: Ranks, generators: list[torch.Generator],
+                   own_seeds: list[int], saved_devices: list[str] | None, fresh: list[str]) -> dict:
+    """This rank's place in the epoch a checkpoint was written inside (EpochProgress's state),
+    from `places`, the saved ranks' own, in rank order. With as many ranks as saved, each takes
+    its own: exact. Otherwise (another number of ranks, or a format-2 checkpoint, which holds
+    rank 0's only) the epoch goes on as closely as it can, and `fresh` says what starts again
+    from the seed: rank 0 carries every saved rank's running sums (each image counted once) and
+    the others start theirs from zero; a rank the checkpoint lacks takes rank 0's epoch-start
+    state of the generators every rank shares (the order) and draws its own (augmentation) from
+    its seed. A generator state saved on another device type (a GPU's, resumed on a CPU) does
+    not fit: that generator redraws the epoch from where this run seeded it."""
+    rank, saved = ranks.rank, len(places)
+    place = dict(places[rank] if rank < saved else places[0])
+    states = []
+    for i, (gen, seed) in enumerate(zip(generators, own_seeds, strict=True)):
+        state = place["generators"][i]
+        if saved_devices is not None and saved_devices[i] != gen.device.type:
+            state = gen.get_state()  # (set_rng_state left it seeded, and said so)
+        elif rank >= saved:  # rank 0's: kept for a generator every rank shares
+            probe = torch.Generator(gen.device)
+            probe.set_state(state)
+            if probe.initial_seed() != seed:  # rank 0's own (augmentation): this rank draws its own
+                state = probe.manual_seed(seed).get_state()
+        states.append(state)
+    place["generators"] = states
+    if saved != ranks.world_size:
+        place["totals"] = EpochTotals.merged([p["totals"] for p in places]) if ranks.main else None
+        if saved < ranks.world_size:
+            lacking = (f"rank {saved}" if saved == ranks.world_size - 1
+                       else f"ranks {saved}-{ranks.world_size - 1}")
+            fresh.append(f"{lacking}'s augmentation inside epoch {place['epoch']} (the checkpoint holds "
+                         f"the place there of {saved} rank{'s' if saved > 1 else ''}, whose sums "
+                         "alone count the epoch's first steps in its train/loss and train/acc)")
+    return place
 
 
 @dataclass

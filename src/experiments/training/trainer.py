@@ -436,14 +436,16 @@ def evaluate(model: nn.Module, batches, *, device: torch.device, amp_dtype=None,
 @dataclass
 class EpochProgress:
     """Where an epoch is: enough to redo its first `steps` optimizer steps' batches exactly (the
-    training loader's generators as they were at the epoch's start) and to carry on its sums."""
+    training loader's generators as they were at the epoch's start) and to carry on its sums.
+    Under DDP each rank has its own (its augmentation's generator, its share of the images' sums):
+    a checkpoint holds every rank's (training/checkpoint.py)."""
 
     epoch: int
-    generators: list  # the training loader's generator states at the epoch's start
+    generators: list  # this rank's training loader's generator states at the epoch's start
     lr: float  # the epoch's learning rate as logged (its start's)
     steps: int = 0  # optimizer steps done in this epoch
     seconds: float = 0.0  # training time in this epoch before the last checkpoint inside it
-    totals: dict | None = None  # EpochTotals.state_dict()
+    totals: dict | None = None  # this rank's EpochTotals.state_dict() (None: from zero)
 
     @classmethod
     def start(cls, epoch: int, loader, lr: float) -> EpochProgress:
@@ -514,6 +516,15 @@ class EpochTotals:
         self.loss_sum, self.correct = state["loss_sum"].to(device), state["correct"].to(device)
         self.finite_seen, self.streak = state["finite_seen"].to(device), state["streak"].to(device)
         self.longest, self.seen = state["longest"].to(device), state["seen"]
+
+    @staticmethod
+    def merged(states: list[dict]) -> dict:
+        """Several ranks' running sums as one rank's, each image counted once (an epoch resumed
+        on another number of ranks); the longest non-finite streak of any."""
+        out = {key: sum(s[key] for s in states) for key in ("loss_sum", "correct", "finite_seen", "seen")}
+        for key in ("streak", "longest"):
+            out[key] = torch.stack([s[key] for s in states]).amax()
+        return out
 
     def means(self, ranks: Ranks) -> dict[str, float]:
         """The epoch's mean loss and accuracy over every rank's images."""
