@@ -268,44 +268,60 @@ def test_a_job_that_fails_after_a_signal_still_ends_the_process_a_sweeps_too(tmp
     assert summary(out)["status"] == "failed" and "the disk went away" in summary(out)["error"]
 
 
-# `python DRIVER ARGS`: train.py's Hydra app, whose task function sends this process SIGTERM when
-# its first job has returned (the window between a job and the next, or the process's end)
+# `python DRIVER ARGS`: train.py's Hydra app, which sends itself SIGTERM when its first job has
+# returned (the window between a job and the next, or before the process's end), or when the
+# sweep's final report starts
 DRIVER = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
 import train
-run, done = train.run, []
-def running(cfg):
-    value = run(cfg)
-    if not done:
-        done.append(1)
+from experiments.report.callbacks import SweepSummary
+sent = []
+def send():
+    if not sent:
+        sent.append(1)
         os.kill(os.getpid(), signal.SIGTERM)
-    return value
-train.run = running
+def after(function):
+    return lambda *args, **kwargs: (function(*args, **kwargs), send())[0]
+def before(function):
+    return lambda *args, **kwargs: (send(), function(*args, **kwargs))[1]
+if {after_a_job!r}:
+    train.run = after(train.run)
+else:
+    SweepSummary.final_report = before(SweepSummary.final_report)
 sys.argv[1:1] = ["--config-path", {conf!r}]  # (imported, not run as __main__: Hydra asks)
 train.main()
 """
+# where: (a sweep, or one run; after the first job, or at the sweep's report; the message)
+NO_JOB_RUNNING = {
+    "between two jobs of a sweep": (True, True, "SIGTERM while no job was running: stopping"),
+    "after a single run's job": (False, True, "SIGTERM while no job was running: stopping"),
+    "during the sweep's report": (True, False, "SIGTERM at the end: stopping"),
+}
 
 
-@pytest.mark.parametrize("where", ["between two jobs of a sweep", "after a single run's job"])
+@pytest.mark.parametrize("where", NO_JOB_RUNNING)
 def test_a_signal_while_no_job_runs_ends_the_process_at_once(tmp_path, where):
+    sweeps, after_a_job, message = NO_JOB_RUNNING[where]
     driver = tmp_path / "driver.py"
-    driver.write_text(DRIVER.format(root=str(ROOT), conf=str(ROOT / "conf")))
-    sweep, single = tmp_path / "sweep", tmp_path / "run"
+    driver.write_text(DRIVER.format(root=str(ROOT), conf=str(ROOT / "conf"), after_a_job=after_a_job))
+    sweep, single, first = tmp_path / "sweep", tmp_path / "run", "0-preact-sgd-basic-seed=0"
     args = (["-m", *TINY, "trainer.epochs=1", "seed=0,1", f"hydra.sweep.dir={sweep}",
-             "hydra.callbacks.sweep_summary.plots=false"] if where.startswith("between")
+             "hydra.callbacks.sweep_summary.plots=false"] if sweeps
             else [*TINY, "trainer.epochs=1", f"hydra.run.dir={single}"])
     from support import preloaded
 
     proc = preloaded.run([sys.executable, str(driver), *args], tmp_path, os.environ.copy(), 300)
     assert proc.returncode == 128 + signal.SIGTERM, proc.stderr[-3000:]
-    assert "SIGTERM while no job was running: stopping" in proc.stdout + proc.stderr
-    if where.startswith("between"):
-        assert [d.name for d in sweep.iterdir() if d.is_dir()] == ["0-preact-sgd-basic-seed=0"]
-        assert summary(sweep / "0-preact-sgd-basic-seed=0")["status"] == "completed"
-        assert "0-preact-sgd-basic-seed=0" in (sweep / "summary.md").read_text()  # the report ran
-    else:
+    assert message in proc.stdout + proc.stderr
+    if not sweeps:
         assert summary(single)["status"] == "completed"
+    elif after_a_job:  # the next job never started; the report was written at the exit
+        assert [d.name for d in sweep.iterdir() if d.is_dir()] == [first]
+        assert summary(sweep / first)["status"] == "completed"
+        assert first in (sweep / "summary.md").read_text()
+    else:  # every job ran; the sweep's tables were written after each
+        assert [summary(d)["status"] for d in sorted(sweep.iterdir()) if d.is_dir()] == ["completed"] * 2
 
 
 # --- the processes around the job -------------------------------------------------------------

@@ -21,6 +21,7 @@ Under DDP rank 0's answer rules: every rank stops, or checkpoints, at the same s
 
 from __future__ import annotations
 
+import atexit
 import logging
 import os
 import signal
@@ -115,27 +116,38 @@ class BetweenJobs:
     job's own `Interrupts` take over while it runs, and hand back to this when it ends.
 
     Installed for the rest of the process by `install` (a Hydra callback, when a run or a
-    sweep of the basic launcher starts: experiments/report/callbacks.py)."""
+    sweep of the basic launcher starts: experiments/report/callbacks.py). Once the process's
+    exit handlers run (the sweep's final report), where a SystemExit would be ignored, the
+    process ends with os._exit."""
 
     def __init__(self, names=("SIGTERM", "SIGUSR2", "SIGINT")):
         self.signals = [signal.Signals[name] for name in names]
         self.previous: dict[int, object] = {}
         self.pid = os.getpid()
+        self.exiting = False
 
     def install(self) -> BetweenJobs:
         if threading.current_thread() is threading.main_thread():
             self.pid = os.getpid()
             for sig in self.signals:
                 self.previous[sig] = signal.signal(sig, self.handle)
+            # (exit handlers run last registered first: this, before those registered earlier)
+            atexit.register(setattr, self, "exiting", True)
         return self
 
     def handle(self, signum: int, frame) -> None:
         if os.getpid() != self.pid:  # a forked child: not a job's process
             return
-        log.warning("%s while no job was running: stopping (every job that ended has its result "
-                    "saved; rerun the same command to run the rest)", signal.Signals(signum).name)
+        name = signal.Signals(signum).name
         chain(self.previous.get(signum), signum)
-        raise SystemExit(128 + signum)
+        if not self.exiting:
+            log.warning("%s while no job was running: stopping (every job that ended has its "
+                        "result saved; rerun the same command to run the rest)", name)
+            raise SystemExit(128 + signum)
+        log.warning("%s at the end: stopping (every job's result is saved; `python -m "
+                    "experiments.summarize SWEEP_DIR` writes a sweep's report)", name)
+        logging.shutdown()
+        os._exit(128 + signum)
 
 
 NEVER = Interrupts(names=())  # what a trainer asks when no job installed any (direct use)
