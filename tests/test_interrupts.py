@@ -24,7 +24,9 @@ from conftest import ROOT, run_train, start_train
 from experiments.report.job_summary import SummaryFile
 from experiments.report.tracking import Tracker
 from experiments.training.interrupts import Interrupted, Interrupts
-from experiments.training.trainer import FitState
+from experiments.training.options import TrainerOptions
+from experiments.training.schedules import constant
+from experiments.training.trainer import FitState, Trainer
 from support.forked import (
     fork,
     kill_after_checkpoint,
@@ -203,8 +205,6 @@ def test_a_signal_during_the_test_stops_it_and_the_rerun_only_tests_to_the_same_
     assert chained.read_text() == str(int(signum))  # handed on, after the summary was written
 
     def rerun():
-        from experiments.training.trainer import Trainer
-
         Trainer.train_epoch = no_training
         run_here(args, out)
 
@@ -338,8 +338,6 @@ def test_a_signal_to_every_process_of_the_job_is_the_jobs_alone_not_its_dataload
         handler = logging.FileHandler(log_file)  # (the workers inherit it)
         handler.setFormatter(logging.Formatter("%(process)d %(message)s"))
         logging.getLogger().addHandler(handler)
-        from experiments.training.trainer import Trainer
-
         signal_on_call(Trainer, "ask_interrupts", signum, when=lambda self: self.steps_taken == 12 + 5,
                        group=True)
         run_here(args, out)
@@ -382,10 +380,6 @@ def test_a_dataloader_worker_ignores_the_stop_signals_but_the_jobs_own_sigterm(t
 def test_a_signal_to_rank_0_during_the_test_stops_every_rank_after_the_same_pass():
     """Under DDP the test's passes are collectives: the ranks ask together (the ranks a job
     spawns ignore the signals; rank 0's answer is every rank's), or one would wait forever."""
-    from experiments.training.options import TrainerOptions
-    from experiments.training.schedules import constant
-    from experiments.training.trainer import Trainer
-
     def test(ranks):
         interrupts = Interrupts(())
         torch.manual_seed(0)

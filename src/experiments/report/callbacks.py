@@ -229,8 +229,8 @@ class StopBetweenJobs(Callback):
         from experiments.training.interrupts import BetweenJobs
 
         names = OmegaConf.select(config, "trainer.stop_signals", default=None) or ()
-        BetweenJobs([n for n in names if n in signal.Signals.__members__]).install()  # (the job
-        # names a wrong one)
+        known = [name for name in names if name in signal.Signals.__members__]  # (the job refuses
+        BetweenJobs(known).install()  # a wrong one, with its message)
 
 
 class SweepRecord(Callback):
@@ -267,6 +267,9 @@ class SweepRecord(Callback):
             log.warning("could not keep %s as it was: %s", path, err)
 
 
+HYDRA_RECORD = ".hydra/hydra.yaml"  # a job's (experiments/job_dir.py)
+
+
 def job_records(sweep: Path) -> dict[str, tuple[int, int]]:
     """Each job directory's record (.hydra/hydra.yaml, written atomically: a new file each time):
     its inode and modification time."""
@@ -275,6 +278,3 @@ def job_records(sweep: Path) -> dict[str, tuple[int, int]]:
         stat = path.stat()
         records[str(path)] = (stat.st_ino, stat.st_mtime_ns)
     return records
-
-
-HYDRA_RECORD = ".hydra/hydra.yaml"

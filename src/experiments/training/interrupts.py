@@ -139,13 +139,14 @@ class BetweenJobs:
         if os.getpid() != self.pid:  # a forked child: not a job's process
             return
         name = signal.Signals(signum).name
-        chain(self.previous.get(signum), signum)
         if not self.exiting:
             log.warning("%s while no job was running: stopping (every job that ended has its "
                         "result saved; rerun the same command to run the rest)", name)
+            chain(self.previous.get(signum), signum)
             raise SystemExit(128 + signum)
         log.warning("%s at the end: stopping (every job's result is saved; `python -m "
                     "experiments.summarize SWEEP_DIR` writes a sweep's report)", name)
+        chain(self.previous.get(signum), signum)
         logging.shutdown()
         os._exit(128 + signum)
 
