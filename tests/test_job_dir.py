@@ -2,6 +2,7 @@
 a torn summary or a full disk is met with a message, secrets reach no file."""
 
 import json
+import logging
 import os
 import signal
 import time
@@ -170,6 +171,22 @@ def test_a_failure_before_the_fit_keeps_the_progress_the_checkpoint_holds(tmp_pa
     assert failed["status"] == "failed" and failed["error"] == "the data's disk is not mounted"
     assert failed["epochs_completed"] == 1 and failed["best_val_acc"] is not None
     assert (out / "checkpoint.pt").exists()
+
+
+def test_a_launcher_ranks_log_is_made_at_its_first_line_not_in_a_refused_directory(tmp_path):
+    """The ranks a launcher starts (torchrun, Slurm tasks) each log to train.rank<r>.log, set up
+    before rank 0 has checked the directory: a refused rerun's rank 1 leaves no file there."""
+
+    def rank_1():
+        from experiments.ranks import Ranks
+        from experiments.task import rank_log
+
+        rank_log(tmp_path, Ranks(1, 2, 1, 2))
+        assert not (tmp_path / "train.rank1.log").exists()
+        logging.getLogger("experiments").info("training")
+        assert "training" in (tmp_path / "train.rank1.log").read_text()
+
+    assert wait(fork(rank_1)) == 0
 
 
 def test_a_sweep_rerun_whose_jobs_are_all_refused_leaves_the_sweep_as_it_was(tmp_path):
