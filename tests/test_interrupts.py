@@ -187,7 +187,7 @@ def no_training(*args, **kwargs):
 @pytest.mark.parametrize("case", IN_THE_TEST)
 def test_a_signal_during_the_test_stops_it_and_the_rerun_only_tests_to_the_same_numbers(tmp_path, case):
     overrides, signum, test_pass = IN_THE_TEST[case]
-    args, chained = [*TINY, *overrides], tmp_path / "chained"
+    args, chained = [*TINY, "trainer.epochs=2", *overrides], tmp_path / "chained"
     clean, out = tmp_path / "clean", tmp_path / "signalled"
     reference = fork(lambda: run_here(args, clean))
 
@@ -199,8 +199,8 @@ def test_a_signal_during_the_test_stops_it_and_the_rerun_only_tests_to_the_same_
     assert wait(fork(interrupted)) == 128 + signum
     stopped = summary(out)
     assert stopped["status"] == "interrupted", stopped
-    assert "during the test after the last epoch (3)" in stopped["error"]
-    assert stopped["epochs_completed"] == 3 and stopped["test_acc"] is None
+    assert "during the test after the last epoch (2)" in stopped["error"]
+    assert stopped["epochs_completed"] == 2 and stopped["test_acc"] is None
     assert (out / "checkpoint.pt").exists() and not (out / "model.pt").exists()
     assert chained.read_text() == str(int(signum))  # handed on, after the summary was written
 
@@ -212,7 +212,7 @@ def test_a_signal_during_the_test_stops_it_and_the_rerun_only_tests_to_the_same_
     assert wait(reference) == 0
     resumed = summary(out)
     assert resumed["status"] == "completed"
-    assert (resumed["resumed_from_epoch"], resumed["resumed_from_step"]) == (3, 0)
+    assert (resumed["resumed_from_epoch"], resumed["resumed_from_step"]) == (2, 0)
     assert_same_numbers(out, clean)
     assert resumed["test_tta_acc"] == summary(clean)["test_tta_acc"]
     assert (out / "model.pt").exists() and not (out / "checkpoint.pt").exists()
@@ -234,7 +234,7 @@ AFTER_THE_TEST = {
 @pytest.mark.parametrize("window", AFTER_THE_TEST)
 def test_a_signal_after_the_test_lets_the_result_be_saved_then_ends_the_process(tmp_path, window):
     overrides, send_there = AFTER_THE_TEST[window]
-    args, out, chained = [*TINY, *overrides], tmp_path / "run", tmp_path / "chained"
+    args, out, chained = [*TINY, "trainer.epochs=1", *overrides], tmp_path / "run", tmp_path / "chained"
 
     def signalled():
         stand_in_handler(signal.SIGTERM, chained)
