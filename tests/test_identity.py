@@ -9,6 +9,7 @@ import re
 
 import pytest
 import yaml
+from hydra.core.utils import JobReturn, JobStatus
 
 from conftest import run_train
 from experiments.identity import (
@@ -211,7 +212,7 @@ def test_a_rerun_counts_its_own_jobs_and_times_only_those_it_trained(tmp_path, c
         progress.on_job_start(config(num))
         if num == 4:  # trained: its summary written in this run
             old_job(sweep, f"{num}-lenet-sgd-basic-seed={num}", fp=f"{num:016x}")
-        progress.on_job_end(config(num), None)
+        progress.on_job_end(config(num), JobReturn(status=JobStatus.COMPLETED, _return_value=0.5))
     ends = [r.getMessage() for r in caplog.records if " done: " in r.getMessage()]
     assert [line.split(" done:")[0] for line in ends] == [
         f"job {n + 1}/6 {n}-lenet-sgd-basic-seed={n}" for n in range(5)]

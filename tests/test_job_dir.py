@@ -2,6 +2,7 @@
 a torn summary or a full disk is met with a message, secrets reach no file."""
 
 import json
+import logging
 import os
 import signal
 import time
@@ -11,10 +12,12 @@ import pytest
 
 from conftest import run_train
 from experiments.atomic import atomic_write
-from experiments.errors import DiskFull, JobFailed, Refusal
+from experiments.errors import DataError, DiskFull, JobFailed, Refusal
 from experiments.job_dir import JobDir
 from experiments.report.job_summary import write_json
-from support.forked import fork, kill_after_checkpoint, wait
+from experiments.training.checkpoint import Checkpoint
+from experiments.training.trainer import Trainer
+from support.forked import fork, kill_after_checkpoint, signal_at_step, wait
 from support.jobs import run_here
 
 TINY = ["experiment=smoke", "logger=none", "trainer.progress=false", "model=mlp",
@@ -78,6 +81,131 @@ def test_a_checkpoint_of_another_config_is_refused_before_anything_is_written(tm
     assert exited.value.code == 2 and files(out) == before
     assert "was written by a different config (model.width: 16 -> 8)" in caplog.text
     assert summary(out)["status"] == "running"  # still the killed job's, to resume
+
+
+def left_interrupted(out: Path) -> None:
+    """A child: SIGTERM in epoch 2 (a checkpoint inside it, an interrupted summary)."""
+    signal_at_step(signal.SIGTERM, 9 + 4)
+    run_here([*TINY, "trainer.epochs=3"], out)
+
+
+def left_running(out: Path) -> None:
+    """A child: killed -9 in epoch 2 (its summary still says running, with epoch 1 done)."""
+    kill_after_checkpoint()
+    run_here([*TINY, "trainer.epochs=3"], out)
+
+
+def left_failed(out: Path) -> None:
+    """A child: an error in epoch 2 (a failed summary with epoch 1 done, and its checkpoint)."""
+    save, step = Checkpoint.save, Trainer.optimizer_step
+    saved = []
+
+    def saving(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        saved.append(1)
+
+    def stepping(self, *args, **kwargs):
+        if saved:
+            raise RuntimeError("a worker's bad day")
+        return step(self, *args, **kwargs)
+
+    Checkpoint.save, Trainer.optimizer_step = saving, stepping
+    run_here([*TINY, "trainer.epochs=3"], out)
+
+
+def left_completed(out: Path) -> None:
+    run_here([*TINY, "trainer.epochs=3"], out)
+
+
+# state: (what leaves it, the status its summary then says, what stopping with the exit code)
+STATES = {"interrupted": (left_interrupted, "interrupted", 128 + signal.SIGTERM),
+          "running": (left_running, "running", -signal.SIGKILL),
+          "failed": (left_failed, "failed", 1),
+          "completed": (left_completed, "completed", 0)}
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_a_rerun_stopped_by_its_checks_writes_nothing_whatever_the_job_it_finds(tmp_path, state, caplog):
+    """A bad value (trainer.epochs=-1) stops the rerun before it can compare configs: the job
+    there, whatever its state, keeps its summary, progress, Hydra record and log as they were."""
+    out = tmp_path / "run"
+    leave, status, code = STATES[state]
+    assert wait(fork(lambda: leave(out))) == code
+    before = files(out)
+    assert summary(out)["status"] == status and ".hydra/config.yaml" in before
+    with pytest.raises(SystemExit) as exited:
+        run_here([*TINY, "trainer.epochs=-1"], out)
+    assert exited.value.code == 2
+    assert files(out) == before
+    assert (f"holds a{'n' if status[0] in 'aeiou' else ''} {status} job, left as it is: this run stopped "
+            "before it could compare configs: trainer.epochs") in caplog.text
+
+
+def test_a_new_directory_gets_the_failed_summary_of_a_run_stopped_by_its_checks(tmp_path):
+    """(so that a sweep's report lists the job)"""
+    out = tmp_path / "sweep" / "0-mlp-sgd-basic"
+    with pytest.raises(JobFailed, match="trainer.epochs"):
+        run_here([*TINY, "trainer.epochs=-1"], out, multirun=True)
+    failed = summary(out)
+    assert failed["status"] == "failed" and "trainer.epochs" in failed["error"]
+    assert (out / ".hydra" / "overrides.yaml").exists()
+
+
+def test_a_failure_before_the_fit_keeps_the_progress_the_checkpoint_holds(tmp_path):
+    """The same config, but its data cannot be read this time: the failed summary says what is
+    done and checkpointed (epoch 1 of 3), never 0, and the checkpoint stays to resume from."""
+    out = tmp_path / "run"
+    assert wait(fork(lambda: left_interrupted(out))) == 128 + signal.SIGTERM
+
+    def unreadable():
+        import experiments.job
+
+        def load_splits(cfg):
+            raise DataError("the data's disk is not mounted")
+
+        experiments.job.load_splits = load_splits
+        run_here([*TINY, "trainer.epochs=3"], out)
+
+    assert wait(fork(unreadable)) == 2
+    failed = summary(out)
+    assert failed["status"] == "failed" and failed["error"] == "the data's disk is not mounted"
+    assert failed["epochs_completed"] == 1 and failed["best_val_acc"] is not None
+    assert (out / "checkpoint.pt").exists()
+
+
+def test_a_launcher_ranks_log_is_made_at_its_first_line_not_in_a_refused_directory(tmp_path):
+    """The ranks a launcher starts (torchrun, Slurm tasks) each log to train.rank<r>.log, set up
+    before rank 0 has checked the directory: a refused rerun's rank 1 leaves no file there."""
+
+    def rank_1():
+        from experiments.ranks import Ranks
+        from experiments.task import rank_log
+
+        rank_log(tmp_path, Ranks(1, 2, 1, 2))
+        assert not (tmp_path / "train.rank1.log").exists()
+        logging.getLogger("experiments").info("training")
+        assert "training" in (tmp_path / "train.rank1.log").read_text()
+
+    assert wait(fork(rank_1)) == 0
+
+
+def test_a_sweep_rerun_whose_jobs_are_all_refused_leaves_the_sweep_as_it_was(tmp_path):
+    """Every job of the rerun refused (another trainer.epochs): each job's files stay as they were,
+    Hydra's record of the sweep too (multirun.yaml, which its sweeper writes before any job
+    starts), and each job's line says it was refused, not the earlier run's result."""
+    sweep = tmp_path / "sweep"
+    args = ["-m", *TINY, "trainer.epochs=1", "seed=0,1", f"hydra.sweep.dir={sweep}",
+            "hydra.callbacks.sweep_summary.plots=false"]
+    assert run_train(*args, cwd=tmp_path).returncode == 0
+    jobs = sorted(d for d in sweep.iterdir() if d.is_dir())
+    record = sweep / "multirun.yaml"
+    before = {d.name: files(d) for d in jobs}, record.read_bytes(), record.stat().st_mtime_ns
+    proc = run_train(*[a.replace("epochs=1", "epochs=2") for a in args], cwd=tmp_path)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 1 and "holds a completed job with a different config" in text
+    for k, job in enumerate(jobs, 1):
+        assert f"job {k}/2 {job.name} done: refused" in text
+    assert ({d.name: files(d) for d in jobs}, record.read_bytes(), record.stat().st_mtime_ns) == before
 
 
 # --- one process at a time ----------------------------------------------------------------------

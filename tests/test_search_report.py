@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from hydra.core.utils import JobReturn, JobStatus
 from omegaconf import OmegaConf
 
 from experiments.report import plots
@@ -261,7 +262,7 @@ def test_a_sweeps_job_line_says_pruned_and_its_eta_counts_pruned_trials(tmp_path
     config = OmegaConf.create({"hydra": {"mode": "RunMode.MULTIRUN", "sweep": {"dir": str(sweep)},
                                          "job": {"num": 1}, "runtime": {"output_dir": str(pruned)}}})
     caplog.set_level(logging.INFO)
-    SweepProgress().on_job_end(config, None)
+    SweepProgress().on_job_end(config, JobReturn(status=JobStatus.COMPLETED, _return_value=float("nan")))
     (line,) = [r.getMessage() for r in caplog.records if " done: " in r.getMessage()]
     assert line.startswith(f"job 2/4 {pruned.name} done: pruned after 3 epochs (")
     state = SweepProgress().state(sweep)

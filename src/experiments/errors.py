@@ -71,6 +71,10 @@ class JobFailed(CompactHydraException):
     prints it as one line (a CompactHydraException) when the sweep ends."""
 
 
+class JobRefused(JobFailed):
+    """A job of a sweep that wrote nothing (a Refusal): its directory is as it was."""
+
+
 def user_error_in(err: BaseException) -> BaseException:
     """The user's mistake that `err` wraps, else `err` itself.
 

@@ -124,7 +124,7 @@ def build_loaders(cfg: DictConfig, options: TrainerOptions, splits: Splits,
     DDP, this rank's share of every batch."""
     batching = Batching(instantiate(cfg.aug), model_input, options.batch_size,
                         options.eval_batch_size, cfg.seed, device, channels_last, ranks,
-                        cores_allotted(ranks, side_by_side))
+                        cores_allotted(ranks, side_by_side), tuple(options.stop_signals))
     return instantiate(cfg.loader)(splits, batching)
 
 
@@ -211,11 +211,20 @@ def init_from_data(model: torch.nn.Module, splits: Splits, model_input: ModelInp
 
 def test_once(trainer: Trainer, fit: FitState, test_batches, tta: str) -> dict[str, float | None]:
     """The test set, evaluated here only: with the final weights, then with the weights chosen
-    on validation (the reported test_acc), and with TTA (trainer.tta) as a separate number."""
+    on validation (the reported test_acc), and with TTA (trainer.tta) as a separate number.
+
+    A stop signal ends the test after the pass it came in (Interrupted), the fit's final
+    checkpoint being where its rerun starts: it tests again, and only tests. One that comes in
+    the last pass lets the test end: the result is saved, then the process stops."""
+    where = f"during the test after the last epoch ({fit.epoch})"
     final = trainer.evaluate(test_batches)
+    trainer.stop_if_asked(where)
     trainer.use_best_weights(fit)
     chosen = trainer.evaluate(test_batches)
-    tta_acc = trainer.evaluate(test_batches, tta=tta)["acc"] if tta != "none" else None
+    tta_acc = None
+    if tta != "none":
+        trainer.stop_if_asked(where)
+        tta_acc = trainer.evaluate(test_batches, tta=tta)["acc"]
     return {"acc": chosen["acc"], "loss": chosen["loss"], "acc_final": final["acc"],
             "tta_acc": tta_acc}
 
@@ -298,17 +307,18 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
 
         clock.started_fit()
         try:
-            fit = trainer.fit(loaders.train, loaders.val, state=resumed.state,
-                              after_epoch=after_epoch, save=save)
+            try:
+                fit = trainer.fit(loaders.train, loaders.val, state=resumed.state,
+                                  after_epoch=after_epoch, save=save)
+            finally:
+                if trainer.profiler is not None:
+                    trainer.profiler.close()
+            with clock("test"):
+                test = test_once(trainer, fit, loaders.test, options.tta)
         except Interrupted as stopped:
             if writes:
                 summary.interrupted(str(stopped))  # with the epochs done and checkpointed
             raise
-        finally:
-            if trainer.profiler is not None:
-                trainer.profiler.close()
-        with clock("test"):
-            test = test_once(trainer, fit, loaders.test, options.tta)
         if compiled.fallbacks:
             log.warning("trainer.compile: part of this job ran uncompiled: %s", compiled.status)
         if not writes:
@@ -328,8 +338,7 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
             tracker.log_results({"choices": job.choices, **record}, result)
     with clock("checkpoint"):
         torch.save(trainer.eval_weights(), job.output_dir / "model.pt")  # the tested weights
-        if not options.keep_checkpoint:
-            checkpoint.remove()
+    # (the checkpoint goes once the summary says completed: experiments/task.py)
     return result
 
 

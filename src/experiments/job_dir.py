@@ -30,7 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.atomic import atomic_write
 from experiments.config.secrets import redact_overrides, redact_secrets
 from experiments.errors import Refusal
-from experiments.report.job_summary import RUNNING, pid_alive, read_summary
+from experiments.report.job_summary import RUNNING, SUMMARY_FILE, pid_alive, read_summary
+from experiments.training.checkpoint import CHECKPOINT_FILE
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,16 @@ class JobDir:
         """summary.json; None when absent or torn (then the checkpoint, if any, says where to
         resume)."""
         return read_summary(self.path)
+
+    def holds_a_job(self) -> str | None:
+        """What the directory holds ("a completed job", "an interrupted job", ...), or None
+        when no job has written its state here yet (Hydra's train.log alone is no job's)."""
+        status = (self.summary() or {}).get("status")
+        if status:
+            return f"{'an' if status[0] in 'aeiou' else 'a'} {status} job"
+        if any((self.path / name).exists() for name in (SUMMARY_FILE, CHECKPOINT_FILE, "model.pt")):
+            return "a job's files"  # a torn summary, or a checkpoint without one
+        return None
 
     def owner(self) -> str:
         summary = self.summary() or {}

@@ -25,7 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.config.checks import check_config
 from experiments.config.secrets import recorded
-from experiments.errors import ConfigError, JobFailed, Refusal, UserError, user_error_in
+from experiments.errors import ConfigError, JobFailed, JobRefused, Refusal, UserError, user_error_in
 from experiments.identity import fingerprint
 from experiments.job import JobInfo, train
 from experiments.job_dir import JobDir
@@ -54,7 +54,7 @@ def run(cfg: DictConfig) -> float:
              cfg.trainer.collective_timeout_s)
         if not ranks.main:
             return follow_rank_0(cfg, job, ranks)
-    summary, stopped = SummaryFile(job), None
+    summary, stopped, interrupts = SummaryFile(job), None, None
     try:
         with JobDir(job.output_dir) as job_dir:  # refused while another process trains it
             try:
@@ -68,24 +68,31 @@ def run(cfg: DictConfig) -> float:
             if result is None:
                 interrupts = Interrupts(options.stop_signals, options.checkpoint_every_min)
                 try:
-                    job_dir.write_hydra_record(cfg)
-                    summary.running()
+                    # a signal stops the job where it is, or, when it comes after the test, lets
+                    # the job end and then ends the process (`end_completed`)
                     with interrupts:
+                        job_dir.write_hydra_record(cfg)
+                        summary.running(checkpoint.fit)  # (what the checkpoint holds is done)
                         result = train_ranks(cfg, options, job, record, checkpoint, summary, ranks,
                                              interrupts, clock)
-                    result["time_s"] = clock.summary()
-                    summary.completed(result)
+                        result["time_s"] = clock.summary()
+                        summary.completed(result)
+                        if not options.keep_checkpoint:
+                            checkpoint.remove()  # (only now: a kill before redoes the test)
                 except Interrupted as signalled:  # checkpointed, and the summary says so
                     stopped = signalled
                 except Exception as raised:  # while training: the others' collectives end
                     if ranks is not None:
                         abort_group()
-                    fail(raised, cfg, job, job_dir, summary)
+                    fail(raised, cfg, job, job_dir, summary, interrupts.signum)
     except Refusal as refused:  # nothing was written: the directory is as it was
         tell_the_ranks(ranks, "stop")
-        stop(job, str(refused), user_error=True, log_file=False)
+        stop(job, str(refused), user_error=isinstance(user_error_in(refused.__cause__ or refused), UserError),
+             log_file=False, refused=True)
     if stopped is not None:  # (the job's directory is released by now)
         end_interrupted(stopped, interrupts)
+    if interrupts is not None and interrupts.signum is not None:  # it came after the test
+        end_completed(interrupts)
     log.info("done: test %s (best val %s) -> %s", percent(result["test_acc"]),
              percent(result["best_val_acc"]), job.output_dir)
     value = result.get(cfg.optimized_metric)
@@ -99,8 +106,9 @@ def percent(value: float | None) -> str:
 def start(cfg: DictConfig, job: JobInfo, job_dir: JobDir):
     """The checked options and what the directory holds, read before anything is written: the
     resolved config as recorded (secrets masked), a completed result of this config (returned as
-    it is), and the checkpoint to resume. A directory holding a completed job is never written
-    by a run that stops here."""
+    it is), and the checkpoint to resume. A directory that holds a job, whatever its state, is
+    never written by a run that stops here (a Refusal); a new one gets a failed summary (`fail`),
+    so that a sweep's report lists the job."""
     stored = job_dir.summary()
     try:
         options = check_config(cfg)  # the trainer group as one typed object
@@ -110,9 +118,10 @@ def start(cfg: DictConfig, job: JobInfo, job_dir: JobDir):
     except Refusal:
         raise
     except Exception as err:
-        if stored and stored.get("status") == COMPLETED:
-            raise Refusal(f"{job.output_dir} holds a completed job, left as it is: this run "
-                          f"stopped before it could compare configs: {explain(user_error_in(err), cfg)}") from err
+        held = job_dir.holds_a_job()
+        if held is not None:
+            raise Refusal(f"{job.output_dir} holds {held}, left as it is: this run stopped before "
+                          f"it could compare configs: {explain(user_error_in(err), cfg)}") from err
         raise
     return options, record, result, checkpoint
 
@@ -216,6 +225,9 @@ def follow_rank_0(cfg: DictConfig, job: JobInfo, ranks: Ranks) -> float:
         except Interrupted as stopped:
             leave()
             sys.exit(128 + stopped.signum)
+    if interrupts.signum is not None:  # after the test: ends as rank 0 does
+        leave()
+        sys.exit(128 + interrupts.signum)
     return float("nan")
 
 
@@ -236,7 +248,8 @@ def rank_log(job_dir: Path, ranks: Ranks) -> None:
     for handler in [h for h in root.handlers if isinstance(h, logging.FileHandler)]:
         root.removeHandler(handler)  # Hydra's train.log handler (a launcher's rank)
         handler.close()
-    handler = logging.FileHandler(Path(job_dir) / f"train.rank{ranks.rank}.log")
+    # (opened at its first line: a rank of a refused rerun leaves no file behind)
+    handler = logging.FileHandler(Path(job_dir) / f"train.rank{ranks.rank}.log", delay=True)
     handler.setFormatter(logging.Formatter("[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"))
     root.addHandler(handler)
     root.setLevel(logging.INFO)
@@ -268,10 +281,11 @@ def release(err: BaseException) -> None:
 
 
 def fail(raised: Exception, cfg: DictConfig, job: JobInfo, job_dir: JobDir,
-         summary: SummaryFile) -> None:
-    """A failed job (its directory held no completed job: `start` refuses those): Hydra's record
-    and its summary, marked failed with the reason and the epochs it completed, so that a sweep's
-    report lists it; its memory released, then `stop`."""
+         summary: SummaryFile, signum: int | None = None) -> None:
+    """A failed job (that trained, or a new directory's: `start` refuses the others): Hydra's
+    record and its summary, marked failed with the reason and the epochs done and checkpointed,
+    so that a sweep's report lists it; its memory released, then `stop` (`signum`: a stop signal
+    had come too)."""
     err = user_error_in(raised)  # e.g. a ConfigError that Hydra's instantiate wrapped
     message = explain(err, cfg)
     try:
@@ -282,7 +296,8 @@ def fail(raised: Exception, cfg: DictConfig, job: JobInfo, job_dir: JobDir,
     if not isinstance(err, EXPECTED_FAILURES):
         log.error("job failed", exc_info=raised)  # the full traceback, in the job's log
     release(raised)
-    stop(job, message, user_error=isinstance(err, UserError), log_file=isinstance(err, EXPECTED_FAILURES))
+    stop(job, message, user_error=isinstance(err, UserError), log_file=isinstance(err, EXPECTED_FAILURES),
+         signum=signum)
 
 
 def end_interrupted(stopped: Interrupted, interrupts: Interrupts) -> NoReturn:
@@ -295,16 +310,32 @@ def end_interrupted(stopped: Interrupted, interrupts: Interrupts) -> NoReturn:
     sys.exit(128 + stopped.signum)
 
 
-def stop(job: JobInfo, message: str, user_error: bool, log_file: bool = True) -> NoReturn:
+def end_completed(interrupts: Interrupts) -> NoReturn:
+    """A signal that came after the test (the job writing its result): the job has ended, its
+    result saved, and the process ends as at any stop signal, a sweep's with it (its rerun
+    returns this result and runs the rest)."""
+    log.warning("%s after the test: the job's result is saved; stopping",
+                signal.Signals(interrupts.signum).name)
+    interrupts.chain()
+    sys.exit(128 + interrupts.signum)
+
+
+def stop(job: JobInfo, message: str, user_error: bool, log_file: bool = True,
+         refused: bool = False, signum: int | None = None) -> NoReturn:
     """End a job that did not complete: in a single run, exit with the message (2 for the
-    user's mistake, else 1), no traceback; in a sweep, fail this job only, so the others run."""
+    user's mistake, else 1), no traceback; in a sweep, fail this job only, so the others run
+    (JobRefused when it wrote nothing: `refused`). After a stop signal (`signum`) the process
+    exits with 128 + its number all the same, a sweep's too."""
     if log_file:
         log.error("%s", message)
     else:  # a refusal: the job's train.log is left as it was too
         console_only(log.error, "%s", message)
+    if signum is not None:
+        log.warning("%s had come too: stopping", signal.Signals(signum).name)
+        sys.exit(128 + signum)
     if not job.multirun:
         sys.exit(2 if user_error else 1)
-    raise JobFailed(message) from None
+    raise (JobRefused if refused else JobFailed)(message) from None
 
 
 def console_only(emit, *args) -> None:

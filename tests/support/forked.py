@@ -96,3 +96,63 @@ def signal_during_validation(signum: int) -> None:
         return evaluate(self, *args, **kwargs)
 
     Trainer.evaluate = evaluating
+
+
+def signal_during_the_test(signum: int, test_pass: int = 1) -> None:
+    """In a child: send this process `signum` during the `test_pass`-th evaluation of the job's
+    test (1: the final weights, 2: the chosen ones, 3: with TTA)."""
+    import experiments.job as job
+
+    test_once, evaluate = job.test_once, Trainer.evaluate
+
+    def testing(*args, **kwargs):
+        calls = [0]
+
+        def evaluating(self, *a, **k):
+            calls[0] += 1
+            if calls[0] == test_pass:
+                os.kill(os.getpid(), signum)
+            return evaluate(self, *a, **k)
+
+        Trainer.evaluate = evaluating
+        try:
+            return test_once(*args, **kwargs)
+        finally:
+            Trainer.evaluate = evaluate
+
+    job.test_once = testing
+
+
+def signal_on_call(owner, name: str, signum: int, when: Callable[..., bool] = lambda *a, **k: True,
+                   group: bool = False) -> None:
+    """In a child: send this process (`group`: its process group, from another process, as a
+    terminal or Slurm does) `signum` as `owner.name` (a class's method, a module's function)
+    is called with arguments for which `when` holds, the first time, before it runs."""
+    original, sent = getattr(owner, name), []
+
+    def calling(*args, **kwargs):
+        if not sent and when(*args, **kwargs):
+            sent.append(signum)
+            send(signum, group)
+        return original(*args, **kwargs)
+
+    setattr(owner, name, calling)
+
+
+def send(signum: int, group: bool = False) -> None:
+    """`signum` to this process, or to its whole process group from a process of its own (the
+    sender a terminal's Ctrl-C or Slurm is: not the job)."""
+    if not group:
+        os.kill(os.getpid(), signum)
+        return
+    pgid, pid = os.getpgid(0), os.fork()
+    if pid == 0:
+        os.killpg(pgid, signum)
+        os._exit(0)
+    os.waitpid(pid, 0)
+
+
+def stand_in_handler(signum: int, record) -> None:
+    """In a child: a Python handler for `signum`, as submitit installs one (it requeues the job),
+    which writes the signal's number to the file `record` when called."""
+    signal.signal(signum, lambda s, frame: record.write_text(str(s)))

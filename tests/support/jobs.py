@@ -39,6 +39,12 @@ def train_here(cfg, out: Path, name: str = "job", overrides=()) -> dict:
 def run_here(overrides, out: Path, multirun: bool = False, num: int = 0) -> float:
     """What `python train.py OVERRIDES hydra.run.dir=OUT` runs (a job of a sweep with
     `multirun`), in this process. Raises SystemExit where the command would exit non-zero."""
+    return run(task_config(overrides, out, multirun, num))
+
+
+def task_config(overrides, out: Path, multirun: bool = False, num: int = 0):
+    """The config the task function gets from `python train.py OVERRIDES hydra.run.dir=OUT`,
+    Hydra's runtime config set as Hydra's `run_job` sets it."""
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
     with read_write(cfg.hydra):
@@ -51,4 +57,4 @@ def run_here(overrides, out: Path, multirun: bool = False, num: int = 0) -> floa
     task = copy.deepcopy(cfg)
     with read_write(task), open_dict(task):
         del task["hydra"]
-    return run(task)
+    return task

@@ -31,6 +31,7 @@ class Batching:
     channels_last: bool = False
     ranks: Ranks = SINGLE  # under DDP, this process's share of every batch (see Loader)
     cores: int = 1  # this process's share of the machine's cores (loader.workers=auto)
+    stop_signals: tuple[str, ...] = ()  # the job's (trainer.stop_signals): its workers ignore them
 
 
 def repeats_grey(stored_channels: int, model_input: ModelInput) -> bool:

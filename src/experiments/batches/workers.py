@@ -4,6 +4,10 @@ that does not fit on the device and as what the benchmark compares the device pa
 
 from __future__ import annotations
 
+import functools
+import os
+import signal
+import threading
 from collections.abc import Iterator
 
 import torch
@@ -61,6 +65,31 @@ def end_workers(loader: torch.utils.data.DataLoader) -> None:
         iterator._shutdown_workers()
 
 
+def leave_signals_to_the_job(names: tuple[str, ...], job_pid: int, worker_id: int) -> None:
+    """A DataLoader worker's first act (`worker_init_fn`): the job's stop signals
+    (trainer.stop_signals) reach its workers too (Ctrl-C signals every process of the terminal,
+    Slurm every process of the job), and the job alone acts on them: it decides when to stop,
+    and ends its workers. A worker that took them as its own logged the job's stop warning
+    once more (a forked one inherits the job's handler: 5 lines for one Ctrl-C with
+    loader.workers=2), and one that died of them (torch's SIGTERM handler in a worker; Ctrl-C's
+    KeyboardInterrupt in a worker started as a new interpreter, by spawn or forkserver) failed
+    the job's next batch ("DataLoader worker ... is killed by signal") instead of letting it
+    checkpoint. So they are ignored here, except a SIGTERM from the job itself
+    (multiprocessing's terminate(), at exit), which still ends the worker, as torch's does."""
+    stops = {signal.Signals[name] for name in names}
+    for sig in stops - {signal.SIGTERM}:
+        signal.signal(sig, signal.SIG_IGN)
+    if signal.SIGTERM in stops:  # waited for by a thread, which sees who sent it
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        threading.Thread(target=end_at_the_jobs_sigterm, args=(job_pid,), daemon=True).start()
+
+
+def end_at_the_jobs_sigterm(job_pid: int) -> None:
+    while True:
+        if signal.sigwaitinfo({signal.SIGTERM}).si_pid == job_pid:
+            os._exit(0)  # (torch's handler exits so too: no error for the job to report)
+
+
 class EpochSampler(torch.utils.data.Sampler):
     """Yields (seed, index) pairs: this rank's share of a pass (`Loader.shards`). Each pass
     draws, in the main process, from `generator` alone (seeded alike on every rank): its order
@@ -116,7 +145,8 @@ class WorkerLoader(Loader):
     def __init__(self, split: Split, batch_size: int, transform, *, device, workers: int,
                  shuffle: bool = False, drop_last: bool = False, seed: int = 0,
                  channels_last: bool = False, pin_memory: bool = True, prefetch_factor: int = 4,
-                 persistent_workers: bool = True, ranks: Ranks = SINGLE):
+                 persistent_workers: bool = True, ranks: Ranks = SINGLE,
+                 stop_signals: tuple[str, ...] = ()):
         self.device, self.channels_last = torch.device(device), channels_last
         self.dataset = TransformedSplit(split, transform)
         self.sampler = EpochSampler(self, shuffle, torch.Generator().manual_seed(seed))
@@ -124,6 +154,8 @@ class WorkerLoader(Loader):
                             pin_memory=pin_memory and self.device.type == "cuda",
                             prefetch_factor=prefetch_factor if workers else None,
                             persistent_workers=persistent_workers and workers > 0,
+                            worker_init_fn=functools.partial(leave_signals_to_the_job, stop_signals,
+                                                             os.getpid()),
                             # for the workers' base seed only (unused: every image is seeded),
                             # so that starting workers never draws from torch's global RNG
                             generator=torch.Generator().manual_seed(seed))
@@ -134,6 +166,8 @@ class WorkerLoader(Loader):
         The sampler yields this rank's batches whole (a training batch's part, or evaluation
         batches), so the DataLoader only cuts them where they end."""
         super().set_batch_size(batch_size)
+        if hasattr(self, "loader"):
+            end_workers(self.loader)  # the old size's (the garbage collector would, some time)
         size = self.local_batch_size if self.drop_last else batch_size
         self.loader = torch.utils.data.DataLoader(self.dataset, batch_size=size, drop_last=False,
                                                   **self.options)
@@ -169,6 +203,6 @@ def worker_loaders(splits: Splits, batching: Batching, *, workers: int | str = "
                             shuffle=train, drop_last=train, seed=b.seed,
                             channels_last=b.channels_last, pin_memory=pin_memory,
                             prefetch_factor=prefetch_factor, persistent_workers=persistent_workers,
-                            ranks=b.ranks)
+                            ranks=b.ranks, stop_signals=b.stop_signals)
 
     return make_loaders(splits, b, make)

@@ -1,4 +1,5 @@
-"""Hydra callbacks: a sweep's summary kept current, and an output directory checked up front.
+"""Hydra callbacks: a sweep's summary kept current, an output directory checked up front, the
+stop signals between jobs, and a sweep's record (multirun.yaml) kept from a rerun that ran nothing.
 
 After every job (completed or failed) the sweep's report (summary.md, summary.csv, effects.csv)
 is rebuilt from disk, so it is complete even when a job fails: Hydra then skips
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 from hydra.experimental.callback import Callback
+from omegaconf import OmegaConf
 
 from experiments.atomic import atomic_write
 from experiments.identity import SUMMARY_FILE, sweep_lock
@@ -98,30 +100,26 @@ class SweepProgress(Callback):
             log.warning("could not record the sweep's progress: %s", err)
 
     def on_job_start(self, config, **kwargs) -> None:
+        from experiments.training.progress import CONSOLE_ONLY
+
         self.started = time.time()
         self.summary_before = summary_stamp(Path(config.hydra.runtime.output_dir))
-        if multirun(config) and rank_0():
-            log.info("%s", self.job_line(config))
+        if multirun(config) and rank_0():  # (the sweep's lines: a refused job's train.log is kept)
+            log.info("%s", self.job_line(config), extra=CONSOLE_ONLY)
 
     def on_job_end(self, config, job_return, **kwargs) -> None:
         if not (multirun(config) and rank_0()):
             return
-        from experiments.report.job_summary import read_summary
-        from experiments.training.progress import duration
+        from experiments.training.progress import CONSOLE_ONLY, duration
 
         output_dir = Path(config.hydra.runtime.output_dir)
-        summary = read_summary(output_dir) or {}
-        status = summary.get("status", "failed")
-        test = summary.get("test_acc")
-        outcome = f"test {100 * test:.1f}%" if status == "completed" and test is not None else status
-        if status == "pruned":  # by the search's pruner: no failure, and no test
-            outcome = f"pruned after {summary.get('epochs_completed') or 0} epochs"
+        outcome = job_outcome(job_return, output_dir)
         took = duration(time.time() - getattr(self, "started", time.time()))
         # a job that wrote its summary ran in this run; one that did not returned a stored result
         trained = summary_stamp(output_dir) != getattr(self, "summary_before", None)
         eta = self.sweep_eta(self.ended(Path(config.hydra.sweep.dir), int(config.hydra.job.num), trained))
         log.info("%s done: %s (%s%s)", self.job_line(config), outcome, took,
-                 f"; sweep ETA {duration(eta)}" if eta is not None else "")
+                 f"; sweep ETA {duration(eta)}" if eta is not None else "", extra=CONSOLE_ONLY)
 
     def job_line(self, config) -> str:
         total = self.state(Path(config.hydra.sweep.dir)).get("jobs")
@@ -170,6 +168,24 @@ def summary_stamp(job_dir: Path) -> tuple | None:
     except OSError:
         return None
     return stat.st_ino, stat.st_mtime_ns
+
+
+def job_outcome(job_return, job_dir: Path) -> str:
+    """What a job's end line says: `refused` (it wrote nothing: the summary.json there is an
+    earlier run's), `failed`, or, for a job that returned, its summary's test accuracy (`pruned
+    after N epochs` for a search's pruned trial)."""
+    from hydra.core.utils import JobStatus
+
+    from experiments.errors import JobRefused
+    from experiments.report.job_summary import read_summary
+
+    if job_return.status == JobStatus.FAILED:  # (`return_value` would raise the job's error)
+        return "refused" if isinstance(job_return._return_value, JobRefused) else "failed"
+    summary = read_summary(job_dir) or {}
+    if summary.get("status") == "pruned":  # by the search's pruner: no failure, and no test
+        return f"pruned after {summary.get('epochs_completed') or 0} epochs"
+    test = summary.get("test_acc")
+    return f"test {100 * test:.1f}%" if test is not None else summary.get("status", "done")
 
 
 def count_jobs(config) -> int | None:
@@ -222,3 +238,78 @@ class WritableOutput(Callback):
             print(f"cannot write the output directory {path} ({err.strerror or err}). "
                   f"Choose a writable one with {key}=...", file=sys.stderr)
             sys.exit(2)
+
+
+BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
+
+
+class StopBetweenJobs(Callback):
+    """Where a run's or a sweep's jobs run in this process (a single run; a sweep of Hydra's basic
+    launcher), a stop signal that comes while no job runs (between two jobs, after the last, during
+    the report) ends the process at once with 128 + its number (training/interrupts.py
+    BetweenJobs); each job's own handlers take over while it runs. Other launchers run the jobs
+    in their own processes, which this leaves to the launcher (submitit requeues at USR2)."""
+
+    def on_run_start(self, config, **kwargs) -> None:
+        self.install(config)
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        if config.hydra.launcher.get("_target_") == BASIC_LAUNCHER:
+            self.install(config)
+
+    @staticmethod
+    def install(config) -> None:
+        import signal
+
+        from experiments.training.interrupts import BetweenJobs
+
+        names = OmegaConf.select(config, "trainer.stop_signals", default=None) or ()
+        known = [name for name in names if name in signal.Signals.__members__]  # (the job refuses
+        BetweenJobs(known).install()  # a wrong one, with its message)
+
+
+class SweepRecord(Callback):
+    """Hydra's record of a sweep, multirun.yaml, is written by its sweeper (Hydra's
+    BasicSweeper.sweep) before any job starts, so a rerun whose every job was refused (another
+    config's results, bad values) would leave the record of a config that no job ran. The record
+    found when the sweep starts is put back, as it was, when the sweep ends without any job
+    having written its own (`.hydra/`, which a job writes once it runs: experiments/job_dir.py)."""
+
+    FILE = "multirun.yaml"
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        if not rank_0():
+            return
+        sweep = Path(config.hydra.sweep.dir)
+        try:
+            record, stat = (sweep / self.FILE).read_bytes(), (sweep / self.FILE).stat()
+        except OSError:  # a new sweep: nothing to keep
+            return
+        atexit.register(self.keep_unless_a_job_ran, sweep, record, stat.st_mtime_ns, job_records(sweep))
+
+    def keep_unless_a_job_ran(self, sweep: Path, record: bytes, mtime_ns: int, before: dict) -> None:
+        from experiments.atomic import atomic_write
+
+        path = sweep / self.FILE
+        try:
+            if job_records(sweep) != before or (path.read_bytes() == record
+                                                 and path.stat().st_mtime_ns == mtime_ns):
+                return
+            with atomic_write(path) as tmp:
+                tmp.write_bytes(record)
+            os.utime(path, ns=(mtime_ns, mtime_ns))
+        except OSError as err:
+            log.warning("could not keep %s as it was: %s", path, err)
+
+
+HYDRA_RECORD = ".hydra/hydra.yaml"  # a job's (experiments/job_dir.py)
+
+
+def job_records(sweep: Path) -> dict[str, tuple[int, int]]:
+    """Each job directory's record (.hydra/hydra.yaml, written atomically: a new file each time):
+    its inode and modification time."""
+    records = {}
+    for path in sweep.glob(f"*/{HYDRA_RECORD}"):
+        stat = path.stat()
+        records[str(path)] = (stat.st_ino, stat.st_mtime_ns)
+    return records

@@ -272,6 +272,11 @@ class Checkpoint:
         self.payload = load_checkpoint(self.path, config) if resume and self.path.exists() else None
         self.generators: list[torch.Generator] = []
 
+    @property
+    def fit(self) -> FitState | None:
+        """The fit the checkpoint holds (what is done), before it is restored; None without one."""
+        return FitState(**self.payload["fit"]) if self.payload is not None else None
+
     def resume(self, trainer: Trainer, generators: list[torch.Generator]) -> Resumed:
         """Load the checkpoint read at the start into `trainer` and `generators` (the training
         loader's), or a fresh start without one. `save` checkpoints the same generators."""

@@ -215,6 +215,14 @@ class Trainer:
             self.divergence.after_step(nonfinite, self.steps_taken)
         return answer
 
+    def stop_if_asked(self, where: str) -> None:
+        """Raise Interrupted, on every rank alike, when a stop signal has come: outside the fit
+        (between the passes of the test), where the fit's last checkpoint is the place to
+        continue from. (A checkpoint due on the clock is not: the fit is done.)"""
+        answer = self.ask_interrupts()
+        if answer not in (GO_ON, SAVE):
+            raise Interrupted(answer, where)
+
     def train_epoch(self, batches, progress: EpochProgress | None = None,
                     save_inside: Callable[[EpochProgress], None] = lambda p: None) -> dict[str, float]:
         """One pass over `batches`. train/acc compares predictions with the labels; under
