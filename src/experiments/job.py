@@ -41,6 +41,7 @@ from experiments.report.job_summary import CONFIG_FILE, SummaryFile, completed_s
 from experiments.report.provenance import collect as collect_provenance
 from experiments.report.provenance import resumed_code_change
 from experiments.report.tracking import NoTracker, Tracker
+from experiments.search.trial import Pruned, TrialReport
 from experiments.timing import JobClock, NoClock
 from experiments.training import metrics as m
 from experiments.training.backends import (
@@ -228,6 +229,8 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
     it was (Interrupted: the summary says `interrupted`). `clock` is charged with where the
     time goes (experiments/timing.py)."""
     clock = clock or NoClock()
+    # a trial of a search with a pruner reports to its study (experiments/search): checked first
+    trial = TrialReport.for_job(cfg, options, ranks.world_size) if ranks.main else None
     device = resolve_device(options.device, ranks.gpu_slot(job.num))
     configure_backends(options, device)
     share_cpu(ranks, job.side_by_side)
@@ -279,6 +282,9 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
             if writes:  # logged first: a kill before the next checkpoint redoes these epochs
                 with clock("logging"):
                     log_epoch(tracker, state.epoch, options.epochs, metrics)
+            if trial is not None and trial.should_stop(state.history):  # the study's pruner says so
+                save(state)  # this epoch's checkpoint, kept
+                raise trial.pruned()
 
         def save(state: FitState) -> None:  # every rank (rank 0 writes)
             with clock("checkpoint"):
@@ -295,6 +301,10 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
         except Interrupted as stopped:
             if writes:
                 summary.interrupted(str(stopped))  # with the epochs done and checkpointed
+            raise
+        except Pruned as pruned:  # neither failed nor a result: the sweeper tells the study
+            log.info("%s", pruned)
+            summary.pruned(pruned.value, fingerprint(record))
             raise
         finally:
             if trainer.profiler is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from hydra.experimental.callback import Callback
 
+from experiments.config.optuna import POSITION
 from experiments.ranks import launched_ranks
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,9 @@ class SweepSummary(Callback):
     def final_report(self, sweep_dir: Path) -> None:
         from experiments.report.command import summarize
 
-        if not sweep_dir.is_dir():
-            return
+        if not sweep_dir.is_dir() or not any(d.is_dir() and (d / "summary.json").exists()
+                                             for d in sweep_dir.iterdir()):
+            return  # no job ran (a search refused before its first trial): nothing to report
         try:
             table = summarize([sweep_dir], sweep_dir, plots=self.plots)
         except Exception as err:
@@ -77,9 +79,11 @@ class SweepProgress(Callback):
         job 3/8 2-resnet18-adamw-basic
         job 3/8 2-resnet18-adamw-basic done: test 61.2% (4m12s; sweep ETA 21m)
 
-    The count comes from the sweep's overrides (the basic sweeper's grid, or Optuna's n_trials),
-    written to the sweep directory when it starts (joblib's jobs run in other processes); the
-    ETA is the sweep's time so far per finished job, times the jobs left."""
+    The count comes from the sweep's overrides (the basic sweeper's grid), written to the sweep
+    directory when it starts (joblib's jobs run in other processes); the ETA is the sweep's time
+    so far per finished job, times the jobs left. A search's trial shows its place among the
+    study's n_trials, which its sweeper gives it (several workers and reruns share a study and
+    its sweep directory): the sweeper logs the study's standing and ETA as each trial ends."""
 
     FILE = ".sweep_progress.json"
 
@@ -109,11 +113,14 @@ class SweepProgress(Callback):
         test = summary.get("test_acc")
         outcome = f"test {100 * test:.1f}%" if status == "completed" and test is not None else status
         took = duration(time.time() - getattr(self, "started", time.time()))
-        eta = self.sweep_eta(Path(config.hydra.sweep.dir))
+        eta = None if config.hydra.job.env_set.get(POSITION) else self.sweep_eta(Path(config.hydra.sweep.dir))
         log.info("%s done: %s (%s%s)", self.job_line(config), outcome, took,
                  f"; sweep ETA {duration(eta)}" if eta is not None else "")
 
     def job_line(self, config) -> str:
+        position = config.hydra.job.env_set.get(POSITION)  # a search's trial: `5/20`
+        if position:
+            return f"job {position} {Path(config.hydra.runtime.output_dir).name}"
         total = self.state(Path(config.hydra.sweep.dir)).get("jobs")
         number = int(config.hydra.job.num) + 1
         return f"job {number}/{total or '?'} {Path(config.hydra.runtime.output_dir).name}"
