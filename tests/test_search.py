@@ -142,6 +142,32 @@ def test_pruned_trials_count_as_finished_and_a_failure_ends_the_search(tmp_path)
     assert states.count("COMPLETE") + states.count("PRUNED") == 4 and states.count("FAIL") == 1
 
 
+def test_a_worker_stopped_by_a_signal_queues_its_trial_again_for_its_rerun(tmp_path):
+    """SIGTERM during trial 1 (a job's Interrupts checkpoint it, then hand the signal on to the
+    worker): the worker exits 143, trial 1 failed and queued again with its parameters; the
+    rerun runs the retry first, in trial 1's directory, and counts it once."""
+    db = f"sqlite:///{tmp_path / 's.db'}"
+
+    class Signalled(InProcessStandIn):
+        def launch(self, job_overrides, initial_job_idx):
+            if initial_job_idx == 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+            return super().launch(job_overrides, initial_job_idx)
+
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as stopped:
+        sweeper(Search, tmp_path, Signalled(tmp_path), storage=db).sweep([])
+    assert stopped.value.code == 128 + signal.SIGTERM and signal.getsignal(signal.SIGTERM) is before
+    trials = stored(db)
+    assert [t.state.name for t in trials] == ["COMPLETE", "FAIL", "WAITING"]
+    assert trials[2].params == trials[1].params and trials[2].system_attrs["failed_trial"] == 1
+    rerun = InProcessStandIn(tmp_path)
+    sweeper(Search, tmp_path, rerun, storage=db).sweep([])
+    assert [n for n, _ in rerun.calls] == [1, 3, 4]  # the retry in trial 1's directory first
+    states = [t.state.name for t in stored(db)]
+    assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
+
+
 def test_a_trial_asked_in_a_race_past_n_trials_never_runs(tmp_path):
     """Two workers see room for one more trial and both ask: the one whose trials ahead already
     fill n_trials is failed, marked surplus, before it runs."""

@@ -37,6 +37,7 @@ import logging
 import math
 import os
 import queue
+import signal
 import socket
 import sys
 import threading
@@ -249,6 +250,7 @@ class Worker:
     def run(self) -> None:
         if self.heartbeat is not None:
             self.heartbeat.start()
+        handlers = self.stop_on_signals()
         try:
             while True:
                 while len(self.running) < self.slots and not self.too_many_failures():
@@ -268,12 +270,28 @@ class Worker:
                 self.queue_again(trial, "this worker stopped")
             raise
         finally:
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
             if self.heartbeat is not None:
                 self.heartbeat.stop()
         if self.too_many_failures():
             log.error("%d of this worker's %d trials failed (hydra.sweeper.max_failure_rate=%s)",
                       len(self.failures), self.told, self.search.max_failure_rate)
             raise self.failures[0]
+
+    def stop_on_signals(self) -> dict:
+        """SIGTERM and SIGUSR2 (Slurm's, ahead of a time limit or a preemption) end this worker
+        between trials as they end a job inside one (its Interrupts checkpoint it first, then
+        hand the signal on here): with an exit, so that its running trials are queued again.
+        The handlers they replace, to restore."""
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def stop(signum, frame):
+            log.warning("%s: this worker stops; its running trials are queued again", signal.Signals(signum).name)
+            raise SystemExit(128 + signum)
+
+        return {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGUSR2)}
 
     def too_many_failures(self) -> bool:
         return bool(self.failures) and len(self.failures) / max(1, self.told) > self.search.max_failure_rate
@@ -354,9 +372,20 @@ class Worker:
             self.failures.append(outcome)
             self.queue_again(trial, f"the launcher failed ({type(outcome).__name__})")
             return
-        job_dir = Path(outcome.hydra_cfg.hydra.runtime.output_dir)
-        trial.set_system_attr("directory", job_dir.name)
-        self.report_epochs(trial, job_dir)
+        try:
+            self.tell_outcome(trial, outcome)
+        except RuntimeError as err:  # the database's: "Cannot change attributes of finished trial"
+            if "finished trial" not in str(err):
+                raise
+            log.warning("trial %d ended after another worker had failed it (its heartbeats stopped "
+                        "for longer than grace_period) and queued it again: its retry returns "
+                        "this result from its directory", trial.number)
+
+    def tell_outcome(self, trial, outcome: JobReturn) -> None:
+        if outcome.hydra_cfg is not None:
+            job_dir = Path(outcome.hydra_cfg.hydra.runtime.output_dir)
+            trial.set_system_attr("directory", job_dir.name)
+            self.report_epochs(trial, job_dir)
         returned = outcome._return_value  # (JobReturn.return_value re-raises a failure)
         if outcome.status == JobStatus.COMPLETED:
             values = job_values(returned, len(self.study.directions))
