@@ -168,6 +168,32 @@ def test_a_worker_stopped_by_a_signal_queues_its_trial_again_for_its_rerun(tmp_p
     assert states == ["COMPLETE", "FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
 
 
+def test_workers_of_one_seed_draw_different_trials_and_the_same_study_again(tmp_path):
+    """Two workers started with one command (one sampler seed) on one stored study: each trial's
+    draw is seeded by the seed and its number, so none repeats another's, and a new study of the
+    same seed draws the same trials."""
+    def two_workers(db: str) -> list[dict]:
+        workers = []
+        for _ in range(2):
+            search = sweeper(Search, tmp_path, StandIn(tmp_path), storage=db)
+            study = optuna.create_study(study_name="s", storage=db, sampler=search.sampler,
+                                        direction="maximize", load_if_exists=True)
+            workers.append(Worker(search, study, *search.distributions([])))
+        drawn = []
+        for number in range(4):  # the workers take turns
+            worker = workers[number % 2]
+            trial = worker.next_trial()
+            worker.seeds.before(trial.number)
+            worker.search._configure_trials([trial], worker.space, worker.fixed)
+            worker.study.tell(trial, 0.5)
+            drawn.append(trial.params)
+        return drawn
+
+    drawn = two_workers(f"sqlite:///{tmp_path / 'a.db'}")
+    assert len({tuple(sorted(p.items())) for p in drawn}) == 4
+    assert two_workers(f"sqlite:///{tmp_path / 'b.db'}") == drawn
+
+
 def test_a_trial_asked_in_a_race_past_n_trials_never_runs(tmp_path):
     """Two workers see room for one more trial and both ask: the one whose trials ahead already
     fill n_trials is failed, marked surplus, before it runs."""

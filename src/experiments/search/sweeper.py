@@ -10,6 +10,9 @@ worker (one process of `python train.py -m hparams_search=optuna ...`):
   basic launcher runs its one trial at a time in this process), and starts none once the study's
   finished (COMPLETE or PRUNED) trials plus its running ones reach `n_trials`: whichever worker
   ran them, and a trial asked for in a race past that count is dropped before it runs;
+- draws each trial of a stored study from a random state seeded by the sampler's seed and the
+  trial's number (`TrialSeeds`): workers of one seed draw different trials, and the same seed the
+  same study (a study in memory draws as the plugin's, to the same trials);
 - launches the trial as job number = its number in the study, so its directory
   `<number>-<values>` is unique across workers and reruns; a retried trial keeps the number, and
   so the directory, of the trial it retries (Optuna's RetryFailedTrialCallback records it as
@@ -46,6 +49,7 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.utils import JobReturn, JobStatus
@@ -92,7 +96,6 @@ class Search(OptunaSweeperImpl):
         storage = open_storage(self.storage, self.heartbeat_interval, self.grace_period, self.max_retry)
         study = optuna.create_study(study_name=self.study_name, storage=storage, sampler=self.sampler,
                                     pruner=self.pruner, directions=directions, load_if_exists=True)
-        continue_study(study)
         log.info("study %s (%s): %s; sampler %s, pruner %s, %s", study.study_name,
                  redact_url(str(self.storage)) if self.storage else "in memory",
                  progress(study, self.n_trials), type(study.sampler).__name__,
@@ -156,7 +159,8 @@ def open_storage(url: str | None, heartbeat_interval: int | None, grace_period: 
     directory's number)."""
     if url is None:
         return None
-    url = str(url)
+    if not isinstance(url, str):  # a storage Hydra built from its own config: as it is
+        return url
     from sqlalchemy.engine import make_url
 
     try:
@@ -180,23 +184,28 @@ def open_storage(url: str | None, heartbeat_interval: int | None, grace_period: 
                "machine in (docs/search.md#storage).")
 
 
-def continue_study(study) -> None:
-    """A stored study continued: its seeded sampler moves on with the study's length, so that it
-    draws new trials rather than its first ones again (the same ones again for the same length:
-    still reproducible). TPESampler and RandomSampler draw from `_rng` (TPE's start-up trials
-    from its `_random_sampler`); other samplers are told to re-seed themselves."""
-    trials = len(study.get_trials(deepcopy=False))
-    if not trials:
-        return
-    import numpy as np
+def sampler_states(sampler) -> list:
+    """The sampler and its inner samplers that draw from a numpy RandomState `_rng` (TPE, random,
+    CMA-ES, NSGA-II; TPE's start-up trials come from its `_random_sampler`)."""
+    inner = (getattr(sampler, name, None) for name in ("_random_sampler", "_independent_sampler"))
+    return [s for s in (sampler, *inner) if isinstance(getattr(s, "_rng", None), np.random.RandomState)]
 
-    sampler = study.sampler
-    for s in (sampler, getattr(sampler, "_random_sampler", None)):
-        rng = getattr(s, "_rng", None)
-        if isinstance(rng, np.random.RandomState):
-            s._rng = np.random.RandomState((int(rng.randint(2**31)) + trials) % 2**31)
-    if not isinstance(getattr(sampler, "_rng", None), np.random.RandomState):
-        sampler.reseed_rng()
+
+class TrialSeeds:
+    """A stored study's samplers draw each trial from a random state seeded by the sampler's seed
+    and the trial's number: the workers of one command (one seed) would otherwise draw the same
+    trials, and a continued study its first ones again; this way every trial differs and the same
+    seed still draws the same study. A study in memory (one process) draws as the plugin's."""
+
+    def __init__(self, sampler, stored: bool):
+        self.states = sampler_states(sampler) if stored else []
+        self.seed = int(self.states[0]._rng.randint(2**31)) if self.states else None
+        if stored and not self.states:
+            sampler.reseed_rng()  # (a sampler of another kind: at least each worker's own draws)
+
+    def before(self, number: int) -> None:
+        for i, s in enumerate(self.states):
+            s._rng = np.random.RandomState([self.seed, number, i])
 
 
 def counts(study) -> dict[str, int]:
@@ -241,6 +250,7 @@ class Worker:
         self.running: dict[int, Any] = {}  # trial number -> optuna Trial
         self.ended: queue.Queue = queue.Queue()  # (trial, JobReturn or the launcher's exception)
         self.heartbeat = Heartbeat(study) if study._storage.is_heartbeat_enabled() else None
+        self.seeds = TrialSeeds(study.sampler, stored=search.storage is not None)
         self.failures: list[BaseException] = []
         self.told = 0
         self.shared_sqlite_warned = False
@@ -337,6 +347,7 @@ class Worker:
     def start(self, trial) -> None:
         """Launch the trial's job: here, to its end (the basic launcher), or in a thread that
         waits for the launcher's job elsewhere."""
+        self.seeds.before(trial.number)
         [overrides] = self.search._configure_trials([trial], self.space, self.fixed)
         directory = directory_number(trial)
         position = f"{trial.system_attrs['position']}/{self.n_trials}"

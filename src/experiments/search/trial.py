@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from experiments.config.optuna import STUDY, TRIAL
 from experiments.errors import ConfigError
@@ -123,8 +123,9 @@ def open_trial(sweeper: DictConfig, study_name: str, number: int):
         raise ConfigError("this trial runs in another process than its sweeper, and the study is "
                           "in the sweeper's memory: give it a storage, e.g. "
                           "hydra.sweeper.storage=postgresql://user@host/db (docs/search.md)")
-    else:
-        storage, pruner = str(sweeper.storage), instantiate(sweeper.pruner)
+    else:  # a URL, or a storage's own config (`_target_: optuna.storages.RDBStorage`, ...)
+        storage = instantiate(sweeper.storage) if OmegaConf.is_dict(sweeper.storage) else str(sweeper.storage)
+        pruner = instantiate(sweeper.pruner)
     # a random sampler: the job samples nothing (the sweeper's sampler would infer a relative
     # search space on opening the trial, for nothing)
     study = optuna.load_study(study_name=study_name, storage=storage, pruner=pruner,
