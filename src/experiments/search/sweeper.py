@@ -478,7 +478,8 @@ def directory_number(trial) -> int:
 def env_set(values: dict[str, Any]) -> list[str]:
     """Overrides of the job's hydra.job.env_set (Hydra's config of the job, not the job's config:
     a retry's fingerprint is its first run's)."""
-    return [f"++hydra.job.env_set.{key}='{value}'" for key, value in values.items()]
+    quoted = {key: str(value).replace("'", "\\'") for key, value in values.items()}  # (Hydra's quoting)
+    return [f"++hydra.job.env_set.{key}='{value}'" for key, value in quoted.items()]
 
 
 def job_values(returned, objectives: int) -> list[float] | None:
