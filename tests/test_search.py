@@ -263,10 +263,11 @@ def test_a_storage_urls_password_is_masked_wherever_it_is_written(monkeypatch):
 
 SMOKE = ["hparams_search=optuna", "experiment=smoke", "logger=none", "trainer.progress=false"]
 # a trial of lr 1e-6 cannot learn (val/acc near chance, 10%, after epoch 1); one of lr 0.1 is at
-# 24-28% there: a threshold of 15% prunes exactly the first (TPE's random start-up, seed 7, draws
-# 0.1, 0.1, 1e-6 for trials 0-2)
-PRUNE_SLOW_LEARNERS = ["optim.lr=choice(1e-6,0.1)", "hydra.sweeper.sampler.seed=7", "trainer.batch_size=64",
+# 24-28% there: a threshold of 15% prunes exactly the first. TPE's random start-up draws 0.1, 0.1,
+# 1e-6 for trials 0-2 with seed 7 in memory, with seed 2 in a stored study (sweeper.TrialSeeds)
+PRUNE_SLOW_LEARNERS = ["optim.lr=choice(1e-6,0.1)", "trainer.batch_size=64",
                        "++hydra.sweeper.pruner={_target_:optuna.pruners.ThresholdPruner,lower:0.15}"]
+IN_MEMORY_SEED, STORED_SEED = "hydra.sweeper.sampler.seed=7", "hydra.sweeper.sampler.seed=2"
 
 
 def summaries(sweep: Path) -> dict[str, dict]:
@@ -275,7 +276,7 @@ def summaries(sweep: Path) -> dict[str, dict]:
 
 def test_a_pruner_stops_a_weak_trial_in_the_sweeps_process_and_its_rerun_returns_it(tmp_path):
     sweep = tmp_path / "sweep"
-    command = [*SMOKE, *PRUNE_SLOW_LEARNERS, "trainer.epochs=2", "hydra.sweeper.n_trials=3",
+    command = [*SMOKE, *PRUNE_SLOW_LEARNERS, IN_MEMORY_SEED, "trainer.epochs=2", "hydra.sweeper.n_trials=3",
                f"hydra.sweep.dir={sweep}"]
     done = run_train(*command, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -343,7 +344,7 @@ def test_joblib_workers_prune_through_a_postgresql_study_and_its_password_reache
     """Two trials at a time in joblib's worker processes: their jobs open the study in its
     storage, report, and the pruner stops the slow learner there."""
     url, sweep = database(postgres, password="Pa55word"), tmp_path / "sweep"
-    done = run_train(*SMOKE, *PRUNE_SLOW_LEARNERS, "trainer.epochs=2", "hydra.sweeper.n_trials=3",
+    done = run_train(*SMOKE, *PRUNE_SLOW_LEARNERS, STORED_SEED, "trainer.epochs=2", "hydra.sweeper.n_trials=3",
                      "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "hydra.sweeper.n_jobs=2",
                      f"hydra.sweeper.storage={url}", f"hydra.sweep.dir={sweep}", cwd=tmp_path,
                      timeout=400)

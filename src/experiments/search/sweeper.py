@@ -145,8 +145,11 @@ def refuse(message: str) -> None:
 
 
 def runs_here(launcher) -> bool:
-    """Whether the launcher runs jobs in this process (Hydra's basic launcher), one at a time."""
-    return isinstance(launcher, BasicLauncher)
+    """Whether the launcher runs jobs in this process (Hydra's basic launcher), one at a time.
+    By name: Hydra's plugin discovery executes the launcher's module again, so a BasicLauncher
+    imported before it is another class than the one it instantiates."""
+    return any((c.__module__, c.__name__) == (BasicLauncher.__module__, "BasicLauncher")
+               for c in type(launcher).__mro__)
 
 
 # --- the study's storage ---------------------------------------------------------------------
