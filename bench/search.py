@@ -6,8 +6,8 @@
    the search space), on PostgreSQL: the wall time, and the share of each worker's time in which
    it ran no trial (its start-up, and waiting at the end).
 
-    python bench/search.py [OUT_DIR]          (default: bench-search/; PostgreSQL from
-                                               tests/support/postgres.sh, or $SEARCH_BENCH_DB)
+    python bench/search.py [OUT_DIR [pruning|workers]]   (default: bench-search/, both;
+                       PostgreSQL from tests/support/postgres.sh, or the server at $SEARCH_BENCH_DB)
 
 Each job computes on one thread (OMP_NUM_THREADS=1), so two workers use two cores. Run it on a
 quiet machine: it prints `uptime` before and after, to tell.
@@ -103,8 +103,11 @@ def main() -> None:
     out = Path(sys.argv[1] if len(sys.argv) > 1 else "bench-search").resolve() / time.strftime("run-%Y%m%d-%H%M%S")
     out.mkdir(parents=True)
     print(f"{time.strftime('%Y-%m-%d')}, {os.cpu_count()} cores; uptime: {os.popen('uptime').read().strip()}")
-    pruning(out)
-    workers(out)
+    parts = sys.argv[2:] or ["pruning", "workers"]
+    if "pruning" in parts:
+        pruning(out)
+    if "workers" in parts:
+        workers(out)
     print(f"\nuptime: {os.popen('uptime').read().strip()}\n(runs in {out})")
 
 

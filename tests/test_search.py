@@ -219,9 +219,31 @@ def test_sqlite_shared_by_workers_is_warned_about(tmp_path, caplog):
     assert "SQLite" in caplog.text and "PostgreSQL" in caplog.text
 
 
+def test_workers_opening_an_empty_database_at_once_all_get_the_study(tmp_path, monkeypatch):
+    """Workers started together on an empty database all create Optuna's tables; all but one fail
+    with an IntegrityError (2 workers on PostgreSQL 15, bench/search.py): the others open it
+    again, once the tables are there."""
+    from sqlalchemy.exc import IntegrityError
+
+    from experiments.search import sweeper as module
+
+    opened = []
+
+    def racing(url, **kwargs):
+        opened.append(url)
+        if len(opened) == 1:  # another worker created the tables first
+            raise IntegrityError("CREATE TABLE studies", {}, Exception("duplicate key value"))
+        return optuna.storages.RDBStorage(url, **kwargs)
+
+    monkeypatch.setattr(module, "RDBStorage", racing)
+    monkeypatch.setattr(module.time, "sleep", lambda s: None)
+    storage = module.open_storage(f"sqlite:///{tmp_path / 's.db'}", None, None, 3)
+    assert isinstance(storage, optuna.storages.RDBStorage) and len(opened) == 2
+
+
 @pytest.mark.parametrize("case, message", [
     ({"data": {"val_size": 0}}, "data.val_size=0 leaves no validation split"),
-    ({"trainer": {"monitor": "val/loss"}}, "trainer.monitor=val/loss, which is better min"),
+    ({"trainer": {"monitor": "val/loss"}}, "trainer.monitor=val/loss (lower is better)"),
     ({"trainer": {"devices": 2}}, "a DDP trial (2 processes)"),
     ({"launcher": "elsewhere"}, "Give the study a storage"),
 ])

@@ -304,7 +304,8 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
             raise
         except Pruned as pruned:  # neither failed nor a result: the sweeper tells the study
             log.info("%s", pruned)
-            summary.pruned(pruned.value, fingerprint(record))
+            if writes:
+                summary.pruned(pruned.value, fingerprint(record))
             raise
         finally:
             if trainer.profiler is not None:

@@ -77,7 +77,8 @@ def run(cfg: DictConfig) -> float:
                     summary.completed(result)
                 except Interrupted as signalled:  # checkpointed, and the summary says so
                     stopped = signalled
-                except Pruned:  # checkpointed, the summary says so; for the search's sweeper
+                except Pruned as pruned:  # checkpointed, the summary says so; for the sweeper
+                    release(pruned)  # the trial's model and data, before the search's next trial
                     raise
                 except Exception as raised:  # while training: the others' collectives end
                     if ranks is not None:

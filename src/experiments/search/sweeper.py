@@ -40,6 +40,7 @@ import logging
 import math
 import os
 import queue
+import random
 import signal
 import socket
 import sys
@@ -72,6 +73,7 @@ log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 RESULTS_FILE = "optimization_results.yaml"
+SCHEMA_ATTEMPTS = 5  # opening a storage whose tables another worker is creating at that moment
 
 
 class Search(OptunaSweeperImpl):
@@ -173,12 +175,24 @@ def open_storage(url: str | None, heartbeat_interval: int | None, grace_period: 
                      if where.get_backend_name() != "sqlite" else f"sqlite file {where.database}")
     except Exception:  # noqa: BLE001  (not a URL at all: said below)
         described = redact_url(url)
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", ExperimentalWarning)  # (heartbeats: 2.9's "experimental")
-            retry = RetryFailedTrialCallback(max_retry) if heartbeat_interval else None
-            return RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                              failed_trial_callback=retry)
+        for attempt in range(SCHEMA_ATTEMPTS):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ExperimentalWarning)  # (2.9's "experimental")
+                    retry = RetryFailedTrialCallback(max_retry) if heartbeat_interval else None
+                    return RDBStorage(url, heartbeat_interval=heartbeat_interval,
+                                      grace_period=grace_period, failed_trial_callback=retry)
+            except (IntegrityError, ProgrammingError):
+                # workers started together on an empty database all create Optuna's tables, and
+                # all but one fail ("duplicate key value violates unique constraint
+                # pg_type_typname_nsp_index", measured with 2 workers on PostgreSQL 15): the tables
+                # are there a moment later
+                if attempt == SCHEMA_ATTEMPTS - 1:
+                    raise
+                time.sleep(0.5 + random.random())
     except Exception as err:  # noqa: BLE001  (sqlalchemy's errors, a driver's ImportError, ...)
         reason = redact_url(str(getattr(err, "orig", None) or err).strip().splitlines()[0])
         refuse(f"cannot open the study's storage, the {described} "

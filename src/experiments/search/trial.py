@@ -11,6 +11,7 @@ pruner of `hydra.sweeper.pruner`.
 
 from __future__ import annotations
 
+from enum import Enum
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -54,6 +55,12 @@ def direction_of(monitor: str) -> str:
     return "maximize" if METRIC_MODES[monitor] == "max" else "minimize"
 
 
+def direction_names(direction) -> list[str]:
+    """hydra.sweeper.direction as the plugin reads it: `maximize`, or a list of them."""
+    directions = [direction] if isinstance(direction, (str, Enum)) else list(direction)
+    return [d.name if isinstance(d, Enum) else str(d) for d in directions]
+
+
 def check_prunable(val_size, monitor: str, processes: int, directions: list[str]) -> None:
     """What a pruner needs of the trials' config, checked by the sweeper before any trial and by
     each job before it trains (a searched key may change it): a ConfigError otherwise."""
@@ -64,12 +71,12 @@ def check_prunable(val_size, monitor: str, processes: int, directions: list[str]
         raise ConfigError("a pruner stops trials on their validation metric (trainer.monitor), and "
                           "data.val_size=0 leaves no validation split: set data.val_size > 0, or "
                           "hydra/sweeper/pruner=none")
-    if direction_of(monitor) != str(directions[0]):
-        raise ConfigError(f"a pruner compares trainer.monitor={monitor}, which is better "
-                          f"{METRIC_MODES[monitor]}, in the study's direction, "
-                          f"hydra.sweeper.direction={directions[0]}: make them agree (e.g. "
-                          f"optimized_metric=best_val_loss hydra.sweeper.direction=minimize "
-                          "trainer.monitor=val/loss)")
+    if direction_of(monitor) != directions[0]:
+        better = "higher" if METRIC_MODES[monitor] == "max" else "lower"
+        raise ConfigError(f"a pruner judges trainer.monitor={monitor} ({better} is better) in the "
+                          f"study's direction, hydra.sweeper.direction={directions[0]}: make them "
+                          "agree, e.g. trainer.monitor=val/loss optimized_metric=best_val_loss "
+                          "hydra.sweeper.direction=minimize")
     if processes > 1:
         raise ConfigError(f"a DDP trial ({processes} processes): pruning runs on one-process "
                           "trials; run DDP trials with hydra/sweeper/pruner=none")
@@ -91,8 +98,7 @@ class TrialReport:
         sweeper = HydraConfig.get().sweeper if number is not None else None
         if sweeper is None or not prunes(sweeper.get("pruner")):
             return None
-        directions = list(sweeper.direction) if not isinstance(sweeper.direction, str) else [sweeper.direction]
-        check_prunable(cfg.data.val_size, options.monitor, processes, directions)
+        check_prunable(cfg.data.val_size, options.monitor, processes, direction_names(sweeper.direction))
         return cls(open_trial(sweeper, HydraConfig.get().job.env_set[STUDY], number), options.monitor)
 
     def should_stop(self, history: list[dict[str, float]]) -> bool:
