@@ -343,6 +343,9 @@ class Worker:
             trial.set_system_attr("surplus", True)  # asked in a race past n_trials: never run
             self.study.tell(trial, state=TrialState.FAIL)
             return None
+        self.running[trial.number] = trial  # (from here on, a signal queues it again)
+        if self.heartbeat is not None:
+            self.heartbeat.add(trial._trial_id)  # (from here on, a kill leaves it to go stale)
         trial.set_system_attr("worker", self.name)
         trial.set_system_attr("position", ahead + 1)
         return trial
@@ -373,9 +376,6 @@ class Worker:
         retry = f", a retry of trial {directory} in its directory" if directory != trial.number else ""
         log.info("trial %d (%s)%s: %s", trial.number, position, retry,
                  " ".join(f"{k}={v}" for k, v in trial.params.items()))
-        self.running[trial.number] = trial
-        if self.heartbeat is not None:
-            self.heartbeat.add(trial._trial_id)
 
         def launch() -> None:
             try:
