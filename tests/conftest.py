@@ -71,7 +71,8 @@ def start_train(*args: str, cwd: Path, env: dict[str, str] | None = None,
 # finished: 614 s. Heaviest first, the last modules to start are short ones (a simulation of that
 # run's module times: 588 s, half the total; the workers now end within 2 s of each other).
 # The rest follow in their usual order.
-HEAVIEST = ("test_cluster", "test_ddp_jobs", "test_resume_options", "test_multirun", "test_resume",  # 63-30
+HEAVIEST = ("test_search",  # (added 2026-12-07: PostgreSQL, joblib and Slurm workers, kill -9)
+            "test_cluster", "test_ddp_jobs", "test_resume_options", "test_multirun", "test_resume",  # 63-30
             "test_interrupts", "test_speed_presets", "test_bad_input", "test_reports", "test_grid",  # 24-13
             "test_catalogue", "test_smoke_learns", "test_speed", "test_job_dir")  # 9-7
 

@@ -20,7 +20,7 @@ LAYERS = [  # (module prefix, layer)
     ("experiments.config", 4),
     ("experiments.report", 5),
     ("experiments.job", 6), ("experiments.job_dir", 6), ("experiments.task", 6),
-    ("experiments.spawn", 6), ("experiments.bench", 6),
+    ("experiments.spawn", 6), ("experiments.bench", 6), ("experiments.search", 6),
     ("experiments.summarize", 6), ("experiments.evaluate", 6),
 ]
 

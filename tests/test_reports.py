@@ -115,8 +115,9 @@ def test_summarize_combines_several_sweeps(tmp_path, capsys):
 
 
 def test_an_optuna_search_in_sqlite_continues_into_the_same_sweep_directory(tmp_path):
-    """Three trials, then the README's way to continue the search: the same command again, one
-    more trial. Each trial gets the study's number (unique directories, none refused or
+    """Three trials, then the README's way to continue the search: the same command again with
+    n_trials, the study's total, raised to 4 (and once more unchanged: the study has its 4,
+    nothing runs). Each trial gets the study's number (unique directories, none refused or
     overwritten), and the seeded sampler, still in its random start-up phase (n_startup_trials 5
     > 4 trials), draws new values rather than the first run's again."""
     db, sweep = f"sqlite:///{tmp_path / 'study.db'}", tmp_path / "sweep"
@@ -133,8 +134,9 @@ def test_an_optuna_search_in_sqlite_continues_into_the_same_sweep_directory(tmp_
     best_val = max(float(r["best_val_acc"]) for r in rows)
     assert results["best_value"] == pytest.approx(best_val)  # Optuna saw the validation metric
 
-    proc = run_train(*command, "hydra.sweeper.n_trials=1", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    for _ in range(2):
+        proc = run_train(*command, "hydra.sweeper.n_trials=4", cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr[-2000:]
     import optuna
 
     study = optuna.load_study(study_name="resnet18-sgd", storage=db)

@@ -42,6 +42,7 @@ from experiments.report.job_summary import CONFIG_FILE, SummaryFile, completed_s
 from experiments.report.provenance import collect as collect_provenance
 from experiments.report.provenance import resumed_code_change
 from experiments.report.tracking import NoTracker, Tracker
+from experiments.search.trial import Pruned, TrialReport
 from experiments.timing import JobClock, NoClock
 from experiments.training import metrics as m
 from experiments.training.backends import (
@@ -244,6 +245,8 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
     it was (Interrupted: the summary says `interrupted`). `clock` is charged with where the
     time goes (experiments/timing.py)."""
     clock = clock or NoClock()
+    # a trial of a search with a pruner reports to its study (experiments/search): checked first
+    trial = TrialReport.for_job(cfg, options, ranks.world_size) if ranks.main else None
     device = resolve_device(options.device, ranks.gpu_slot(job.num))
     configure_backends(options, device)
     share_cpu(ranks, job.side_by_side)
@@ -296,6 +299,9 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
             if writes:  # logged first: a kill before the next checkpoint redoes these epochs
                 with clock("logging"):
                     log_epoch(tracker, state.epoch, options.epochs, metrics)
+            if trial is not None and trial.should_stop(state.history):  # the study's pruner says so
+                save(state)  # this epoch's checkpoint, kept
+                raise trial.pruned()
 
         def save(state: FitState) -> None:  # every rank (rank 0 writes)
             with clock("checkpoint"):
@@ -318,6 +324,11 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
         except Interrupted as stopped:
             if writes:
                 summary.interrupted(str(stopped))  # with the epochs done and checkpointed
+            raise
+        except Pruned as pruned:  # neither failed nor a result: the sweeper tells the study
+            log.info("%s", pruned)
+            if writes:
+                summary.pruned(pruned.value, fingerprint(record))
             raise
         if compiled.fallbacks:
             log.warning("trainer.compile: part of this job ran uncompiled: %s", compiled.status)

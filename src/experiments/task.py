@@ -30,7 +30,8 @@ from experiments.identity import fingerprint
 from experiments.job import JobInfo, train
 from experiments.job_dir import JobDir
 from experiments.ranks import Ranks, launched_ranks
-from experiments.report.job_summary import COMPLETED, SummaryFile
+from experiments.report.job_summary import COMPLETED, PRUNED, SummaryFile
+from experiments.search.trial import Pruned, search_trial
 from experiments.spawn import RankJob, RankProcesses, abort_group
 from experiments.timing import JobClock, take_process_start
 from experiments.training.backends import resolve_device
@@ -59,7 +60,7 @@ def run(cfg: DictConfig) -> float:
         with JobDir(job.output_dir) as job_dir:  # refused while another process trains it
             try:
                 options, record, result, checkpoint = start(cfg, job, job_dir)
-            except Refusal:
+            except (Refusal, Pruned):  # (a search's pruned trial, returned as it was)
                 raise
             except Exception as raised:  # before training: the ranks are told to stop
                 tell_the_ranks(ranks, "stop")
@@ -81,6 +82,9 @@ def run(cfg: DictConfig) -> float:
                             checkpoint.remove()  # (only now: a kill before redoes the test)
                 except Interrupted as signalled:  # checkpointed, and the summary says so
                     stopped = signalled
+                except Pruned as pruned:  # checkpointed, the summary says so; for the sweeper
+                    release(pruned)  # the trial's model and data, before the search's next trial
+                    raise
                 except Exception as raised:  # while training: the others' collectives end
                     if ranks is not None:
                         abort_group()
@@ -115,7 +119,7 @@ def start(cfg: DictConfig, job: JobInfo, job_dir: JobDir):
         record = recorded(cfg)
         result = stored_result(stored, job, record) if options.resume else None
         checkpoint = Checkpoint(job.output_dir, record, options.resume) if result is None else None
-    except Refusal:
+    except (Refusal, Pruned):
         raise
     except Exception as err:
         held = job_dir.holds_a_job()
@@ -128,14 +132,19 @@ def start(cfg: DictConfig, job: JobInfo, job_dir: JobDir):
 
 def stored_result(stored: dict | None, job: JobInfo, record: dict) -> dict | None:
     """The stored summary when this job already ran to the end in its directory; a completed
-    job of another config is refused (and left as it is)."""
-    if not (stored and stored.get("status") == COMPLETED):
+    job of another config is refused (and left as it is). A search's trial that its pruner
+    stopped is returned as it ended (Pruned); run outside a search, it resumes to its end."""
+    status = (stored or {}).get("status")
+    if not (status == COMPLETED or (status == PRUNED and search_trial() is not None)):
         return None
     if stored.get("fingerprint") != fingerprint(record):
         raise Refusal(
-            f"{job.output_dir} holds a completed job with a different config; refusing to mix "
+            f"{job.output_dir} holds a {status} job with a different config; refusing to mix "
             "them (its files are left as they are). Use a new output directory "
             "(hydra.run.dir=... or hydra.sweep.dir=...), or rerun its own command.")
+    if status == PRUNED:
+        log.info("already pruned in %s: returning it as it ended", job.output_dir)
+        raise Pruned(stored["epochs_completed"], stored["pruned_value"], record["trainer"]["monitor"])
     log.info("already completed in %s: returning its stored result", job.output_dir)
     return stored
 

@@ -1,34 +1,28 @@
-"""hydra-optuna-sweeper, made safe to continue a study: what the sweeper `StudySweeper` (in
-src/hydra_plugins/experiments_sweeper.py, where Hydra requires plugins to live) does, selected by
-conf/hparams_search/optuna.yaml.
+"""A search's trials, as the config sees them: the directory name of each (conf/hparams_search/
+optuna.yaml's hydra.sweep.subdir resolves `trial_name`), and the keys the search's sweeper
+(experiments/search/sweeper.py) gives each trial's job in `hydra.job.env_set`.
 
-The plugin numbers a sweep's jobs from 0 in every run, so continuing a stored study into the
-same sweep directory put the new trial 0 into the old trial 0's directory (refused there: a
-completed job of another config); and its seeded sampler, re-created with the same seed, drew
-the same random start-up trials again. Here a run continues the study's own numbering (the job
-directory of a trial is `<trial number>-...`, unique across reruns, as long as one process at a
-time adds trials to the study), and the sampler's random state moves on with the study's
-length, so a continued study draws new trials (the same ones again for the same study length:
-still reproducible).
-
-A trial's directory is named by its number and its sampled values (`3-lr=0.0123-wd=3e-4-bs=64`,
-conf/hparams_search/optuna.yaml's hydra.sweep.subdir): the config groups' options, the same in
-every trial of a study, would name every trial alike.
+A trial's directory is named by its number in the study and its sampled values
+(`3-lr=0.0123-wd=3e-4-bs=64`): the config groups' options, the same in every trial of a study,
+would name every trial alike. The number is the study's, so directories are unique across the
+workers of a study and its reruns.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 import sys
 from collections import Counter
 from decimal import Decimal
 
-import numpy as np
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-log = logging.getLogger(__name__)
+# what the sweeper tells each trial's job (as hydra.job.env_set keys: the job's own config, and
+# with it its fingerprint, stays the same in a retry)
+TRIAL = "EXPERIMENTS_TRIAL"  # its trial's number in the study (a retry's own, not its directory's)
+STUDY = "EXPERIMENTS_STUDY"  # the study's name (a study without a name gets one from Optuna)
+POSITION = "EXPERIMENTS_TRIAL_POSITION"  # `5/20`: its place among the study's n_trials
 
 
 
@@ -43,40 +37,6 @@ def swept_keys(argv: list[str]) -> set[str]:
     except Exception:  # not a Hydra command line (e.g. the compose API in tests)
         return set()
     return {o.key_or_group for o in parsed if o.is_sweep_override()}
-
-def stored_trials(study_name: str | None, storage) -> int:
-    """How many trials the stored study has (0: in memory, or not created yet)."""
-    if storage is None:
-        return 0
-    import optuna
-
-    try:
-        return len(optuna.load_study(study_name=study_name, storage=storage).trials)
-    except KeyError:  # optuna 2.10: no such study in this storage
-        return 0
-
-
-def move_on(sampler, trials: int) -> None:
-    """Re-seed a seeded sampler's random state from its own state and the study's length.
-    TPESampler and RandomSampler draw from `_rng` (and TPE's start-up trials from its
-    `_random_sampler`); other samplers are told to re-seed themselves."""
-    for s in (sampler, getattr(sampler, "_random_sampler", None)):
-        rng = getattr(s, "_rng", None)
-        if isinstance(rng, np.random.RandomState):
-            s._rng = np.random.RandomState((int(rng.randint(2**31)) + trials) % 2**31)
-    if not isinstance(getattr(sampler, "_rng", None), np.random.RandomState):
-        sampler.reseed_rng()
-
-
-def continue_study(impl) -> None:
-    """Before the plugin's `sweep`: number this run's trials after the stored ones, and move
-    its sampler on."""
-    done = stored_trials(impl.study_name, impl.storage)
-    if done:
-        log.info("continuing study %s: %d trials stored; the new ones are numbered from %d",
-                 impl.study_name, done, done)
-        impl.job_idx = done  # the plugin numbers each run's jobs from 0 (its setup resets it)
-        move_on(impl.sampler, done)
 
 
 # --- a trial's directory name ----------------------------------------------------------------

@@ -127,10 +127,18 @@ def batch_scaled(value: float, at_batch: int, batch: int) -> float:
     return value * batch / at_batch
 
 
+def epochs_share(share: float, *, _root_) -> int:
+    """${epochs_share:0.1}: that share of trainer.epochs, in whole epochs (at least 1): a search
+    pruner's warm-up or first rung, in proportion to the trials' budget
+    (conf/hydra/sweeper/pruner/)."""
+    return max(1, round(share * _root_.trainer.epochs))
+
+
 def register_resolvers() -> None:
     for name, fn in (("job_dir", job_dir), ("job_suffix", job_suffix), ("folder_classes", folder_classes),
                      ("named_choices", named_choices), ("smoke_width", smoke_width),
                      ("imagenet_stats", imagenet_stats), ("run_time", run_time),
-                     ("trial_name", trial_name), ("batch_scaled", batch_scaled)):
+                     ("trial_name", trial_name), ("batch_scaled", batch_scaled),
+                     ("epochs_share", epochs_share)):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

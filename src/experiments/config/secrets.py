@@ -10,7 +10,8 @@ Two layers:
   other processes resolve it too.
 - `redact_secrets` / `redact_overrides` / `redact_command`: before any config, override list or
   command line is logged or saved, keys named like secrets and values equal to a secret-named
-  environment variable (`WANDB_API_KEY`, the variables above) become `***`.
+  environment variable (`WANDB_API_KEY`, the variables above) become `***`, and a URL's password
+  (`postgresql://user:PASSWORD@host/db`, a search's storage) becomes `***` in the URL.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ SECRET_NAME = re.compile(r"api[_-]?key|token|secret|passw(or)?d|credential", re.
 # well-known token shapes, whatever the key: Hugging Face, OpenAI-style, GitHub, Slack, AWS
 SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|gh[opsur]_[A-Za-z0-9]{20,}"
                           r"|xox[abposr]-[A-Za-z0-9-]{10,}|AKIA[0-9A-Z]{16})$")
+# a URL with a password: `postgresql://user:PASSWORD@host/db` (an Optuna storage, experiments/search)
+URL_PASSWORD = re.compile(r"^(?P<user>[A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*:)(?P<password>[^@\s/]+)(?P<host>@.*)$",
+                          re.DOTALL)
 MASK = "***"
 ENV_PREFIX = "EXPERIMENTS_SECRET_"
 MIN_SECRET_LENGTH = 6  # shorter environment values ("1", "true") are not worth masking
@@ -40,7 +44,12 @@ def looks_secret(key: str, value: Any, known: set[str]) -> bool:
         return False
     leaf = key.rsplit(".", 1)[-1]
     return bool(SECRET_NAME.search(leaf)) or (isinstance(value, str) and (
-        value in known or bool(SECRET_VALUE.match(value))))
+        value in known or bool(SECRET_VALUE.match(value)) or bool(URL_PASSWORD.match(value))))
+
+
+def redact_url(url: str) -> str:
+    """`postgresql://user:***@host/db`: the URL with its password masked (the rest as it was)."""
+    return URL_PASSWORD.sub(lambda m: f"{m['user']}{MASK}{m['host']}", url)
 
 
 def redact_secrets(config: Any) -> Any:
@@ -52,6 +61,8 @@ def redact_secrets(config: Any) -> Any:
             return {k: clean(v, str(k)) for k, v in node.items()}
         if isinstance(node, list):
             return [clean(v, key) for v in node]
+        if isinstance(node, str) and URL_PASSWORD.match(node):
+            return redact_url(node)
         return MASK if looks_secret(key, node, known) else node
 
     return clean(config)
@@ -77,7 +88,9 @@ def redact_overrides(overrides: list[str]) -> list[str]:
     known, out = env_secrets(), []
     for text in overrides:
         pair = split_override(text)
-        if pair and (looks_secret(*pair, known) or ENV_PREFIX in pair[1]):
+        if pair and URL_PASSWORD.match(pair[1]):
+            text = f"{text.split('=', 1)[0]}={redact_url(pair[1])}"
+        elif pair and (looks_secret(*pair, known) or ENV_PREFIX in pair[1]):
             text = f"{text.split('=', 1)[0]}={MASK}"
         out.append(text)
     return out

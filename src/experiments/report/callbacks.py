@@ -22,6 +22,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import OmegaConf
 
 from experiments.atomic import atomic_write
+from experiments.config.optuna import POSITION
 from experiments.identity import SUMMARY_FILE, sweep_lock
 from experiments.ranks import launched_ranks
 
@@ -64,8 +65,9 @@ class SweepSummary(Callback):
     def final_report(self, sweep_dir: Path) -> None:
         from experiments.report.command import summarize
 
-        if not sweep_dir.is_dir():
-            return
+        if not sweep_dir.is_dir() or not any(d.is_dir() and (d / "summary.json").exists()
+                                             for d in sweep_dir.iterdir()):
+            return  # no job ran (a search refused before its first trial): nothing to report
         try:
             table = summarize([sweep_dir], sweep_dir, plots=self.plots)
         except Exception as err:
@@ -81,12 +83,14 @@ class SweepProgress(Callback):
         job 3/8 2-resnet18-adamw-basic
         job 3/8 2-resnet18-adamw-basic done: test 61.2% (4m12s; sweep ETA 21m)
 
-    The count comes from the sweep's overrides (the basic sweeper's grid, or Optuna's n_trials),
-    written to the sweep directory when it starts (joblib's jobs run in other processes), with
-    each job of this run as it ends: trained, or not (a finished job of an earlier run of the
-    sweep, returning its result at once; a refused one). The ETA is this run's time so far per
-    trained job, times this run's jobs not ended yet: jobs of an earlier run into the same
-    directory, reused or not, are no evidence of how long a job takes."""
+    The count comes from the sweep's overrides (the basic sweeper's grid), written to the sweep
+    directory when it starts (joblib's jobs run in other processes), with each job of this run
+    as it ends: trained, or not (a finished job of an earlier run of the sweep, returning its
+    result at once; a refused one). The ETA is this run's time so far per trained job, times
+    this run's jobs not ended yet: jobs of an earlier run into the same directory, reused or not,
+    are no evidence of how long a job takes. A search's trial shows its place among the study's
+    n_trials, which its sweeper gives it (several workers and reruns share a study and its sweep
+    directory): the sweeper logs the study's standing and ETA as each trial ends."""
 
     FILE = ".sweep_progress.json"
 
@@ -115,13 +119,18 @@ class SweepProgress(Callback):
         output_dir = Path(config.hydra.runtime.output_dir)
         outcome = job_outcome(job_return, output_dir)
         took = duration(time.time() - getattr(self, "started", time.time()))
-        # a job that wrote its summary ran in this run; one that did not returned a stored result
-        trained = summary_stamp(output_dir) != getattr(self, "summary_before", None)
-        eta = self.sweep_eta(self.ended(Path(config.hydra.sweep.dir), int(config.hydra.job.num), trained))
+        if trial_position(config):  # a search's: its sweeper logs the study's ETA
+            eta = None
+        else:  # a job that wrote its summary ran in this run; one that did not returned a stored result
+            trained = summary_stamp(output_dir) != getattr(self, "summary_before", None)
+            eta = self.sweep_eta(self.ended(Path(config.hydra.sweep.dir), int(config.hydra.job.num), trained))
         log.info("%s done: %s (%s%s)", self.job_line(config), outcome, took,
                  f"; sweep ETA {duration(eta)}" if eta is not None else "", extra=CONSOLE_ONLY)
 
     def job_line(self, config) -> str:
+        position = trial_position(config)  # a search's trial: `5/20`
+        if position:
+            return f"job {position} {Path(config.hydra.runtime.output_dir).name}"
         total = self.state(Path(config.hydra.sweep.dir)).get("jobs")
         number = int(config.hydra.job.num) + 1
         return f"job {number}/{total or '?'} {Path(config.hydra.runtime.output_dir).name}"
@@ -168,6 +177,14 @@ def summary_stamp(job_dir: Path) -> tuple | None:
     except OSError:
         return None
     return stat.st_ino, stat.st_mtime_ns
+
+
+def trial_position(config) -> str | None:
+    """A search's trial: its place among the study's n_trials (`5/20`), which its sweeper gives
+    it (experiments/search); None for a grid's job."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.select(config, f"hydra.job.env_set.{POSITION}", default=None)
 
 
 def job_outcome(job_return, job_dir: Path) -> str:

@@ -24,16 +24,16 @@ log = logging.getLogger(__name__)
 
 RUNNING, COMPLETED, FAILED = "running", "completed", "failed"
 INTERRUPTED = "interrupted"  # stopped at a signal after a checkpoint: its rerun continues it
-PRUNED = "pruned"  # an Optuna trial its pruner stopped early: neither failed nor a candidate
+PRUNED = "pruned"  # a search's trial its pruner stopped early (experiments/search): neither failed nor a pick
 
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def only(status: str):
-    """A key that only a job with this status writes."""
-    return field(default=None, metadata={"only": status})
+def only(*statuses: str):
+    """A key that only a job with one of these statuses writes."""
+    return field(default=None, metadata={"only": statuses})
 
 
 @dataclass
@@ -74,7 +74,9 @@ class JobSummary:
     threads: int | None = only(COMPLETED)  # torch's intra-op threads (rank 0's): its CPU allotment
     precision: str | None = only(COMPLETED)  # bf16, fp16 or fp32: what trainer.precision=auto chose
     seed: int | None = only(COMPLETED)
-    fingerprint: str | None = only(COMPLETED)  # the config's hash: a rerun here must match it
+    # the config's hash: a rerun here must match it (a pruned trial's too: its rerun in the search
+    # returns it as it is)
+    fingerprint: str | None = only(COMPLETED, PRUNED)
     resume_note: str | None = only(COMPLETED)  # resumed on another device setup: not bit-identical
     compile: str | None = only(COMPLETED)  # null (off), compiled, or "eager fallback: ..."
     pretrained: str | None = only(COMPLETED)  # the weights' file or cache entry; null: from scratch
@@ -99,7 +101,7 @@ KEYS = tuple(f.name for f in fields(JobSummary))
 
 def keys_for(status: str) -> tuple[str, ...]:
     """The keys of a summary.json with this status, in the file's order."""
-    return tuple(f.name for f in fields(JobSummary) if f.metadata.get("only", status) == status)
+    return tuple(f.name for f in fields(JobSummary) if status in f.metadata.get("only", (status,)))
 
 
 def chosen(*names: str) -> tuple[str, ...]:
@@ -185,6 +187,13 @@ def interrupted_summary(job, message: str, fit=None) -> dict[str, Any]:
     return JobSummary(INTERRUPTED, **identity(job), **progress(fit), error=message).to_json()
 
 
+def pruned_summary(job, fit, value: float, fingerprint: str) -> dict[str, Any]:
+    """Stopped by the search's pruner after the epochs `fit` says are done (and checkpointed), at
+    the monitored metric's `value`: the study was told PRUNED (experiments/search)."""
+    return JobSummary(PRUNED, **identity(job), **progress(fit), pruned_value=value,
+                      fingerprint=fingerprint).to_json()
+
+
 def failed_summary(job, message: str, fit=None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
     """With the progress made before the failure (the epochs done and checkpointed)."""
     return JobSummary(FAILED, **identity(job), **progress(fit), error=message,
@@ -204,7 +213,7 @@ def pid_alive(pid: int) -> bool:
 
 class SummaryFile:
     """One job's summary.json through its life: running (with the progress after every epoch),
-    then completed or failed. The start time and the last progress are kept here, so a failed
+    then completed, failed, interrupted or pruned. The start time and the last progress are kept here, so a failed
     summary still says how far the job got."""
 
     def __init__(self, job):
@@ -223,3 +232,6 @@ class SummaryFile:
 
     def failed(self, message: str) -> None:
         write_json(self.path, failed_summary(self.job, message, self.fit))
+
+    def pruned(self, value: float, fingerprint: str) -> None:
+        write_json(self.path, pruned_summary(self.job, self.fit, value, fingerprint))
