@@ -44,6 +44,10 @@ CASES = {
     "random resized crops of digits": (
         [], ["data=mnist", "aug=rrc", "aug.flip=false"],
         ["aug=rrc crops as little as aug.rrc_scale[0] of a data=mnist digit"]),
+    "an empty node for an option that is off": (
+        [], ["trainer.lookahead={}"],
+        ["trainer.lookahead={} sets no key of trainer.lookahead, so it changes nothing: switch it on "
+         "with trainer.lookahead.every=N"]),
     "batch larger than the training set": (
         [], ["trainer.batch_size=1024"],
         ["trainer.batch_size=1024 is larger than the training set (768 images after holding out "

@@ -265,6 +265,10 @@ def test_the_lookahead_is_switched_on_and_off_by_override(compose_cfg):
         return check_config(compose_cfg(["experiment=smoke", *overrides])).lookahead
 
     assert lookahead() is None and lookahead("trainer.lookahead={}") is None  # (a node, off)
+    for node, switch in [("lookahead", "trainer.lookahead.every=N"), ("batch_schedule", "epochs"),
+                         ("early_stopping", "patience=N")]:  # ... which the override alone tells
+        with pytest.raises(ConfigError, match=rf"trainer.{node}={{}} sets no key .*{switch}"):
+            check_config(compose_cfg(["experiment=smoke", f"trainer.{node}={{}}"]), [f"trainer.{node}={{}}"])
     on = lookahead("trainer.lookahead.every=5")  # airbench94's decay and power with it
     assert (on.every, on.decay, on.warmup_power) == (5, pytest.approx(0.95 ** 5), 3.0)
     assert lookahead("experiment=airbench", "trainer.lookahead.every=null") is None

@@ -115,7 +115,7 @@ def start(cfg: DictConfig, job: JobInfo, job_dir: JobDir):
     so that a sweep's report lists the job."""
     stored = job_dir.summary()
     try:
-        options = check_config(cfg)  # the trainer group as one typed object
+        options = check_config(cfg, job.overrides)  # the trainer group as one typed object
         record = recorded(cfg)
         result = stored_result(stored, job, record) if options.resume else None
         checkpoint = Checkpoint(job.output_dir, record, options.resume) if result is None else None
@@ -225,7 +225,7 @@ def follow_rank_0(cfg: DictConfig, job: JobInfo, ranks: Ranks) -> float:
     if broadcast(None, ranks) != "train":
         leave()
         return float("nan")
-    options = check_config(cfg)
+    options = check_config(cfg, job.overrides)
     record = recorded(cfg)
     checkpoint = Checkpoint(job.output_dir, record, options.resume)
     with Interrupts(options.stop_signals, options.checkpoint_every_min) as interrupts:

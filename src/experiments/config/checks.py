@@ -154,9 +154,11 @@ def check_group_keys(cfg: DictConfig) -> None:
             check(cfg[group], group)
 
 
-def check_config(cfg: DictConfig) -> TrainerOptions:
+def check_config(cfg: DictConfig, overrides=()) -> TrainerOptions:
     """Reject values that would fail late or, worse, train silently wrong; returns the trainer's
-    options, checked."""
+    options, checked. `overrides`: the job's command-line overrides, where a value alone cannot
+    tell (`check_empty_nodes`)."""
+    check_empty_nodes(overrides)
     check_pretrained_model(cfg)  # (its own message: a preset's pretrained keys on another model)
     check_group_keys(cfg)
     options = trainer_options(cfg)
@@ -165,6 +167,25 @@ def check_config(cfg: DictConfig) -> TrainerOptions:
     check_validation_users(cfg, options)
     check_combinations(cfg, options)
     return options
+
+
+# how each of the trainer's nested options is switched on (each is a node even when off, so that
+# an override of one of its keys merges into it)
+SWITCHES = {"lookahead": "trainer.lookahead.every=N (airbench94: 5)",
+            "batch_schedule": "trainer.batch_schedule={epochs: [E1, ...], sizes: [B1, ...]}",
+            "early_stopping": "trainer.early_stopping.patience=N"}
+
+
+def check_empty_nodes(overrides) -> None:
+    """`trainer.lookahead={}` merges no key into its node, so the option stays as it was (off,
+    by default): refused, naming the key that switches it on, rather than silently ignored. Only
+    the override says so: the composed config is the same as without it."""
+    for item in overrides or ():
+        key, _, value = str(item).lstrip("+").partition("=")
+        node = key.removeprefix("trainer.")
+        if key.startswith("trainer.") and node in SWITCHES and value.replace(" ", "") == "{}":
+            raise ConfigError(f"{key}={{}} sets no key of trainer.{node}, so it changes nothing: "
+                              f"switch it on with {SWITCHES[node]}")
 
 
 def check_combinations(cfg: DictConfig, options: TrainerOptions) -> None:
