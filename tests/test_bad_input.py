@@ -45,7 +45,7 @@ CASES = {
         [], ["data=mnist", "aug=rrc", "aug.flip=false"],
         ["aug=rrc crops as little as aug.rrc_scale[0] of a data=mnist digit"]),
     "an empty node for an option that is off": (
-        [], ["trainer.lookahead={}"],
+        [], ["trainer.lookahead={{}}"],  # (the overrides are formatted: {tmp})
         ["trainer.lookahead={} sets no key of trainer.lookahead, so it changes nothing: switch it on "
          "with trainer.lookahead.every=N"]),
     "batch larger than the training set": (
