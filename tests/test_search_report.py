@@ -262,7 +262,10 @@ def test_a_sweeps_job_line_says_pruned_and_its_eta_counts_pruned_trials(tmp_path
     config = OmegaConf.create({"hydra": {"mode": "RunMode.MULTIRUN", "sweep": {"dir": str(sweep)},
                                          "job": {"num": 1}, "runtime": {"output_dir": str(pruned)}}})
     caplog.set_level(logging.INFO)
-    SweepProgress().on_job_end(config, JobReturn(status=JobStatus.COMPLETED, _return_value=float("nan")))
+    from experiments.search.trial import Pruned
+
+    # (the job raised Pruned: a failed return to Hydra, which the sweeper reads as PRUNED)
+    SweepProgress().on_job_end(config, JobReturn(status=JobStatus.FAILED, _return_value=Pruned(3, 0.3, "val/acc")))
     (line,) = [r.getMessage() for r in caplog.records if " done: " in r.getMessage()]
     assert line.startswith(f"job 2/4 {pruned.name} done: pruned after 3 epochs (")
     state = SweepProgress().state(sweep)

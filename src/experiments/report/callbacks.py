@@ -196,11 +196,13 @@ def job_outcome(job_return, job_dir: Path) -> str:
     from experiments.errors import JobRefused
     from experiments.report.job_summary import read_summary
 
-    if job_return.status == JobStatus.FAILED:  # (`return_value` would raise the job's error)
-        return "refused" if isinstance(job_return._return_value, JobRefused) else "failed"
+    if job_return.status == JobStatus.FAILED and isinstance(job_return._return_value, JobRefused):
+        return "refused"  # (`return_value` would raise the job's error)
     summary = read_summary(job_dir) or {}
-    if summary.get("status") == "pruned":  # by the search's pruner: no failure, and no test
+    if summary.get("status") == "pruned":  # by the search's pruner (its job raises): no failure
         return f"pruned after {summary.get('epochs_completed') or 0} epochs"
+    if job_return.status == JobStatus.FAILED:
+        return "failed"
     test = summary.get("test_acc")
     return f"test {100 * test:.1f}%" if test is not None else summary.get("status", "done")
 
