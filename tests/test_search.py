@@ -322,6 +322,22 @@ def test_a_pruner_stops_a_weak_trial_in_the_sweeps_process_and_its_rerun_returns
                for n, s in jobs.items())  # no epoch trained again
 
 
+def test_a_trial_is_judged_after_every_epoch_but_its_last_which_completes_it():
+    """Pruning after the last epoch would save nothing and drop the trial's test: it is reported
+    (the pruner has its value for the trials after it), and the trial completes."""
+    from experiments.search.trial import TrialReport
+
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.ThresholdPruner(lower=0.5))
+    report = TrialReport(study.ask(), "val/acc")
+    history = [{"epoch": 1, "val/acc": 0.6}]
+    assert not report.should_stop(history)  # above the threshold
+    history.append({"epoch": 2, "val/acc": 0.2})
+    assert report.should_stop(history) and str(report.pruned()) == "pruned after epoch 2 (val/acc 0.2)"
+    last = TrialReport(study.ask(), "val/acc")
+    assert not last.should_stop([{"epoch": 1, "val/acc": 0.2}], last=True)
+    assert last.trial.storage.get_trial(last.trial._trial_id).intermediate_values == {1: 0.2}
+
+
 def test_an_unreachable_storage_is_one_message_naming_its_host_before_any_trial(tmp_path):
     sweep = tmp_path / "sweep"
     done = run_train(*SMOKE, "hydra.sweeper.storage=postgresql://bob:Pa55word@127.0.0.1:1/optuna",

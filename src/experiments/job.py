@@ -299,7 +299,8 @@ def train(cfg: DictConfig, options: TrainerOptions, job: JobInfo, record: dict,
             if writes:  # logged first: a kill before the next checkpoint redoes these epochs
                 with clock("logging"):
                     log_epoch(tracker, state.epoch, options.epochs, metrics)
-            if trial is not None and trial.should_stop(state.history):  # the study's pruner says so
+            last = state.epoch >= options.epochs or state.early_stopped
+            if trial is not None and trial.should_stop(state.history, last):  # the study's pruner says so
                 save(state)  # this epoch's checkpoint, kept
                 raise trial.pruned()
 

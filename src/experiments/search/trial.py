@@ -101,16 +101,18 @@ class TrialReport:
         check_prunable(cfg.data.val_size, options.monitor, processes, direction_names(sweeper.direction))
         return cls(open_trial(sweeper, HydraConfig.get().job.env_set[STUDY], number), options.monitor)
 
-    def should_stop(self, history: list[dict[str, float]]) -> bool:
+    def should_stop(self, history: list[dict[str, float]], last: bool = False) -> bool:
         """Report each validated epoch of `history` not reported yet (a resumed trial's earlier
-        ones too, for a retry is a new trial of the study), then ask the pruner."""
+        ones too, for a retry is a new trial of the study), then ask the pruner; not after the
+        fit's `last` epoch: its training is done, pruning would save nothing and drop its test,
+        so it completes (the pruner still has the value for the trials after it)."""
         new = [(int(row["epoch"]), float(row[self.monitor])) for row in history
                if self.monitor in row and int(row["epoch"]) not in self.reported]
         for epoch, value in new:
             self.trial.report(value, epoch)
             self.reported.add(epoch)
             self.last = (epoch, value)
-        return bool(new) and self.trial.should_prune()
+        return bool(new) and not last and self.trial.should_prune()
 
     def pruned(self) -> Pruned:
         epoch, value = self.last
