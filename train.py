@@ -12,6 +12,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from experiments import command_line
 from experiments.config.secrets import hide_argv_secrets
 from experiments.task import run
 from experiments.timing import process_started
@@ -26,5 +27,6 @@ def main(cfg: DictConfig) -> float:
 if __name__ == "__main__":
     process_started(started)
     sys.argv = hide_argv_secrets(sys.argv)  # before Hydra records the command line anywhere
+    command_line.record(sys.argv)  # the jobs' own, wherever a launcher starts them
     agree_on_run_time()  # torchrun: every rank names the same run directory
     main()

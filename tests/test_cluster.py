@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -39,13 +40,20 @@ def ddp_jobs(sweep: Path, jobs: int = 1) -> list[dict]:
 
 
 def test_a_submitit_sweep_of_jobs_of_two_tasks(tmp_path):
-    # two jobs at once, each of two tasks: four processes of one thread on 2 cores
+    """Two jobs at once, each of two tasks: four processes of one thread on 2 cores. The jobs run
+    under submitit's command line: their names still show the user's swept keys (`seed`, swept
+    over one value), and their provenance the user's command."""
     sweep = tmp_path / "sweep"
-    done = run_train("-m", "hydra/launcher=submitit_local", *SMOKE, *TWO_TASKS, "model=resnet18,preact",
-                     f"hydra.sweep.dir={sweep}", cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    args = ["-m", "hydra/launcher=submitit_local", *SMOKE, *TWO_TASKS, "model=resnet18,preact",
+            "seed=range(0,1)", f"hydra.sweep.dir={sweep}"]
+    done = run_train(*args, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
     assert done.returncode == 0, done.stderr[-3000:]
     results = ddp_jobs(sweep, jobs=2)
     assert sorted(r["choices"]["model"] for r in results) == ["preact", "resnet18"]
+    assert sorted(Path(r["output_dir"]).name for r in results) == ["0-resnet18-sgd-basic-seed=0",
+                                                                     "1-preact-sgd-basic-seed=0"]
+    commands = [r["provenance"]["command"] for r in results]
+    assert all(command.endswith(shlex.join(args)) for command in commands), commands
     assert len(list(csv.DictReader(open(sweep / "summary.csv")))) == 2  # rank 0's report, once
 
 

@@ -13,7 +13,7 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 LAYERS = [  # (module prefix, layer)
     ("experiments.errors", 0), ("experiments.atomic", 0), ("experiments.values", 0),
     ("experiments.ranks", 0), ("experiments.timing", 0),
-    ("experiments.groups", 0), ("experiments.identity", 0),
+    ("experiments.groups", 0), ("experiments.identity", 0), ("experiments.command_line", 0),
     ("experiments.data", 1), ("experiments.models", 1),
     ("experiments.batches", 2),
     ("experiments.training", 3),

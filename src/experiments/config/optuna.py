@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 import re
-import sys
 from collections import Counter
 from decimal import Decimal
 
 from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from experiments.command_line import command_line
 
 # what the sweeper tells each trial's job (as hydra.job.env_set keys: the job's own config, and
 # with it its fingerprint, stays the same in a retry)
@@ -109,4 +110,4 @@ def trial_name(task_overrides, keys: list[str]) -> str:
 def trial_subdir(task_overrides, params) -> str:
     """The resolver of conf/hparams_search/optuna.yaml's hydra.sweep.subdir (after the trial's
     number): `${trial_name:${hydra.overrides.task},${hydra.sweeper.params}}`."""
-    return trial_name(task_overrides, searched_keys(params, sys.argv[1:]))
+    return trial_name(task_overrides, searched_keys(params, command_line()[1:]))

@@ -7,12 +7,12 @@ import copy
 import functools
 import logging
 import os
-import sys
 from datetime import datetime
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
+from experiments.command_line import command_line
 from experiments.config.groups import NAMED_GROUPS
 from experiments.config.optuna import swept_keys, trial_subdir
 from experiments.config.secrets import recorded
@@ -52,7 +52,7 @@ def job_suffix(task_overrides) -> str:
 
     Constant overrides (`experiment=smoke`, `data.root=...`) would only make every name longer.
     """
-    swept = swept_keys(sys.argv[1:]) - set(NAMED_GROUPS)
+    swept = swept_keys(command_line()[1:]) - set(NAMED_GROUPS)
     parts = [o for o in task_overrides if o.split("=", 1)[0].lstrip("+~") in swept]
     return "-" + ",".join(parts).replace("/", "_") if parts else ""
 

@@ -14,12 +14,12 @@ import importlib.metadata
 import logging
 import platform
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from experiments.command_line import command_line
 from experiments.config.secrets import redact_command
 
 log = logging.getLogger(__name__)
@@ -101,7 +101,7 @@ def data_source(data_cfg, source, classes: list[str] | None = None) -> dict[str,
 def collect(cfg, device: torch.device, source, classes: list[str] | None = None) -> dict[str, Any]:
     """Everything above for one job (call it after the data is loaded, so its cache exists)."""
     return {"code": code_state(), "versions": versions(), "device_name": device_name(device),
-            "data": data_source(cfg.data, source, classes), "command": redact_command(sys.argv)}
+            "data": data_source(cfg.data, source, classes), "command": redact_command(command_line())}
 
 
 def resumed_code_change(checkpoint: dict, code: dict[str, Any]) -> dict[str, Any] | None:
