@@ -65,16 +65,17 @@ def start_train(*args: str, cwd: Path, env: dict[str, str] | None = None,
 
 
 # The modules that take longest, longest first (seconds of test time each, summed over its tests,
-# in a suite run on 2026-12-02). Two workers take whole modules (`--dist loadscope`) in the order
-# they are collected (`--no-loadscope-reorder`); xdist's own order, most tests first, left the
-# heaviest modules (Slurm, DDP) for the end, where one worker ran them while the other had
-# finished: 614 s. Heaviest first, the last modules to start are short ones (a simulation of that
-# run's module times: 588 s, half the total; the workers now end within 2 s of each other).
-# The rest follow in their usual order.
-HEAVIEST = ("test_search",  # (added 2026-12-07: PostgreSQL, joblib and Slurm workers, kill -9)
-            "test_cluster", "test_ddp_jobs", "test_resume_options", "test_multirun", "test_resume",  # 63-30
-            "test_interrupts", "test_speed_presets", "test_bad_input", "test_reports", "test_grid",  # 24-13
-            "test_catalogue", "test_smoke_learns", "test_speed", "test_job_dir")  # 9-7
+# in a suite run on 2026-12-07: 880 tests, 906 s of test time in 469 s on two workers). Two
+# workers take whole modules (`--dist loadscope`) in the order they are collected
+# (`--no-loadscope-reorder`); xdist's own order, most tests first, left the heaviest modules
+# (Slurm, DDP) for the end, where one worker ran them while the other had finished: 614 s.
+# Heaviest first, the last modules to start are short ones (a simulation of that run's module
+# times: 588 s, half the total; the workers now end within 2 s of each other). The rest follow
+# in their usual order.
+HEAVIEST = ("test_search", "test_cluster", "test_ddp_jobs", "test_resume_options", "test_interrupts",  # 135-85
+            "test_multirun", "test_resume", "test_speed_presets", "test_bad_input", "test_job_dir",  # 65-24
+            "test_reports", "test_grid", "test_catalogue", "test_smoke_learns", "test_compose",  # 24-15
+            "test_speed", "test_data", "test_ddp", "test_jobs", "test_identity")  # 15-9
 
 
 def pytest_collection_modifyitems(items):
