@@ -26,6 +26,23 @@ ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 
 
+def start_service(script: str, name: str, timeout: int) -> str:
+    """`bash tests/support/SCRIPT start` (a one-node Slurm, a PostgreSQL server: they need root
+    and Debian's packages): the last line it prints; the test is skipped, with the script's
+    reason, where it cannot start."""
+    started = subprocess.run(["bash", str(ROOT / "tests" / "support" / script), "start"],
+                             capture_output=True, text=True, timeout=timeout)
+    if started.returncode:
+        pytest.skip(f"no {name} here: {(started.stdout + started.stderr).strip()}")
+    return (started.stdout.strip().splitlines() or [""])[-1]
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """A one-node Slurm (tests/test_cluster.py, tests/test_search.py's Slurm workers)."""
+    start_service("slurm.sh", "Slurm", timeout=180)
+
+
 @pytest.fixture
 def compose_cfg():
     """compose_cfg(overrides) -> the DictConfig that `python train.py <overrides>` would get."""

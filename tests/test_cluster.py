@@ -57,14 +57,6 @@ def test_a_submitit_sweep_of_jobs_of_two_tasks(tmp_path):
     assert len(list(csv.DictReader(open(sweep / "summary.csv")))) == 2  # rank 0's report, once
 
 
-@pytest.fixture(scope="module")
-def slurm():
-    started = subprocess.run(["bash", str(ROOT / "tests" / "support" / "slurm.sh"), "start"],
-                             capture_output=True, text=True, timeout=180)
-    if started.returncode:
-        pytest.skip(f"no Slurm here: {(started.stdout + started.stderr).strip()}")
-
-
 def test_two_slurm_tasks_are_the_ranks_of_one_job(slurm, tmp_path):
     sweep = tmp_path / "sweep"
     done = run_train("-m", "hydra/launcher=slurm", *SMOKE, *TWO_TASKS, "hydra.launcher.mem_gb=null",

@@ -32,7 +32,7 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from conftest import CONF, ROOT, run_train, start_train
+from conftest import CONF, ROOT, run_train, start_service, start_train
 from experiments.config.secrets import hide_argv_secrets, redact_overrides, redact_secrets, redact_url
 from experiments.errors import ConfigError
 from experiments.search.sweeper import Search, Worker
@@ -353,11 +353,7 @@ def test_an_unreachable_storage_is_one_message_naming_its_host_before_any_trial(
 @pytest.fixture(scope="module")
 def postgres() -> str:
     """A server's URL (tests/support/postgres.sh: loopback, trust authentication)."""
-    started = subprocess.run(["bash", str(ROOT / "tests" / "support" / "postgres.sh"), "start"],
-                             capture_output=True, text=True, timeout=120)
-    if started.returncode:
-        pytest.skip(f"no PostgreSQL here: {(started.stdout + started.stderr).strip()}")
-    return started.stdout.strip().splitlines()[-1]
+    return start_service("postgres.sh", "PostgreSQL", timeout=120)
 
 
 def database(server: str, password: str = "") -> str:
@@ -439,14 +435,6 @@ def test_a_worker_stopped_by_sigterm_queues_its_trial_and_its_rerun_continues_it
 
 
 # --- Slurm ---------------------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def slurm():
-    started = subprocess.run(["bash", str(ROOT / "tests" / "support" / "slurm.sh"), "start"],
-                             capture_output=True, text=True, timeout=180)
-    if started.returncode:
-        pytest.skip(f"no Slurm here: {(started.stdout + started.stderr).strip()}")
-
 
 @pytest.mark.timeout(600)
 def test_two_slurm_workers_share_one_postgresql_study(slurm, postgres, tmp_path):

@@ -143,7 +143,7 @@ def test_warmup_cosine_shape():
 
 
 def test_nan_loss_fails_fast_without_a_loss_scaler():
-    from experiments.training.trainer import DivergedError
+    from experiments.training.divergence import DivergedError
 
     trainer = make_trainer(lr=1e30, epochs=3)
     with pytest.raises(DivergedError, match="diverged"):
@@ -153,7 +153,7 @@ def test_nan_loss_fails_fast_without_a_loss_scaler():
 def test_a_nonfinite_loss_stops_the_fit_at_its_step_not_at_the_epochs_end():
     """fp32 (and bf16) stop after the first step whose loss is NaN/inf: its gradient has put NaN
     into the weights, and the epoch's other 5 steps would be lost time."""
-    from experiments.training.trainer import DivergedError
+    from experiments.training.divergence import DivergedError
 
     split = separable(256)
     x = (split.images.float() - 128) / 64

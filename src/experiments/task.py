@@ -37,8 +37,8 @@ from experiments.timing import JobClock, take_process_start
 from experiments.training.backends import resolve_device
 from experiments.training.checkpoint import Checkpoint
 from experiments.training.distributed import broadcast, join, leave
+from experiments.training.divergence import DivergedError
 from experiments.training.interrupts import Interrupted, Interrupts
-from experiments.training.trainer import DivergedError
 
 log = logging.getLogger(__name__)
 

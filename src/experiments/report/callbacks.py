@@ -65,7 +65,7 @@ class SweepSummary(Callback):
     def final_report(self, sweep_dir: Path) -> None:
         from experiments.report.command import summarize
 
-        if not sweep_dir.is_dir() or not any(d.is_dir() and (d / "summary.json").exists()
+        if not sweep_dir.is_dir() or not any(d.is_dir() and (d / SUMMARY_FILE).exists()
                                              for d in sweep_dir.iterdir()):
             return  # no job ran (a search refused before its first trial): nothing to report
         try:
@@ -182,8 +182,6 @@ def summary_stamp(job_dir: Path) -> tuple | None:
 def trial_position(config) -> str | None:
     """A search's trial: its place among the study's n_trials (`5/20`), which its sweeper gives
     it (experiments/search); None for a grid's job."""
-    from omegaconf import OmegaConf
-
     return OmegaConf.select(config, f"hydra.job.env_set.{POSITION}", default=None)
 
 
@@ -307,8 +305,6 @@ class SweepRecord(Callback):
         atexit.register(self.keep_unless_a_job_ran, sweep, record, stat.st_mtime_ns, job_records(sweep))
 
     def keep_unless_a_job_ran(self, sweep: Path, record: bytes, mtime_ns: int, before: dict) -> None:
-        from experiments.atomic import atomic_write
-
         path = sweep / self.FILE
         try:
             if job_records(sweep) != before or (path.read_bytes() == record

@@ -29,7 +29,8 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from experiments.report.job_summary import COMPLETED, CONFIG_FILE, FAILED, PRUNED
+from experiments.identity import job_number
+from experiments.report.job_summary import COMPLETED, FAILED, PRUNED
 from experiments.report.sweep import SAFE_LOADER, Job, load_sweeps
 from experiments.report.tables import fmt
 
@@ -192,11 +193,6 @@ def sampled(distribution, text: str) -> Any:
 
 # --- the trials ------------------------------------------------------------------------------
 
-def trial_number(name: str) -> int | None:
-    head = name.split("-", 1)[0]
-    return int(head) if head.isdigit() else None
-
-
 def number(value: Any) -> float | None:
     """A finite number, or None (null, NaN: Optuna was told no value)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -205,13 +201,12 @@ def number(value: Any) -> float | None:
 
 
 def configured_epochs(job: Job) -> int | None:
-    config = read_yaml(job.path / CONFIG_FILE)
-    epochs = ((config or {}).get("trainer") or {}).get("epochs") if isinstance(config, dict) else None
+    epochs = (job.config.get("trainer") or {}).get("epochs")  # (its config.yaml, read once)
     return epochs if isinstance(epochs, int) and not isinstance(epochs, bool) else None
 
 
 def read_trial(job: Job, space: dict[str, Any], metric: str) -> Trial | None:
-    n = trial_number(job.name)
+    n = job_number(job.name)
     if n is None:
         return None
     s, status = job.summary, job.summary.get("status", "unknown")
@@ -223,9 +218,8 @@ def read_trial(job: Job, space: dict[str, Any], metric: str) -> Trial | None:
 
 def optimized_metric(jobs: list[Job]) -> str:
     for job in jobs:
-        config = read_yaml(job.path / CONFIG_FILE)
-        if isinstance(config, dict):
-            return str(config.get("optimized_metric") or DEFAULT_METRIC)
+        if job.config:  # (its config.yaml, read once)
+            return str(job.config.get("optimized_metric") or DEFAULT_METRIC)
     return DEFAULT_METRIC
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 import yaml
 
 from experiments.groups import CONFIG_GROUPS
-from experiments.identity import SAFE_LOADER, held_fingerprint, job_number, preference, read_config
+from experiments.identity import SAFE_LOADER, held_fingerprint, job_dirs, preference, read_config
 from experiments.report.job_summary import (
     COUNTS,
     FLOATS,
@@ -81,8 +81,7 @@ def find_job_dirs(root: Path) -> list[Path]:
     root = Path(root)
     if (root / ".hydra").is_dir():
         return [root]
-    jobs = [p for p in root.iterdir() if p.is_dir() and (p / ".hydra").is_dir()]
-    return sorted(jobs, key=lambda p: (job_number(p.name) is None, job_number(p.name) or 0, p.name))
+    return [p for p in job_dirs(root) if (p / ".hydra").is_dir()]  # (in the order of their numbers)
 
 
 def read_metrics(job_dir: Path) -> list[dict[str, float]]:

@@ -64,8 +64,9 @@ from experiments.atomic import atomic_write
 from experiments.config.optuna import POSITION, STUDY, TRIAL
 from experiments.config.secrets import redact_url
 from experiments.errors import ConfigError
-from experiments.report.tracking import METRICS_FILE
+from experiments.report.sweep import read_metrics
 from experiments.search.trial import IN_PROCESS, Pruned, check_prunable
+from experiments.training.metrics import EPOCH
 from experiments.training.progress import duration
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 
@@ -461,7 +462,8 @@ class Worker:
         reports this process's cache of the study does not see)."""
         monitor = self.search.config.trainer.monitor
         known = self.study._storage.get_trial(trial._trial_id).intermediate_values
-        for epoch, value in monitored_epochs(job_dir / METRICS_FILE, monitor):
+        validated = [(int(row[EPOCH]), row[monitor]) for row in read_metrics(job_dir) if monitor in row]
+        for epoch, value in validated:
             if epoch not in known:  # (through the storage: Trial.report warns after the job's own)
                 self.study._storage.set_trial_intermediate_value(trial._trial_id, epoch, value)
 
@@ -505,18 +507,6 @@ def job_values(returned, objectives: int) -> list[float] | None:
     except (TypeError, ValueError):
         return None
     return values if len(values) == objectives and all(math.isfinite(v) for v in values) else None
-
-
-def monitored_epochs(metrics_csv: Path, monitor: str) -> list[tuple[int, float]]:
-    """(epoch, value) of each validated epoch in a job's metrics.csv."""
-    import csv
-
-    try:
-        with open(metrics_csv, newline="") as f:
-            rows = list(csv.DictReader(f))
-    except OSError:
-        return []
-    return [(int(row["epoch"]), float(row[monitor])) for row in rows if row.get(monitor) not in (None, "")]
 
 
 class Heartbeat:

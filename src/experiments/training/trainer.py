@@ -24,7 +24,7 @@ from experiments.training import metrics as m
 from experiments.training.backends import precision_name, resolve_precision, synchronize, unwrap
 from experiments.training.batch_schedule import BatchSchedule
 from experiments.training.distributed import MAX, all_reduce
-from experiments.training.divergence import DivergedError, NonfiniteWatch  # noqa: F401  (task.py's)
+from experiments.training.divergence import NonfiniteWatch
 from experiments.training.interrupts import GO_ON, NEVER, SAVE, Interrupted, Interrupts
 from experiments.training.lookahead import Lookahead
 from experiments.training.options import TrainerOptions
